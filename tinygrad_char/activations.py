@@ -1,0 +1,51 @@
+"""Elementwise activations: GELU (tanh approximation, as GPT-2) and ReLU."""
+
+import math
+
+from .backend import get_array_module
+
+GELU_SCALE = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), from the tanh approximation of erf
+GELU_CUBIC = 0.044715  # the cubic coefficient of that approximation (Hendrycks & Gimpel)
+
+
+def gelu_forward(x):
+    """y = 0.5 * x * (1 + tanh(u)),  u = sqrt(2/pi) * (x + 0.044715 x^3)
+
+    Args:
+        x: any shape, e.g. (B, T, 4C).
+    Returns:
+        y: same shape as x.
+        cache: (x, tanh(u)); tanh is saved so the backward does not recompute it.
+    """
+    xp = get_array_module(x)
+    u = x * x * x
+    u *= GELU_CUBIC
+    u += x
+    u *= GELU_SCALE
+    tanh_u = xp.tanh(u, out=u)  # reuses u's buffer
+    y = 0.5 * x * (1.0 + tanh_u)
+    return y, (x, tanh_u)
+
+
+def gelu_backward(dy, cache):
+    """dy/dx of the tanh GELU.
+
+        y  = 0.5 x (1 + tanh u),   u = s (x + a x^3),  s = sqrt(2/pi), a = 0.044715
+        y' = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) s (1 + 3 a x^2)
+    Returns dx (same shape as dy).
+    """
+    x, tanh_u = cache
+    sech2 = 1.0 - tanh_u * tanh_u
+    local = 0.5 * (1.0 + tanh_u) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
+    return dy * local
+
+
+def relu_forward(x):
+    """y = max(x, 0). Returns (y, cache=mask of x > 0)."""
+    mask = x > 0
+    return x * mask, mask
+
+
+def relu_backward(dy, cache):
+    """dx = dy where x > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
+    return dy * cache

@@ -1,0 +1,25 @@
+"""Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
+
+
+def dropout_forward(x, p, rng, training=True):
+    """y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); identity in eval mode or when p = 0.
+
+    Args:
+        x: any shape.
+        p: drop probability in [0, 1).
+        rng: a seeded `xp.random.Generator` (the model's), so runs are repeatable.
+        training: False gives the identity (eval mode).
+    Returns:
+        y: same shape as x.
+        cache: the scaled mask (same shape as x), or None when nothing was dropped.
+    """
+    if not training or p == 0.0:
+        return x, None
+    keep = rng.random(x.shape, dtype=x.dtype) >= p
+    scaled_mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
+    return x * scaled_mask, scaled_mask
+
+
+def dropout_backward(dy, cache):
+    """dx = dy * mask / (1 - p): the same mask the forward used."""
+    return dy if cache is None else dy * cache
