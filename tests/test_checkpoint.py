@@ -1,0 +1,346 @@
+"""Tests for tinygrad_char.checkpoint: round trips of every architecture variant and of the
+optimizer state, atomic saves under a simulated crash, every way a file can be broken or
+foreign (each must be one CheckpointError naming the problem), and PyTorch loading the
+file as a nanoGPT state dict.
+
+Broken files are made by cutting our own files or rewriting them with safetensors directly,
+keeping our metadata, so each test breaks exactly one thing.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from tinygrad_char import GPT, AdamW, GPTConfig
+from tinygrad_char.checkpoint import (CheckpointError, load_checkpoint, load_training_state,
+                                      peek_checkpoint, save_checkpoint, train_state_path)
+from tinygrad_char.model import param_shapes
+from tinygrad_char.tokenizer import CharTokenizer
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHARS = "abcdefghij"
+IDX = np.array([[1, 2, 3, 4, 5, 6, 7, 0], [0, 0, 1, 1, 2, 2, 3, 3]])  # (B, T) = (2, 8)
+VARIANTS = {
+    "tied": {},
+    "untied": {"tie_weights": False},
+    "no_bias": {"bias": False},
+    "sinusoidal": {"pos_encoding": "sinusoidal"},
+    "post_norm_relu": {"norm": "post", "activation": "relu", "tie_weights": False},
+}
+
+
+def make_tokenizer():
+    return CharTokenizer(CHARS, unk=True)
+
+
+def make_model(dtype="float32", seed=1, **overrides):
+    """A tiny GPT whose every parameter is random, so a tensor left at its init (LayerNorm
+    ones, zero biases) or swapped with another cannot pass a comparison by accident."""
+    config = GPTConfig(vocab_size=make_tokenizer().vocab_size, block_size=8, n_layer=2,
+                       n_head=2, n_embd=16, **overrides)
+    model = GPT(config, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for name, p in model.params.items():
+        model.params[name] = rng.standard_normal(p.shape).astype(dtype)
+    return model
+
+
+def eval_logits(model):
+    model.eval()
+    return model.forward(IDX)[0]
+
+
+def read_file(path):
+    """(tensors, metadata) of any safetensors file, read with safetensors itself."""
+    with safe_open(path, framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def rewrite(path, edit):
+    """Rewrite `path` after `edit(tensors, metadata)` changed them in place."""
+    tensors, meta = read_file(path)
+    edit(tensors, meta)
+    save_file(tensors, path, metadata=meta)
+
+
+def saved(tmp_path, model=None, step=5, with_optimizer=False):
+    """Save `model` (default: a fresh one) to tmp_path/ckpt.safetensors; return the path."""
+    model = model or make_model()
+    path = str(tmp_path / "ckpt.safetensors")
+    optimizer = AdamW(model.params) if with_optimizer else None
+    save_checkpoint(path, model, make_tokenizer(), step, optimizer=optimizer,
+                    train_state={"seed": 3})
+    return path
+
+
+# -- round trips ----------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_round_trip_is_bit_identical(tmp_path, variant):
+    model = make_model(**VARIANTS[variant])
+    path = str(tmp_path / "ckpt.safetensors")
+    save_checkpoint(path, model, make_tokenizer(), step=123)
+    loaded, tokenizer, meta = load_checkpoint(path)
+
+    assert loaded.config == model.config
+    assert tokenizer.to_dict() == make_tokenizer().to_dict()
+    assert meta["step"] == 123 and meta["dtype"] == "float32"
+    assert meta["format_version"] == "1" and meta["config"] == model.config.to_dict()
+    assert list(loaded.params) == list(model.params)
+    for name, p in model.params.items():
+        q = loaded.params[name]
+        assert q.dtype == p.dtype and np.array_equal(q, p), f"{variant}: {name} differs"
+    assert np.array_equal(eval_logits(loaded), eval_logits(model))
+    with safe_open(path, framework="numpy") as f:  # a tied head is stored once, as wte
+        assert ("lm_head.weight" in f.keys()) == (not model.config.tie_weights)
+
+
+def test_float64_round_trip_and_dtype_override(tmp_path):
+    model = make_model("float64")
+    path = saved(tmp_path, model)
+    loaded, _, meta = load_checkpoint(path)
+    assert meta["dtype"] == "float64"
+    for name, p in model.params.items():
+        assert loaded.params[name].dtype == np.float64 and np.array_equal(loaded.params[name], p)
+    as32, _, _ = load_checkpoint(path, dtype="float32")
+    for name, p in model.params.items():
+        assert as32.params[name].dtype == np.float32
+        assert np.array_equal(as32.params[name], p.astype(np.float32)), name
+
+
+def test_peek_reads_metadata_only(tmp_path):
+    path = saved(tmp_path, step=42)
+    meta = peek_checkpoint(path)
+    assert meta["step"] == 42 and meta["tokenizer"] == make_tokenizer().to_dict()
+    assert meta["config"] == make_model().config.to_dict() and meta["train_path"] is None
+    path = saved(tmp_path, step=43, with_optimizer=True)
+    assert peek_checkpoint(path)["train_path"] == train_state_path(path)
+    assert train_state_path(path).endswith("ckpt.train.safetensors")
+
+
+def test_optimizer_and_train_state_round_trip(tmp_path):
+    model = make_model()
+    opt = AdamW(model.params, lr=3e-3, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)
+    model.train()
+    for _ in range(2):
+        model.forward(IDX, IDX)
+        opt.step(model.backward())
+    train_state = {"seed": 7, "best_val_loss": 1.25, "rng": [1, 2, 3], "run": {"lr": 3e-3}}
+    path = str(tmp_path / "ckpt.safetensors")
+    save_checkpoint(path, model, make_tokenizer(), step=2, optimizer=opt,
+                    train_state=train_state)
+
+    loaded, _, _ = load_checkpoint(path)
+    opt2 = AdamW(loaded.params)  # defaults: every scalar must come from the file
+    assert load_training_state(path, opt2) == train_state
+    assert (opt2.step_count, opt2.lr, opt2.beta1, opt2.beta2, opt2.eps, opt2.weight_decay) \
+        == (2, 3e-3, 0.8, 0.95, 1e-7, 0.1)
+    for name in model.params:
+        assert np.array_equal(opt2.m[name], opt.m[name]), f"m.{name}"
+        assert np.array_equal(opt2.v[name], opt.v[name]), f"v.{name}"
+    # one more step from either side must give the same parameters, bit for bit
+    model.eval(), loaded.eval()
+    model.forward(IDX, IDX)
+    opt.step(model.backward())
+    loaded.forward(IDX, IDX)
+    opt2.step(loaded.backward())
+    for name, p in model.params.items():
+        assert np.array_equal(loaded.params[name], p), name
+
+
+# -- atomic saves -----------------------------------------------------------------------------
+@pytest.mark.parametrize("crash_in", ["fsync", "replace"])
+def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch, crash_in):
+    model = make_model()
+    path = saved(tmp_path, model, step=1, with_optimizer=True)
+    before = {name: open(tmp_path / name, "rb").read() for name in os.listdir(tmp_path)}
+
+    def crash(*args):
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(os, crash_in, crash)
+    model.params["transformer.wte.weight"] += 1.0  # the new save would differ
+    with pytest.raises(OSError, match="simulated crash"):
+        save_checkpoint(path, model, make_tokenizer(), 2, optimizer=AdamW(model.params))
+    monkeypatch.undo()
+
+    after = {name: open(tmp_path / name, "rb").read() for name in os.listdir(tmp_path)}
+    assert after == before  # same two files, same bytes, no temporary file left behind
+    _, _, meta = load_checkpoint(path)
+    assert meta["step"] == 1
+    load_training_state(path, AdamW(make_model().params))
+
+
+def test_save_interrupted_between_files_is_caught_on_resume(tmp_path, monkeypatch):
+    """The companion is written first; a crash before the model file leaves a new companion
+    next to the old model file, which resuming must refuse (its step does not match)."""
+    model = make_model()
+    path = saved(tmp_path, model, step=1, with_optimizer=True)
+    real_replace, calls = os.replace, []
+
+    def replace_then_crash(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("simulated crash")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_then_crash)
+    with pytest.raises(OSError):
+        save_checkpoint(path, model, make_tokenizer(), 2, optimizer=AdamW(model.params))
+    monkeypatch.undo()
+    assert calls == [train_state_path(path), path]
+    assert load_checkpoint(path)[2]["step"] == 1
+    with pytest.raises(CheckpointError, match="from step 2 but .* from step 1"):
+        load_training_state(path, AdamW(make_model().params))
+
+
+def test_resume_without_companion_says_so(tmp_path):
+    path = saved(tmp_path)
+    with pytest.raises(CheckpointError, match="resuming needs the optimizer state"):
+        load_training_state(path, AdamW(make_model().params))
+
+
+# -- broken files -----------------------------------------------------------------------------
+def header_len(path):
+    with open(path, "rb") as f:
+        return int.from_bytes(f.read(8), "little")
+
+
+@pytest.mark.parametrize("where", ["length_prefix", "header", "data_middle", "last_byte"])
+def test_truncated_file(tmp_path, where):
+    path = saved(tmp_path)
+    data = open(path, "rb").read()
+    n = header_len(path)
+    cut = {"length_prefix": 5, "header": 8 + n // 2, "data_middle": (8 + n + len(data)) // 2,
+           "last_byte": len(data) - 1}[where]
+    with open(path, "wb") as f:
+        f.write(data[:cut])
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
+        load_checkpoint(path)
+    assert path in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):  # header-only read
+        peek_checkpoint(path)
+
+
+def test_truncated_companion(tmp_path):
+    path = saved(tmp_path, with_optimizer=True)
+    data = open(train_state_path(path), "rb").read()
+    with open(train_state_path(path), "wb") as f:
+        f.write(data[:-100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_training_state(path, AdamW(make_model().params))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d[:8] + b"\xff" * 8 + d[16:], "unreadable header"),  # garbage in the JSON
+    (lambda d: b"\xff" * 8 + d[8:], "header cut short"),  # absurd header length
+])
+def test_corrupt_header(tmp_path, damage, message):
+    path = saved(tmp_path)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(damage(data))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(str(tmp_path / "nothing.safetensors"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, m: t.pop("transformer.h.1.mlp.c_fc.weight"),
+     r"missing \['transformer.h.1.mlp.c_fc.weight'\]"),
+    (lambda t, m: t.update({"transformer.h.2.ln_1.weight": np.ones(16, np.float32)}),
+     r"extra \['transformer.h.2.ln_1.weight'\]"),
+    (lambda t, m: t.update({"transformer.wpe.weight": np.ones((4, 16), np.float32)}),
+     r"'transformer.wpe.weight' has shape \(4, 16\) but the saved config needs \(8, 16\)"),
+    (lambda t, m: t["transformer.ln_f.bias"].__setitem__(3, np.nan),
+     r"'transformer.ln_f.bias' holds NaN"),
+])
+def test_tensors_must_match_config(tmp_path, edit, message):
+    path = saved(tmp_path)
+    rewrite(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, m: m.clear(), "not a tinygrad_char checkpoint"),
+    (lambda t, m: m.update(format="someone.else"), "not a tinygrad_char checkpoint"),
+    (lambda t, m: m.update(format_version="2"), "unsupported format_version '2'"),
+    (lambda t, m: m.update(config="{not json"), "'config' is missing or not valid JSON"),
+    (lambda t, m: m.update(config=json.dumps(dict(json.loads(m["config"]), n_head=3))),
+     "invalid config .*n_embd"),
+    (lambda t, m: m.update(config=json.dumps(dict(json.loads(m["config"]), depth=3))),
+     "invalid config .*unknown field"),
+    (lambda t, m: m.update(step="five"), "'step' is missing or not an integer"),
+    (lambda t, m: m.update(dtype="int8"), "'dtype' is 'int8'"),
+])
+def test_metadata_is_checked(tmp_path, edit, message):
+    path = saved(tmp_path)
+    rewrite(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_plain_safetensors_file_is_not_a_checkpoint(tmp_path):
+    path = str(tmp_path / "weights.safetensors")
+    save_file({"w": np.ones((2, 2), np.float32)}, path)
+    with pytest.raises(CheckpointError, match="not a tinygrad_char checkpoint"):
+        load_checkpoint(path)
+    ours = saved(tmp_path, with_optimizer=True)  # the companion is no model checkpoint
+    with pytest.raises(CheckpointError, match="not a tinygrad_char checkpoint"):
+        load_checkpoint(train_state_path(ours))
+
+
+def test_moments_must_match_optimizer(tmp_path):
+    path = saved(tmp_path, with_optimizer=True)
+    wider = GPT(GPTConfig(vocab_size=make_tokenizer().vocab_size, block_size=8, n_layer=2,
+                          n_head=2, n_embd=32))
+    with pytest.raises(CheckpointError, match=r"'m.transformer.wte.weight' has shape "
+                                              r"\(11, 16\) but .* needs \(11, 32\)"):
+        load_training_state(path, AdamW(wider.params))
+
+
+def test_tokenizer_must_fit_the_model(tmp_path):
+    with pytest.raises(CheckpointError, match="tokenizer has"):
+        save_checkpoint(str(tmp_path / "x.safetensors"), make_model(),
+                        CharTokenizer(CHARS[:5], unk=True), step=0)
+
+
+# -- PyTorch ----------------------------------------------------------------------------------
+def nanogpt_names(n_layer, tied):
+    """nanoGPT's state-dict keys (with bias, learned positions), written out by hand. nanoGPT
+    lists a tied head twice (also as lm_head.weight); we store the shared table once."""
+    names = {"transformer.wte.weight", "transformer.wpe.weight",
+             "transformer.ln_f.weight", "transformer.ln_f.bias"}
+    for i in range(n_layer):
+        for module in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"):
+            names |= {f"transformer.h.{i}.{module}.weight", f"transformer.h.{i}.{module}.bias"}
+    return names if tied else names | {"lm_head.weight"}
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_pytorch_loads_nanogpt_state_dict(tmp_path, monkeypatch, tied):
+    torch = pytest.importorskip("torch", reason="torch not installed: the PyTorch load "
+                                                "check needs it")
+    from safetensors.torch import load_file
+    monkeypatch.syspath_prepend(REPO_ROOT)
+    from benchmarks.torch_gpt import TorchGPT
+
+    path = saved(tmp_path, make_model("float64", tie_weights=tied))
+    state = load_file(path)
+    assert set(state) == nanogpt_names(2, tied)
+    assert set(state) == set(param_shapes(make_model(tie_weights=tied).config))
+    loaded, _, _ = load_checkpoint(path)
+    torch_model = TorchGPT(loaded.config, state, dtype=torch.float64).eval()
+    with torch.no_grad():
+        expected = torch_model(torch.as_tensor(IDX))[0].numpy()
+    ours = eval_logits(loaded)
+    rel = np.abs(ours - expected).max() / np.abs(expected).max()
+    assert rel < 1e-10, f"logits differ from PyTorch's by {rel:.3e} (relative)"

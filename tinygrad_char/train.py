@@ -1,0 +1,395 @@
+"""The training loop the examples call, and its configuration.
+
+    get batch -> forward -> backward -> clip -> AdamW step -> (evaluate, checkpoint, log)
+
+`TrainConfig` is one flat dataclass holding the model's hyperparameters and the run's;
+`build_parser` turns it into command-line flags, and `resolve_config` layers
+defaults < preset < --config FILE.json < flags. `train()` runs the loop with exact resume:
+the batch and the dropout masks of step s are drawn from generators seeded with
+(seed, s), so a run resumed at step N draws exactly what an uninterrupted run would.
+
+Not here: data loading (data.py), checkpoint format (checkpoint.py), sampling (sampling.py).
+"""
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .backend import get_backend
+from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from .data import eval_batches, get_batch
+from .model import GPT, ConfigError, GPTConfig
+from .optim import AdamW, clip_grad_norm, cosine_lr
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class TrainConfig:
+    # -- model (GPTConfig without vocab_size, which the tokenizer decides) --
+    block_size: int = 64  # context length in characters
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    bias: bool = True
+    activation: str = "gelu"
+    pos_encoding: str = "learned"
+    norm: str = "pre"
+    tie_weights: bool = True
+    # -- optimisation --
+    batch_size: int = 12
+    learning_rate: float = 1e-3  # peak, reached at the end of warm-up
+    min_lr: float = 1e-4  # the cosine decays to this at max_steps
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    weight_decay: float = 0.1  # AdamW, 2-d tensors only
+    beta1: float = 0.9
+    beta2: float = 0.99  # 0.99 rather than 0.999: small batches, few steps (nanoGPT)
+    grad_clip: float = 1.0  # global L2 norm; 0 disables
+    # -- evaluation, logging, checkpoints --
+    eval_interval: int = 250  # steps between validation passes (and checkpoints)
+    eval_batches: int = 0  # batches per periodic validation; 0 = the whole split
+    eval_batch_size: int = 64  # windows per evaluation batch
+    log_interval: int = 10  # steps between loss read-backs (each one syncs a GPU)
+    sample_chars: int = 300  # characters generated at the end
+    seed: int = 1337
+    dtype: str = "float32"
+    backend: str = "numpy"
+    out_dir: str = "out"
+
+    def model_config(self, vocab_size):
+        names = {f.name for f in fields(GPTConfig)} - {"vocab_size"}
+        return GPTConfig(vocab_size=vocab_size, **{n: getattr(self, n) for n in names})
+
+    def validate(self):
+        for name in ("batch_size", "max_steps", "eval_interval", "eval_batch_size",
+                     "log_interval"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "eval_batches", "sample_chars"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config: {name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.learning_rate or not 0 <= self.min_lr <= self.learning_rate:
+            raise ConfigError("config: need 0 < learning_rate and 0 <= min_lr <= learning_rate")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"config: {name} must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("config: weight_decay and grad_clip must be >= 0")
+        if self.backend not in ("numpy", "cupy", "auto"):
+            raise ConfigError("config: backend must be 'numpy', 'cupy' or 'auto'")
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError("config: dtype must be 'float32' or 'float64'")
+        self.model_config(vocab_size=1)  # GPTConfig's own checks (n_embd % n_head, ...)
+        return self
+
+
+# -- configuration: defaults < preset < --config FILE < flags ---------------------------------
+
+def _parse_bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def load_config_file(path):
+    """A JSON object of TrainConfig fields; keys starting with "_" are comments."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    values = {k: v for k, v in values.items() if not k.startswith("_")}
+    known = {f.name: f for f in fields(TrainConfig)}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"config file {path}: unknown field {key!r}")
+        expected = known[key].type
+        ok = (isinstance(value, bool) if expected is bool else
+              isinstance(value, int) and not isinstance(value, bool) if expected is int else
+              isinstance(value, (int, float)) and not isinstance(value, bool)
+              if expected is float else isinstance(value, str))
+        if not ok:
+            raise ConfigError(f"config file {path}: {key} must be {expected.__name__}, "
+                              f"got {value!r}")
+    return values
+
+
+def build_parser(description, presets_dir=None):
+    """An argparse parser with one flag per TrainConfig field (default None = not given)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config", help="JSON file of settings (flags override it)")
+    if presets_dir:
+        names = sorted(f[:-5] for f in os.listdir(presets_dir) if f.endswith(".json"))
+        p.add_argument("--preset", choices=names, help="a named config from examples/configs")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
+    for f in fields(TrainConfig):
+        kind = _parse_bool if f.type is bool else f.type
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                       metavar=f.type.__name__.upper(), help=f"(default: {f.default})")
+    return p
+
+
+def resolve_config(args, presets_dir=None):
+    """TrainConfig from parsed args: defaults < preset < --config file < explicit flags."""
+    values = {}
+    if presets_dir and getattr(args, "preset", None):
+        values.update(load_config_file(os.path.join(presets_dir, args.preset + ".json")))
+    if args.config:
+        values.update(load_config_file(args.config))
+    for f in fields(TrainConfig):
+        if getattr(args, f.name) is not None:
+            values[f.name] = getattr(args, f.name)
+    extra = {k: values.pop(k) for k in list(values) if k not in
+             {f.name for f in fields(TrainConfig)}}
+    if extra:
+        raise ConfigError(f"unknown settings {sorted(extra)}")
+    return TrainConfig(**values).validate()
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+def evaluate(model, ids, block_size, batch_size, max_batches=0):
+    """Mean cross-entropy (nats) over every next-character prediction of `ids`, walking
+    the split in consecutive non-overlapping windows (exact and repeatable). With
+    max_batches > 0 only the first max_batches batches of that walk are used.
+    Returns (loss, number of predictions)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    xp = model.xp
+    for i, (x, y) in enumerate(eval_batches(ids, block_size, batch_size)):
+        if max_batches and i >= max_batches:
+            break
+        n = int((y != -1).sum())
+        _, loss = model.forward(xp.asarray(x), xp.asarray(y))
+        total += float(loss) * n
+        count += n
+    model._caches = None  # evaluation needs no backward; free the activations
+    model.training = was_training
+    return total / max(count, 1), count
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def step_seed(seed, step):
+    """One integer per (run seed, step) for the step's batch and dropout generators."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def _is_main_thread():
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _truncate_log(path, step):
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if json.loads(line)["step"] <= step
+                    and not json.loads(line).get("final")]
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+
+def _log(path, record):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(cfg, data, resume=None, progress=True, out=print):
+    """Train a GPT on `data` (a data.CharData) under `cfg` (a TrainConfig).
+
+    Writes under cfg.out_dir: ckpt.safetensors (+ ckpt.train.safetensors), metrics.jsonl,
+    loss.png. Returns a dict of final figures. Ctrl-C saves a checkpoint and returns.
+    """
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.safetensors")
+    log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    backend = get_backend(cfg.backend, cfg.seed)
+    xp = backend.xp
+    tokenizer = data.tokenizer
+
+    start_step = 0
+    if resume:
+        model, saved_tok, meta = load_checkpoint(resume, backend=backend, dtype=cfg.dtype)
+        wanted = cfg.model_config(tokenizer.vocab_size)
+        if model.config != wanted:
+            diff = {k: (v, getattr(wanted, k)) for k, v in model.config.to_dict().items()
+                    if getattr(wanted, k) != v}
+            raise ConfigError(f"--resume {resume}: the checkpoint's architecture differs from "
+                              f"this run's (checkpoint, run): {diff}; resume with the same "
+                              "settings or start a new run")
+        if saved_tok != tokenizer:
+            raise ConfigError(f"--resume {resume}: the checkpoint's vocabulary differs from "
+                              "this data's; resume on the same data")
+        optimizer = AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                          weight_decay=cfg.weight_decay)
+        load_training_state(resume, optimizer)
+        start_step = meta["step"]
+        _truncate_log(log_path, start_step)  # drop records the resumed run will redo
+        out(f"resumed from {resume} at step {start_step}")
+    else:
+        model = GPT(cfg.model_config(tokenizer.vocab_size), backend=backend, dtype=cfg.dtype,
+                    seed=cfg.seed)
+        optimizer = AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                          weight_decay=cfg.weight_decay)
+        if os.path.exists(log_path):
+            os.remove(log_path)  # a fresh run starts a fresh log
+    out(f"model: {model.num_params():,} parameters, {model.config}")
+    out(f"backend: {backend.device}; data: {data.description}; "
+        f"{len(data.train_ids):,} training characters")
+
+    def save(step):
+        save_checkpoint(ckpt_path, model, tokenizer, step, optimizer,
+                        train_state={"train_config": asdict(cfg), "step": step})
+
+    tokens_per_step = cfg.batch_size * cfg.block_size
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                   file=sys.stdout)
+    step = start_step
+    last_val = None
+    history = []
+    t_window, steps_window = time.perf_counter(), 0
+    loss_dev = None
+    # Ctrl-C sets a flag that the loop reads between steps, so a checkpoint never holds
+    # a half-applied update; a second Ctrl-C interrupts at once.
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(step)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous_handler = signal.getsignal(signal.SIGINT)
+    in_main_thread = _is_main_thread()
+    if in_main_thread:
+        signal.signal(signal.SIGINT, on_sigint)
+    try:
+        while step < cfg.max_steps and not interrupted:
+            lr = cosine_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps,
+                           cfg.max_steps)
+            seed = step_seed(cfg.seed, step)
+            x, y = get_batch(data.train_ids, cfg.batch_size, cfg.block_size,
+                             np.random.default_rng(seed))
+            model.seed_dropout(seed)
+            model.train()
+            _, loss_dev = model.forward(xp.asarray(x), xp.asarray(y))
+            grads = model.backward()
+            clip_grad_norm(grads, cfg.grad_clip)
+            optimizer.step(grads, lr)
+            step += 1
+            steps_window += 1
+
+            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                loss = float(loss_dev)  # the one host read-back per log interval
+                if not math.isfinite(loss):
+                    raise NonFiniteLoss(f"loss became {loss} at step {step}: stopping; the "
+                                        f"last good checkpoint ({ckpt_path}) is intact. Try "
+                                        "a lower --learning-rate or --grad-clip 1.0")
+                backend.synchronize()
+                now = time.perf_counter()
+                tok_s = steps_window * tokens_per_step / (now - t_window)
+                t_window, steps_window = now, 0
+                record = {"step": step, "train_loss": loss, "lr": lr, "tokens_per_sec": tok_s,
+                          "time": time.time()}
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+                if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                    val, _ = evaluate(model, data.val_ids, cfg.block_size, cfg.eval_batch_size,
+                                      cfg.eval_batches)
+                    record.update(val_loss=val, val_bpc=val / LN2)
+                    last_val = val
+                    msg = (f"step {step}: train loss {loss:.4f}, val loss {val:.4f} "
+                           f"({val / LN2:.3f} bpc)")
+                    (bar.write if bar is not None else out)(msg)
+                    save(step)
+                    t_window = time.perf_counter()  # evaluation time is not training speed
+                _log(log_path, record)
+                history.append(record)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
+        if bar is not None:
+            bar.close()
+    if interrupted:
+        save(step)
+        out(f"interrupted: saved step {step} to {ckpt_path}; continue with --resume {ckpt_path}")
+        return {"interrupted": True, "step": step, "checkpoint": ckpt_path}
+    if step == start_step:
+        save(step)
+
+    results = {"step": step, "checkpoint": ckpt_path, "num_params": model.num_params(),
+               "description": data.description, "device": backend.device}
+    val, n_val = evaluate(model, data.val_ids, cfg.block_size, cfg.eval_batch_size)
+    results.update(val_loss=val, val_bpc=val / LN2, val_chars=n_val)
+    out(f"validation (whole split, {n_val:,} predictions): loss {val:.4f}, {val / LN2:.4f} bpc")
+    if data.test_ids is not None:
+        test, n_test = evaluate(model, data.test_ids, cfg.block_size, cfg.eval_batch_size)
+        results.update(test_loss=test, test_bpc=test / LN2, test_chars=n_test)
+        out(f"test (whole split, {n_test:,} predictions): loss {test:.4f}, "
+            f"{test / LN2:.4f} bpc ({data.description})")
+    _log(log_path, {"step": step, "final": True, **{k: v for k, v in results.items()
+                                                     if isinstance(v, (int, float))}})
+    if cfg.sample_chars:
+        from .sampling import generate_text
+
+        sample = generate_text(model, tokenizer, "\n", cfg.sample_chars, temperature=0.8,
+                               top_k=None, top_p=None, seed=cfg.seed)[0]
+        results["sample"] = sample
+        out("sample:\n" + sample)
+    results["plot"] = plot_losses(log_path, os.path.join(cfg.out_dir, "loss.png"), out)
+    return results
+
+
+def plot_losses(log_path, png_path, out=print):
+    """Train and validation loss against step, when matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        out("loss curve not drawn: matplotlib is not installed (pip install "
+            "'tinygrad-char[plot]')")
+        return None
+    records = [json.loads(line) for line in open(log_path)]
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r and not r.get("final")]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", alpha=0.7)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/char)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
