@@ -23,7 +23,9 @@ def gelu_forward(x):
     u += x
     u *= GELU_SCALE
     tanh_u = xp.tanh(u, out=u)  # reuses u's buffer
-    y = 0.5 * x * (1.0 + tanh_u)
+    y = tanh_u + 1.0
+    y *= x
+    y *= 0.5
     return y, (x, tanh_u)
 
 
@@ -35,9 +37,20 @@ def gelu_backward(dy, cache):
     Returns dx (same shape as dy).
     """
     x, tanh_u = cache
-    sech2 = 1.0 - tanh_u * tanh_u
-    local = 0.5 * (1.0 + tanh_u) + 0.5 * x * sech2 * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
-    return dy * local
+    xp = get_array_module(dy)
+    # computed in two buffers with in-place ops (each line one pass, no temporaries)
+    inner = x * x  # x^2
+    inner *= 3.0 * GELU_CUBIC * GELU_SCALE
+    inner += GELU_SCALE  # s (1 + 3 a x^2)
+    inner *= x
+    sech2 = tanh_u * tanh_u
+    xp.subtract(1.0, sech2, out=sech2)  # 1 - tanh^2 u
+    inner *= sech2  # x (1 - tanh^2 u) s (1 + 3 a x^2)
+    inner += tanh_u
+    inner += 1.0
+    inner *= 0.5  # y'
+    inner *= dy
+    return inner
 
 
 def relu_forward(x):

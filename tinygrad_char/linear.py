@@ -15,10 +15,13 @@ def linear_forward(x, W, b=None):
         y: (..., out)
         cache: (x, W, has_bias) for the backward.
     """
-    y = x @ W.T  # (..., out)
+    # one 2-D matmul over all positions: a 3-D @ 2-D matmul would loop over the batch
+    # with one small GEMM per row block (measured 2x slower for (12, 64, 128) @ (128, 512))
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in), a view for contiguous x
+    y = x2 @ W.T  # (N, out); W.T is a view, BLAS reads it transposed
     if b is not None:
         y += b
-    return y, (x, W, b is not None)
+    return y.reshape(*x.shape[:-1], W.shape[0]), (x, W, b is not None)
 
 
 def linear_backward(dy, cache):
@@ -31,9 +34,9 @@ def linear_backward(dy, cache):
     Returns (dx, dW, db); db is None when the forward had no bias.
     """
     x, W, has_bias = cache
-    dx = dy @ W  # (..., in)
     dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
     x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    dx = (dy2 @ W).reshape(x.shape)  # (..., in)
     dW = dy2.T @ x2  # (out, in)
     db = dy2.sum(axis=0) if has_bias else None  # (out,)
     return dx, dW, db
