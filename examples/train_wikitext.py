@@ -15,7 +15,7 @@ from tinygrad_char.backend import BackendError
 from tinygrad_char.checkpoint import CheckpointError
 from tinygrad_char.data import DataError, prepare_text, prepare_wikitext2
 from tinygrad_char.model import ConfigError
-from tinygrad_char.train import build_parser, resolve_config, train
+from tinygrad_char.train import NonFiniteLoss, build_parser, resolve_config, train
 
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
@@ -42,6 +42,9 @@ def main(argv=None, default_text=None):
     except (BackendError, CheckpointError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as e:  # the run diverged: not a bad input, but no traceback either
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 130 if results.get("interrupted") else 0
 
 

@@ -196,6 +196,15 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def _diverged(what, value, step, last_good):
+    """The NonFiniteLoss for `what` (a loss) becoming `value` at `step`; `last_good` is the
+    checkpoint this run saved or resumed from last, or None."""
+    kept = (f"the last good checkpoint ({last_good}) is intact" if last_good
+            else "no checkpoint was saved before it")
+    return NonFiniteLoss(f"{what} became {value} at step {step}: stopping; {kept}. Try a "
+                         "lower --learning-rate or --grad-clip 1.0")
+
+
 def _is_main_thread():
     import threading
 
@@ -259,7 +268,10 @@ def train(cfg, data, resume=None, progress=True, out=print):
     out(f"backend: {backend.device}; data: {data.description}; "
         f"{len(data.train_ids):,} training characters")
 
+    last_good = [resume]  # the checkpoint a divergence leaves behind (None: none yet)
+
     def save(step):
+        last_good[0] = ckpt_path
         save_checkpoint(ckpt_path, model, tokenizer, step, optimizer,
                         train_state={"train_config": asdict(cfg), "step": step})
 
@@ -303,12 +315,13 @@ def train(cfg, data, resume=None, progress=True, out=print):
             step += 1
             steps_window += 1
 
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            # an evaluation step is always a log step, so eval_interval need not be a
+            # multiple of log_interval
+            if (step % cfg.log_interval == 0 or step % cfg.eval_interval == 0
+                    or step == cfg.max_steps):
                 loss = float(loss_dev)  # the one host read-back per log interval
                 if not math.isfinite(loss):
-                    raise NonFiniteLoss(f"loss became {loss} at step {step}: stopping; the "
-                                        f"last good checkpoint ({ckpt_path}) is intact. Try "
-                                        "a lower --learning-rate or --grad-clip 1.0")
+                    raise _diverged("loss", loss, step, last_good[0])
                 backend.synchronize()
                 now = time.perf_counter()
                 tok_s = steps_window * tokens_per_step / (now - t_window)
@@ -320,6 +333,8 @@ def train(cfg, data, resume=None, progress=True, out=print):
                 if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                     val, _ = evaluate(model, data.val_ids, cfg.block_size, cfg.eval_batch_size,
                                       cfg.eval_batches)
+                    if not math.isfinite(val):  # this step's update diverged: do not save it
+                        raise _diverged("validation loss", val, step, last_good[0])
                     record.update(val_loss=val, val_bpc=val / LN2)
                     last_val = val
                     msg = (f"step {step}: train loss {loss:.4f}, val loss {val:.4f} "
