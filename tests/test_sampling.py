@@ -73,7 +73,7 @@ def test_cached_attention_with_empty_prefix_is_causal_attention():
     """Tq == Tk: the naive per-query loop over the visible keys."""
     rng = np.random.default_rng(0)
     q, k, v = (rng.normal(size=(2, 3, 5, 4)) for _ in range(3))
-    y = cached_attention_forward(q, k, v)
+    y = cached_attention_forward(q, k.transpose(0, 1, 3, 2).copy(), v)
     for i in range(5):
         scores = q[:, :, i:i + 1] @ k[:, :, :i + 1].transpose(0, 1, 3, 2) / 2.0  # sqrt(hs=4)
         p = np.exp(scores - scores.max(axis=-1, keepdims=True))

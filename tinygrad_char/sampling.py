@@ -89,7 +89,9 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
 class KVCache:
     """Keys and values of the positions already run, per layer, preallocated.
 
-    k[i], v[i]: (B, NH, block_size, hs) for layer i, in the model's array module and dtype;
+    k_t[i]: (B, NH, hs, block_size) keys of layer i, stored transposed so that q @ k^T is
+    a matmul of C-contiguous rows (NumPy's stacked matmul skips BLAS on transposed views);
+    v[i]: (B, NH, block_size, hs) values; in the model's array module and dtype;
     positions [0, length) are filled. `forward_cached` appends to them; `reset` empties
     the cache without freeing it (the positions are overwritten by the next prefill).
     """
@@ -97,7 +99,8 @@ class KVCache:
     def __init__(self, model, batch_size):
         cfg = model.config
         shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        self.k = [model.xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layer)]
+        shape_t = shape[:2] + (shape[3], shape[2])
+        self.k_t = [model.xp.zeros(shape_t, dtype=model.dtype) for _ in range(cfg.n_layer)]
         self.v = [model.xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layer)]
         self.batch_size = batch_size
         self.block_size = cfg.block_size
@@ -107,7 +110,7 @@ class KVCache:
         self.length = 0
 
 
-def cached_attention_forward(q, k, v):
+def cached_attention_forward(q, k_t, v):
     """Attention of Tq new queries over Tk >= Tq keys, the last Tq of which are the new ones.
 
         y = softmax(q k^T / sqrt(hs) + mask) v
@@ -118,13 +121,14 @@ def cached_attention_forward(q, k, v):
 
     Args:
         q: (B, NH, Tq, hs) queries of the new positions.
-        k, v: (B, NH, Tk, hs) keys and values of all positions so far (cached + new).
+        k_t: (B, NH, hs, Tk) keys of all positions so far (cached + new), transposed.
+        v: (B, NH, Tk, hs) their values.
     Returns:
         y: (B, NH, Tq, hs)
     """
     xp = get_array_module(q)
-    Tq, Tk, hs = q.shape[2], k.shape[2], q.shape[3]
-    att = q @ k.transpose(0, 1, 3, 2)  # (B, NH, Tq, Tk)
+    Tq, Tk, hs = q.shape[2], k_t.shape[3], q.shape[3]
+    att = q @ k_t  # (B, NH, Tq, Tk)
     att *= 1.0 / math.sqrt(hs)
     att += causal_mask_bias(Tk, xp, att.dtype)[Tk - Tq:]  # (Tq, Tk): the last Tq rows
     # stable softmax over the keys, as attention_forward: subtract the row max (finite,
@@ -142,9 +146,9 @@ def _cached_attn_branch(model, x, h, layer, cache):
     start, stop = cache.length, cache.length + Tn
     qkv, _ = linear_forward(x, p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))
     heads = qkv.reshape(B, Tn, 3, NH, C // NH).transpose(2, 0, 3, 1, 4)  # (3, B, NH, Tn, hs)
-    cache.k[layer][:, :, start:stop] = heads[1]
+    cache.k_t[layer][:, :, :, start:stop] = heads[1].transpose(0, 1, 3, 2)
     cache.v[layer][:, :, start:stop] = heads[2]
-    y = cached_attention_forward(heads[0], cache.k[layer][:, :, :stop],
+    y = cached_attention_forward(heads[0], cache.k_t[layer][:, :, :, :stop],
                                  cache.v[layer][:, :, :stop])  # (B, NH, Tn, hs)
     y = y.transpose(0, 2, 1, 3).reshape(B, Tn, C)  # (B, Tn, C)
     out, _ = linear_forward(y, p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))

@@ -1,0 +1,146 @@
+"""Generation speed: characters per second with and without the key/value cache.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
+        python benchmarks/bench_generate.py --threads 2
+
+`tinygrad_char.sampling.generate` is timed for batch sizes 1 and 8, with use_cache True and
+False, in two regimes:
+  * inside the window: a 1-character prompt grows to block_size characters, so every step
+    fits in the context and the cache runs one new position per step;
+  * past the window: the prompt already fills block_size characters, so every new token
+    slides the window; the cache then rebuilds itself each step (a full prefill, see
+    `generate`'s docstring) and should cost about what no cache costs.
+chars/s counts every row of the batch: B * new characters / seconds. "cache speed-up" is
+no-cache ms / cache ms (>= 1.0: the cache helps). Before timing, greedy decoding with and
+without the cache must give identical characters in both regimes.
+
+The model has random weights (speed does not depend on them) and samples with
+temperature 1. Results: <out>/generate.jsonl (appended) and <out>/generate.md.
+Not here: PyTorch (generation is our own loop; bench_train_step.py compares the model).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
+
+from benchmarks.harness import (NAMED_CONFIGS, RESULTS, append_jsonl,  # noqa: E402
+                                available_cores, busy_warning, cupy_or_none, limit_threads,
+                                machine_info, machine_summary, named_config, time_fn,
+                                write_markdown_table)
+from tinygrad_char import GPT  # noqa: E402
+from tinygrad_char.sampling import generate  # noqa: E402
+
+
+def prompts(cfg, batch_size, regime, new_tokens, seed=0):
+    """(prompt ids (B, T0), number of new tokens) for a regime."""
+    rng = np.random.default_rng(seed)
+    if regime == "inside window":  # 1 character -> block_size characters
+        return rng.integers(0, cfg.vocab_size, (batch_size, 1)), cfg.block_size - 1
+    return rng.integers(0, cfg.vocab_size, (batch_size, cfg.block_size)), new_tokens
+
+
+def check_cache_agrees(model, cfg):
+    """Greedy characters with and without the cache must be identical (both regimes)."""
+    for regime in ("inside window", "past window"):
+        idx, n = prompts(cfg, 2, regime, new_tokens=8, seed=1)
+        n = min(n, 16)
+        with_cache = generate(model, idx, n, temperature=0, use_cache=True)
+        without = generate(model, idx, n, temperature=0, use_cache=False)
+        if not bool((with_cache == without).all()):
+            raise AssertionError(f"generate ({regime}): greedy tokens differ with and "
+                                 f"without the KV cache")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", default="tiny-cpu",
+                   help=f"comma-separated names from {list(NAMED_CONFIGS)}")
+    p.add_argument("--batch-sizes", default="1,8", help="comma-separated B values")
+    p.add_argument("--new-tokens", type=int, default=64,
+                   help="characters generated per row past the window (default 64)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
+    p.add_argument("--vocab-size", type=int, default=65)
+    p.add_argument("--threads", type=int, default=available_cores(),
+                   help="threads for NumPy's BLAS (default: available cores)")
+    p.add_argument("--repeat", type=int, default=3, help="timed generate() calls")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    p.add_argument("--out", default=str(RESULTS), help="directory for the result files")
+    args = p.parse_args(argv)
+    configs = [c for c in args.configs.split(",") if c]
+    for c in configs:
+        if c not in NAMED_CONFIGS:
+            p.error(f"unknown config {c!r}; choose from {list(NAMED_CONFIGS)}")
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    if args.backend == "cupy":
+        cupy, why = cupy_or_none()
+        if cupy is None:
+            p.error(why)
+
+    limit_threads(args.threads)
+    machine = machine_info()
+    out_dir = Path(args.out)
+    print(machine_summary(machine))
+    notes = [n for n in [busy_warning(args.threads, machine)] if n]
+    for note in notes:
+        print(note)
+
+    rows = []
+    for name in configs:
+        loaded = named_config(name, args.vocab_size)
+        if loaded is None:
+            msg = f"{name} skipped: examples/configs/{NAMED_CONFIGS[name]} not found"
+            print(msg)
+            notes.append(msg)
+            continue
+        cfg = loaded[1]
+        model = GPT(cfg, backend=args.backend, seed=0).eval()
+        check_cache_agrees(model, cfg)
+        sync = model.backend.synchronize
+        for B in batch_sizes:
+            for regime in ("inside window", "past window"):
+                idx, n = prompts(cfg, B, regime, args.new_tokens)
+                times = {}
+                for use_cache in (True, False):
+                    t = time_fn(lambda: generate(model, idx, n, temperature=1.0, seed=0,
+                                                 use_cache=use_cache),
+                                args.warmup, args.repeat, sync=sync)
+                    times[use_cache] = t
+                    row = {"config": name, "B": B, "regime": regime,
+                           "cache": "on" if use_cache else "off", "prompt": idx.shape[1],
+                           "new_chars": n, "median_ms": t.median, "min_ms": t.min,
+                           "max_ms": t.max, "chars_per_s": B * n / (t.median * 1e-3)}
+                    rows.append(row)
+                rows[-2]["cache_speedup"] = times[False].median / times[True].median
+                for row in rows[-2:]:
+                    append_jsonl(out_dir / "generate.jsonl",
+                                 {"bench": "generate", **row, "model": cfg.to_dict(),
+                                  "backend": args.backend, "threads": args.threads,
+                                  "repeat": args.repeat, "warmup": args.warmup,
+                                  "temperature": 1.0}, machine)
+                    print(f"{name} B={B} {regime:13s} cache {row['cache']:3s} "
+                          f"{row['median_ms']:9.1f} ms {row['chars_per_s']:9.0f} chars/s")
+
+    columns = ["config", "B", "regime", "cache", ("prompt", "prompt chars"),
+               ("new_chars", "new chars per row"), ("median_ms", "median ms"),
+               ("chars_per_s", "chars/s"),
+               ("cache_speedup", "cache speed-up (no-cache ms / cache ms)"),
+               ("min_ms", "min ms"), ("max_ms", "max ms")]
+    header = [machine_summary(machine),
+              f"Backend {args.backend}, {args.threads} threads, median of {args.repeat} "
+              f"generate() calls after {args.warmup} warm-up, temperature 1.0. chars/s = "
+              f"B x new chars / s. Past the window the cache is rebuilt every step, so "
+              f"there it is expected to match no cache, not beat it."] + notes
+    text = write_markdown_table(out_dir / "generate.md", rows, columns,
+                                "Generation with and without the KV cache", header)
+    print()
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

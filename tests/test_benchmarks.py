@@ -1,0 +1,191 @@
+"""Smoke tests of the benchmark scripts: each runs with tiny settings into a temporary
+directory and writes well-formed results (JSON lines with machine info, a markdown table).
+
+Benchmarks are scripts, never tests (STYLE.md, principle 13): nothing here compares
+speeds. The scripts run in subprocesses so their thread limits stay out of this process.
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from benchmarks import harness  # noqa: E402
+
+try:
+    import torch  # noqa: F401
+
+    HAS_TORCH = True
+except ImportError:
+    HAS_TORCH = False
+needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch not installed: the PyTorch "
+                                                       "comparison needs it (pip install torch)")
+
+
+def run_script(name, *args, tmp_path):
+    """Run benchmarks/<name> with args and --out tmp_path; return its stdout."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / name), "--out", str(tmp_path), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def read_jsonl(path):
+    lines = path.read_text().splitlines()
+    assert lines, f"{path} is empty"
+    records = [json.loads(line) for line in lines]
+    for r in records:
+        assert {"date", "machine", "versions"} <= set(r), f"{path}: {sorted(r)}"
+        assert r["machine"]["cpu"] and r["machine"]["blas"] is not None
+        assert r["versions"]["numpy"] == np.__version__
+    return records
+
+
+# -- the harness ---------------------------------------------------------------------------
+
+def test_time_fn_returns_median_min_max_in_ms():
+    calls = []
+    t = harness.time_fn(lambda: (calls.append(1), time.sleep(0.001)), warmup=2, repeat=5)
+    assert len(calls) == 7
+    assert 0 < t.min <= t.median <= t.max
+    assert t.min >= 0.5  # milliseconds: a 1 ms sleep never returns early
+    assert all(np.isfinite(t))
+
+
+def test_time_fn_calls_sync_around_every_timed_call():
+    syncs = []
+    harness.time_fn(lambda: None, warmup=1, repeat=3, sync=lambda: syncs.append(1))
+    assert len(syncs) == 1 + 2 * 3
+
+
+def test_time_fn_rejects_zero_repeats():
+    with pytest.raises(ValueError, match="repeat"):
+        harness.time_fn(lambda: None, repeat=0)
+
+
+def test_check_close_names_the_op():
+    a = np.ones((2, 3), dtype=np.float32)
+    assert harness.check_close("layernorm dx", a * (1 + 1e-6), a, rtol=1e-3) < 1e-3
+    with pytest.raises(AssertionError, match="layernorm dx"):
+        harness.check_close("layernorm dx", a * 1.01, a, rtol=1e-3)
+    with pytest.raises(AssertionError, match="attention.*shape"):
+        harness.check_close("attention", a, a.T, rtol=1e-3)
+
+
+def test_machine_info_has_blas_and_versions():
+    info = harness.machine_info()
+    assert info["cores"] >= 1 and info["cpu"]
+    assert set(info["env"]) >= {"OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"}
+    assert info["versions"]["numpy"] == np.__version__
+    for lib in info["blas"]:
+        assert {"internal_api", "num_threads"} <= set(lib)
+    assert "CPU:" in harness.machine_summary(info)
+
+
+def test_limit_threads_sets_and_restores_blas_threads():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    restore = harness.limit_threads(1)
+    try:
+        assert all(n == 1 for n in blas_threads())
+    finally:
+        restore()
+    assert blas_threads() == before
+
+
+def test_result_files(tmp_path):
+    harness.append_jsonl(tmp_path / "r.jsonl", {"op": "gelu", "ms": np.float32(1.5)})
+    harness.append_jsonl(tmp_path / "r.jsonl", {"op": "relu", "ms": 0.25})
+    records = read_jsonl(tmp_path / "r.jsonl")
+    assert [r["op"] for r in records] == ["gelu", "relu"] and records[0]["ms"] == 1.5
+    text = harness.write_markdown_table(tmp_path / "r.md", records, ["op", ("ms", "median ms")],
+                                        "Title", ["a note"])
+    assert (tmp_path / "r.md").read_text() == text
+    assert "## Title" in text and "| op | median ms |" in text and "| relu | 0.250 |" in text
+
+
+def test_named_config_skips_a_missing_preset(monkeypatch, tmp_path):
+    train_cfg, model_cfg = harness.named_config("tiny-cpu")
+    assert (model_cfg.n_layer, model_cfg.n_head, model_cfg.n_embd, model_cfg.block_size,
+            train_cfg.batch_size, model_cfg.vocab_size) == (4, 4, 128, 64, 12, 65)
+    monkeypatch.setattr(harness, "CONFIGS_DIR", tmp_path)
+    assert harness.named_config("cpu-preset") is None
+
+
+# -- the scripts, with tiny settings -------------------------------------------------------
+
+@needs_torch
+def test_bench_layers(tmp_path):
+    out = run_script("bench_layers.py", "--sizes", "tiny", "--repeat", "1", "--warmup", "0",
+                     "--threads", "1", tmp_path=tmp_path)
+    records = read_jsonl(tmp_path / "layers.jsonl")
+    assert {(r["op"], r["pass"]) for r in records} == {
+        (op, p) for op in ["linear", "embedding", "position_embedding", "layernorm",
+                           "attention", "gelu", "relu", "dropout", "cross_entropy"]
+        for p in ("forward", "backward")}
+    for r in records:
+        assert {"numpy", "torch"} <= set(r["results"]) and "numpy" in r["speed_vs_torch"]
+        assert r["results"]["numpy"]["median_ms"] > 0
+    md = (tmp_path / "layers.md").read_text()
+    assert "speed vs torch" in md and "| tiny | attention | backward |" in md
+    assert "speed vs torch" in out
+
+
+def test_bench_layers_rejects_an_unknown_size(tmp_path):
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_layers.py"), "--sizes", "huge",
+           "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert proc.returncode != 0 and "unknown size 'huge'" in proc.stderr
+
+
+@needs_torch
+def test_bench_train_step(tmp_path):
+    run_script("bench_train_step.py", "--configs", "tiny-cpu", "--impls", "numpy,torch",
+               "--repeat", "1", "--warmup", "0", "--threads", "1", tmp_path=tmp_path)
+    records = read_jsonl(tmp_path / "train_step.jsonl")
+    assert [r["impl"] for r in records] == ["numpy", "torch"]
+    ours = records[0]
+    for key in ("forward_ms", "backward_ms", "optimizer_ms", "step_ms", "tokens_per_s",
+                "rss_mib", "peak_rss_mib", "speed_vs_torch"):
+        assert ours[key] > 0, key
+    assert ours["model"]["n_layer"] == 4 and ours["batch_size"] == 12
+    assert "tokens/s" in (tmp_path / "train_step.md").read_text()
+
+
+def test_bench_train_step_memory_mode(tmp_path):
+    run_script("bench_train_step.py", "--configs", "tiny-cpu", "--impls", "numpy",
+               "--steps-memory", "12", "--threads", "1", tmp_path=tmp_path)
+    (record,) = read_jsonl(tmp_path / "train_step.jsonl")
+    assert [r["step"] for r in record["rows"]] == [6, 10, 12]
+    assert all(r["rss_mib"] > 0 for r in record["rows"])
+    assert "RSS MiB" in (tmp_path / "train_step_memory.md").read_text()
+
+
+def test_bench_generate(tmp_path):
+    run_script("bench_generate.py", "--batch-sizes", "1", "--new-tokens", "2", "--repeat",
+               "1", "--warmup", "0", "--threads", "1", tmp_path=tmp_path)
+    records = read_jsonl(tmp_path / "generate.jsonl")
+    assert {(r["regime"], r["cache"]) for r in records} == {
+        (regime, cache) for regime in ("inside window", "past window") for cache in ("on", "off")}
+    assert all(r["chars_per_s"] > 0 for r in records)
+    assert "chars/s" in (tmp_path / "generate.md").read_text()
+
+
+def test_bench_embedding_backward(tmp_path):
+    run_script("bench_embedding_backward.py", "--vocabs", "65", "--shapes", "64x16",
+               "--repeat", "1", "--warmup", "0", "--threads", "1", tmp_path=tmp_path)
+    records = read_jsonl(tmp_path / "embedding_backward.jsonl")
+    assert {r["method"] for r in records} == {"add.at", "one-hot", "bincount",
+                                              "sort+reduceat", "library"}
+    assert min(r["x_fastest"] for r in records) == 1.0
+    assert "x fastest" in (tmp_path / "embedding_backward.md").read_text()
