@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tinygrad_char.backend import cpu_name
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CONFIGS_DIR = REPO / "examples" / "configs"
@@ -205,17 +207,6 @@ def _dist_version(*names):
     return None
 
 
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _gpu_info():
     """Name, driver, CUDA versions of GPU 0, or None. Tries CuPy, then torch, then nvidia-smi
     only for the driver release (the CUDA APIs report the driver's CUDA version)."""
@@ -270,7 +261,7 @@ def versions():
 def machine_info():
     """Where a result was measured: CPU, cores, GPU, BLAS kernel and threads, versions,
     and the OpenBLAS environment variables that change which kernel it uses."""
-    return {"cpu": _cpu_model(),
+    return {"cpu": cpu_name(),
             "cores": os.cpu_count(),
             "cores_available": available_cores(),
             "load_average_1min": os.getloadavg()[0],

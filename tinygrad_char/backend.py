@@ -120,7 +120,7 @@ def keep_freed_memory_in_heap():
         pass
 
 
-def _cpu_name():
+def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -142,7 +142,7 @@ def get_backend(name="numpy", seed=0):
         name = "cupy" if gpu_available() else "numpy"
     if name == "numpy":
         keep_freed_memory_in_heap()
-        return Backend("numpy", np, f"CPU ({_cpu_name()}, {os.cpu_count()} cores)", seed)
+        return Backend("numpy", np, f"CPU ({cpu_name()}, {os.cpu_count()} cores)", seed)
     if name == "cupy":
         cupy = _cupy_or_error()
         dev = cupy.cuda.Device()
