@@ -24,15 +24,9 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .activations import gelu_backward, gelu_forward, relu_backward, relu_forward
-from .attention import attention_backward, attention_forward
 from .backend import get_backend
-from .cross_entropy import cross_entropy_backward, cross_entropy_forward
-from .dropout import dropout_backward, dropout_forward
-from .embedding import (embedding_backward, embedding_forward, position_embedding_backward,
-                        position_embedding_forward, sinusoidal_encoding)
-from .layernorm import layernorm_backward, layernorm_forward
-from .linear import linear_backward, linear_forward
+from .embedding import sinusoidal_encoding
+from .kernels import select_ops
 
 
 class ConfigError(ValueError):
@@ -143,11 +137,14 @@ class GPT:
     the caches of its ops for one backward; call forward again before the next backward.
     """
 
-    def __init__(self, config, backend="numpy", dtype="float32", seed=0):
+    def __init__(self, config, backend="numpy", dtype="float32", seed=0, kernels="xp"):
         if dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.config = config
         self.backend = get_backend(backend, seed)
+        # the op functions: the xp pairs of this package, or ("fused") the CUDA kernels of
+        # kernels/ where one exists; decided once, in kernels.select_ops
+        self.ops = select_ops(kernels)
         self.xp = self.backend.xp
         self.dtype = dtype
         self.params = {name: self.xp.asarray(p, dtype=dtype)
@@ -184,57 +181,61 @@ class GPT:
 
     def _attn_forward(self, x, h):
         """The attention branch: c_attn -> causal attention -> c_proj -> dropout. x (B, T, C)."""
-        cfg = self.config
-        qkv, c_qkv = linear_forward(x, self._p(h + "attn.c_attn.weight"),
+        cfg, ops = self.config, self.ops
+        qkv, c_qkv = ops.linear_forward(x, self._p(h + "attn.c_attn.weight"),
                                     self._p(h + "attn.c_attn.bias"))  # (B, T, 3C)
-        y, c_att = attention_forward(qkv, cfg.n_head, cfg.dropout, self.rng, self.training)
-        out, c_proj = linear_forward(y, self._p(h + "attn.c_proj.weight"),
+        y, c_att = ops.attention_forward(qkv, cfg.n_head, cfg.dropout, self.rng, self.training)
+        out, c_proj = ops.linear_forward(y, self._p(h + "attn.c_proj.weight"),
                                      self._p(h + "attn.c_proj.bias"))  # (B, T, C)
-        out, c_drop = dropout_forward(out, cfg.dropout, self.rng, self.training)
+        out, c_drop = ops.dropout_forward(out, cfg.dropout, self.rng, self.training)
         return out, (c_qkv, c_att, c_proj, c_drop)
 
     def _attn_backward(self, dout, cache, h, grads):
+        ops = self.ops
         c_qkv, c_att, c_proj, c_drop = cache
-        dout = dropout_backward(dout, c_drop)
-        dy, grads[h + "attn.c_proj.weight"], db = linear_backward(dout, c_proj)
+        dout = ops.dropout_backward(dout, c_drop)
+        dy, grads[h + "attn.c_proj.weight"], db = ops.linear_backward(dout, c_proj)
         if db is not None:
             grads[h + "attn.c_proj.bias"] = db
-        dqkv = attention_backward(dy, c_att)
-        dx, grads[h + "attn.c_attn.weight"], db = linear_backward(dqkv, c_qkv)
+        dqkv = ops.attention_backward(dy, c_att)
+        dx, grads[h + "attn.c_attn.weight"], db = ops.linear_backward(dqkv, c_qkv)
         if db is not None:
             grads[h + "attn.c_attn.bias"] = db
         return dx
 
     def _mlp_forward(self, x, h):
         """The MLP branch: c_fc -> activation -> c_proj -> dropout. x (B, T, C)."""
-        cfg = self.config
-        hid, c_fc = linear_forward(x, self._p(h + "mlp.c_fc.weight"),
+        cfg, ops = self.config, self.ops
+        hid, c_fc = ops.linear_forward(x, self._p(h + "mlp.c_fc.weight"),
                                    self._p(h + "mlp.c_fc.bias"))  # (B, T, F)
-        act_forward = gelu_forward if cfg.activation == "gelu" else relu_forward
+        act_forward = ops.gelu_forward if cfg.activation == "gelu" else ops.relu_forward
         hid, c_act = act_forward(hid)
-        out, c_proj = linear_forward(hid, self._p(h + "mlp.c_proj.weight"),
+        out, c_proj = ops.linear_forward(hid, self._p(h + "mlp.c_proj.weight"),
                                      self._p(h + "mlp.c_proj.bias"))  # (B, T, C)
-        out, c_drop = dropout_forward(out, cfg.dropout, self.rng, self.training)
+        out, c_drop = ops.dropout_forward(out, cfg.dropout, self.rng, self.training)
         return out, (c_fc, c_act, c_proj, c_drop)
 
     def _mlp_backward(self, dout, cache, h, grads):
+        ops = self.ops
         c_fc, c_act, c_proj, c_drop = cache
-        dout = dropout_backward(dout, c_drop)
-        dhid, grads[h + "mlp.c_proj.weight"], db = linear_backward(dout, c_proj)
+        dout = ops.dropout_backward(dout, c_drop)
+        dhid, grads[h + "mlp.c_proj.weight"], db = ops.linear_backward(dout, c_proj)
         if db is not None:
             grads[h + "mlp.c_proj.bias"] = db
-        act_backward = gelu_backward if self.config.activation == "gelu" else relu_backward
+        act_backward = ops.gelu_backward if self.config.activation == "gelu" \
+            else ops.relu_backward
         dhid = act_backward(dhid, c_act)
-        dx, grads[h + "mlp.c_fc.weight"], db = linear_backward(dhid, c_fc)
+        dx, grads[h + "mlp.c_fc.weight"], db = ops.linear_backward(dhid, c_fc)
         if db is not None:
             grads[h + "mlp.c_fc.bias"] = db
         return dx
 
     def _ln_forward(self, x, name):
-        return layernorm_forward(x, self.params[name + ".weight"], self._p(name + ".bias"))
+        return self.ops.layernorm_forward(x, self.params[name + ".weight"],
+                                          self._p(name + ".bias"))
 
     def _ln_backward(self, dy, cache, name, grads):
-        dx, grads[name + ".weight"], db = layernorm_backward(dy, cache)
+        dx, grads[name + ".weight"], db = self.ops.layernorm_backward(dy, cache)
         if db is not None:
             grads[name + ".bias"] = db
         return dx
@@ -248,7 +249,7 @@ class GPT:
             logits: (B, T, V)
             loss: 0-d array (mean cross-entropy in nats), or None without targets.
         """
-        cfg, p = self.config, self.params
+        cfg, p, ops = self.config, self.params, self.ops
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
         B, T = idx.shape
@@ -256,13 +257,13 @@ class GPT:
             raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}; "
                              f"crop the input to its last {cfg.block_size} tokens")
         caches = {}
-        tok, caches["wte"] = embedding_forward(idx, p["transformer.wte.weight"])  # (B, T, C)
+        tok, caches["wte"] = ops.embedding_forward(idx, p["transformer.wte.weight"])  # (B,T,C)
         if cfg.pos_encoding == "learned":
-            pos, caches["wpe"] = position_embedding_forward(p["transformer.wpe.weight"], T)
+            pos, caches["wpe"] = ops.position_embedding_forward(p["transformer.wpe.weight"], T)
         else:
             pos = self._pos_table[:T]  # (T, C), fixed
         x = tok + pos  # (B, T, C), pos broadcast over the batch
-        x, caches["drop"] = dropout_forward(x, cfg.dropout, self.rng, self.training)
+        x, caches["drop"] = ops.dropout_forward(x, cfg.dropout, self.rng, self.training)
 
         for i in range(cfg.n_layer):
             h = f"transformer.h.{i}."
@@ -283,10 +284,10 @@ class GPT:
         if cfg.norm == "pre":
             x, caches["ln_f"] = self._ln_forward(x, "transformer.ln_f")
         head = p["transformer.wte.weight"] if cfg.tie_weights else p["lm_head.weight"]
-        logits, caches["head"] = linear_forward(x, head)  # (B, T, V)
+        logits, caches["head"] = ops.linear_forward(x, head)  # (B, T, V)
         loss = None
         if targets is not None:
-            loss, caches["loss"] = cross_entropy_forward(logits, targets)
+            loss, caches["loss"] = ops.cross_entropy_forward(logits, targets)
         self._caches = caches
         return logits, loss
 
@@ -300,13 +301,13 @@ class GPT:
         if self._caches is None:
             raise RuntimeError("backward() needs a forward() first (and each forward "
                                "allows one backward)")
-        cfg, caches, grads = self.config, self._caches, {}
+        cfg, caches, grads, ops = self.config, self._caches, {}, self.ops
         self._caches = None
         if dlogits is None:
             if "loss" not in caches:
                 raise RuntimeError("backward() without dlogits needs forward(idx, targets)")
-            dlogits = cross_entropy_backward(1.0, caches["loss"])  # (B, T, V)
-        dx, dhead, _ = linear_backward(dlogits, caches["head"])  # (B, T, C), (V, C)
+            dlogits = ops.cross_entropy_backward(1.0, caches["loss"])  # (B, T, V)
+        dx, dhead, _ = ops.linear_backward(dlogits, caches["head"])  # (B, T, C), (V, C)
         if cfg.norm == "pre":
             dx = self._ln_backward(dx, caches["ln_f"], "transformer.ln_f", grads)
 
@@ -328,11 +329,11 @@ class GPT:
                 ds = self._ln_backward(dx, c_ln1, h + "ln_1", grads)
                 dx = ds + self._attn_backward(ds, c_attn, h, grads)
 
-        dx = dropout_backward(dx, caches["drop"])  # (B, T, C)
+        dx = ops.dropout_backward(dx, caches["drop"])  # (B, T, C)
         if cfg.pos_encoding == "learned":
-            grads["transformer.wpe.weight"] = position_embedding_backward(dx.sum(axis=0),
-                                                                          caches["wpe"])
-        dwte = embedding_backward(dx, caches["wte"])  # (V, C)
+            grads["transformer.wpe.weight"] = ops.position_embedding_backward(
+                dx.sum(axis=0), caches["wpe"])
+        dwte = ops.embedding_backward(dx, caches["wte"])  # (V, C)
         if cfg.tie_weights:
             dwte += dhead  # the tied table is used twice: input lookup and output head
         else:

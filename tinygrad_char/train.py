@@ -26,7 +26,8 @@ from .backend import get_backend
 from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from .data import eval_batches, get_batch
 from .model import GPT, ConfigError, GPTConfig
-from .optim import AdamW, clip_grad_norm, cosine_lr
+from .kernels import select_ops
+from .optim import clip_grad_norm, cosine_lr
 
 LN2 = math.log(2.0)
 
@@ -64,6 +65,7 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "float32"
     backend: str = "numpy"
+    kernels: str = "xp"  # "xp": the readable NumPy/CuPy ops; "fused": CUDA kernels (GPU)
     out_dir: str = "out"
 
     def model_config(self, vocab_size):
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ConfigError("config: weight_decay and grad_clip must be >= 0")
         if self.backend not in ("numpy", "cupy", "auto"):
             raise ConfigError("config: backend must be 'numpy', 'cupy' or 'auto'")
+        if self.kernels not in ("xp", "fused"):
+            raise ConfigError("config: kernels must be 'xp' or 'fused'")
         if self.dtype not in ("float32", "float64"):
             raise ConfigError("config: dtype must be 'float32' or 'float64'")
         self.model_config(vocab_size=1)  # GPTConfig's own checks (n_embd % n_head, ...)
@@ -241,6 +245,7 @@ def train(cfg, data, resume=None, progress=True, out=print):
     start_step = 0
     if resume:
         model, saved_tok, meta = load_checkpoint(resume, backend=backend, dtype=cfg.dtype)
+        model.ops = select_ops(cfg.kernels)
         wanted = cfg.model_config(tokenizer.vocab_size)
         if model.config != wanted:
             diff = {k: (v, getattr(wanted, k)) for k, v in model.config.to_dict().items()
@@ -251,17 +256,17 @@ def train(cfg, data, resume=None, progress=True, out=print):
         if saved_tok != tokenizer:
             raise ConfigError(f"--resume {resume}: the checkpoint's vocabulary differs from "
                               "this data's; resume on the same data")
-        optimizer = AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                          weight_decay=cfg.weight_decay)
+        optimizer = model.ops.AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                    weight_decay=cfg.weight_decay)
         load_training_state(resume, optimizer)
         start_step = meta["step"]
         _truncate_log(log_path, start_step)  # drop records the resumed run will redo
         out(f"resumed from {resume} at step {start_step}")
     else:
         model = GPT(cfg.model_config(tokenizer.vocab_size), backend=backend, dtype=cfg.dtype,
-                    seed=cfg.seed)
-        optimizer = AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                          weight_decay=cfg.weight_decay)
+                    seed=cfg.seed, kernels=cfg.kernels)
+        optimizer = model.ops.AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                                    weight_decay=cfg.weight_decay)
         if os.path.exists(log_path):
             os.remove(log_path)  # a fresh run starts a fresh log
     out(f"model: {model.num_params():,} parameters, {model.config}")
