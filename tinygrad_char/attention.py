@@ -25,8 +25,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
             attn_dropout), with the model's seeded generator.
     Returns:
         y: (B, T, C)
-        cache: (q, k^T, v, att, mask, scale) for the backward; att is the (B, NH, T, T)
-            probabilities, mask the scaled dropout mask or None.
+        cache: (q * scale, k^T, v, att, mask, scale) for the backward; att is the
+            (B, NH, T, T) probabilities, mask the scaled dropout mask or None.
     """
     xp = get_array_module(qkv)
     B, T, C3 = qkv.shape
@@ -37,19 +37,18 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     # loop (measured for q @ k^T at B=16, T=128, hs=48: 14 ms on a transposed view,
     # 0.9 ms on a contiguous k^T). The copies are (B, NH, T, hs)-sized: cheap.
     heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, NH, T, hs)
-    q = xp.ascontiguousarray(heads[0])  # (B, NH, T, hs)
+    scale = 1.0 / math.sqrt(hs)
+    q = heads[0] * scale  # (B, NH, T, hs), scaled here: q is smaller than the (T, T) scores
     k_t = xp.ascontiguousarray(heads[1].transpose(0, 1, 3, 2))  # (B, NH, hs, T)
     v = xp.ascontiguousarray(heads[2])  # (B, NH, T, hs)
-    scale = 1.0 / math.sqrt(hs)
-    att = q @ k_t  # (B, NH, T, T)
-    att *= scale
+    att = q @ k_t  # (B, NH, T, T) = q k^T / sqrt(hs)
     att += causal_mask_bias(T, xp, att.dtype)
     # stable softmax over the last axis: subtracting the row max changes nothing
     # mathematically but keeps exp() from overflowing; the diagonal is never masked,
     # so every row has a finite max.
     att -= att.max(axis=-1, keepdims=True)
     xp.exp(att, out=att)
-    att /= att.sum(axis=-1, keepdims=True)
+    att *= 1.0 / att.sum(axis=-1, keepdims=True)  # one reciprocal per row, then multiply
     mask = None
     att_used = att
     if training and dropout > 0.0:
@@ -72,9 +71,9 @@ def attention_backward(dy, cache):
         dq = dS k * s,  dk = dS^T q * s
     Args: dy (B, T, C). Returns dqkv (B, T, 3C).
     """
-    q, k_t, v, att, mask, scale = cache
+    q_scaled, k_t, v, att, mask, scale = cache
     xp = get_array_module(dy)
-    B, NH, T, hs = q.shape
+    B, NH, T, hs = q_scaled.shape
     dy_h = xp.ascontiguousarray(dy.reshape(B, T, NH, hs).transpose(0, 2, 1, 3))  # (B, NH, T, hs)
     att_used = att if mask is None else att * mask
     # as in the forward, every batched matmul operand is made C-contiguous first
@@ -85,8 +84,10 @@ def attention_backward(dy, cache):
         datt *= mask
     dscores = datt
     dscores -= (datt * att).sum(axis=-1, keepdims=True)
-    dscores *= att
-    dscores *= scale
-    dqkv[0] = dscores @ xp.ascontiguousarray(k_t.transpose(0, 1, 3, 2))  # dq (B, NH, T, hs)
-    dqkv[1] = xp.ascontiguousarray(dscores.transpose(0, 1, 3, 2)) @ q  # dk (B, NH, T, hs)
+    dscores *= att  # dS, the gradient of the scaled scores S = q k^T * s
+    dq = dscores @ xp.ascontiguousarray(k_t.transpose(0, 1, 3, 2))  # (B, NH, T, hs)
+    dq *= scale  # dq = dS k * s
+    dqkv[0] = dq
+    # dk = dS^T (q * s): the cache holds q already scaled
+    dqkv[1] = xp.ascontiguousarray(dscores.transpose(0, 1, 3, 2)) @ q_scaled  # (B, NH, T, hs)
     return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * NH * hs)  # (B, T, 3C)
