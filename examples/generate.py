@@ -17,7 +17,8 @@ import argparse
 import sys
 
 from tinygrad_char.backend import BackendError
-from tinygrad_char.checkpoint import CheckpointError, load_checkpoint
+from tinygrad_char.checkpoint import CheckpointError
+from tinygrad_char.onnx_export import load_for_sampling
 from tinygrad_char.sampling import check_sampling_args, generate_text
 
 SEPARATOR = "-" * 40  # printed on its own line between samples
@@ -31,7 +32,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     p = _Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
+    p.add_argument("--onnx", metavar="MODEL.onnx", help="sample from this exported model on "
+                   "onnxruntime (no KV cache); --checkpoint, if given, must match it")
+    p.add_argument("--checkpoint", metavar="PATH",
                    help="a .safetensors checkpoint written by training")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="", metavar="TEXT",
@@ -83,7 +86,7 @@ def main(argv=None):
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
         check_sampling_args(args.temperature, args.top_k, args.top_p)
         prompt = read_prompt(args)
-        model, tokenizer, _ = load_checkpoint(args.checkpoint, backend=args.backend)
+        model, tokenizer, _ = load_for_sampling(args.checkpoint, args.onnx, args.backend)
         tokenizer.encode(prompt, errors="raise", what="prompt")
     except (BackendError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -94,7 +97,7 @@ def main(argv=None):
         samples = generate_text(model, tokenizer, prompt, args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed,
-                                num_samples=args.num_samples, use_cache=not args.no_cache,
+                                num_samples=args.num_samples, use_cache=not (args.no_cache or args.onnx),
                                 stream=write)  # sample 0, one character at a time
     except KeyboardInterrupt:
         write("\n")

@@ -1,0 +1,161 @@
+"""The ONNX export against our NumPy forward: onnx.checker, then onnxruntime's logits for
+every architecture variant at several (B, T), T = 1 and T = block_size included; the
+OnnxModel wrapper's generation and metadata. Skipped with the reason without onnx or
+onnxruntime (pip install "tinygrad-char[onnx]")."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tinygrad_char import GPT, GPTConfig
+from tinygrad_char.checkpoint import save_checkpoint
+from tinygrad_char.sampling import generate, generate_text
+from tinygrad_char.tokenizer import CharTokenizer
+
+from conftest import TOL
+
+onnx = pytest.importorskip("onnx", reason="onnx not installed: the export needs it "
+                                          '(pip install "tinygrad-char[onnx]")')
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: the comparison "
+                                                'needs it (pip install "tinygrad-char[onnx]")')
+from tinygrad_char.onnx_export import (OnnxModel, export_onnx, load_for_sampling,  # noqa: E402
+                                       load_onnx, save_onnx)
+
+VARIANTS = list(itertools.product(["learned", "sinusoidal"], ["pre", "post"],
+                                  ["gelu", "relu"], [True, False], [True, False]))
+SHAPES = [(1, 1), (2, 1), (3, 5), (1, 8), (4, 8)]  # (B, T); block_size is 8
+V, BLOCK = 11, 8
+
+
+def rel(a, b):
+    """max |a - b| relative to max |b|."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def make_model(seed=0, **arch):
+    cfg = GPTConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=2, n_embd=16, **arch)
+    model = GPT(cfg, seed=seed).eval()
+    rng = np.random.default_rng(seed + 100)
+    for p in model.params.values():  # LayerNorm gains != 1 and biases != 0 show up
+        p += (rng.standard_normal(p.shape) * 0.3).astype(p.dtype)
+    return model
+
+
+def session(proto):
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("pos,norm,act,tie,bias", VARIANTS,
+                         ids=["-".join(map(str, v)) for v in VARIANTS])
+def test_onnxruntime_matches_numpy_forward(pos, norm, act, tie, bias):
+    model = make_model(pos_encoding=pos, norm=norm, activation=act, tie_weights=tie, bias=bias)
+    proto = export_onnx(model)
+    onnx.checker.check_model(proto, full_check=True)  # raises on an invalid graph
+    assert proto.opset_import[0].version >= 17
+    names = {init.name for init in proto.graph.initializer}
+    assert set(model.params) <= names, f"parameters missing: {set(model.params) - names}"
+    assert ("lm_head.weight" in names) == (not tie)
+    sess = session(proto)
+    rng = np.random.default_rng(1)
+    for B, T in SHAPES:
+        idx = rng.integers(0, V, size=(B, T))
+        ours, _ = model.forward(idx)
+        (theirs,) = sess.run(["logits"], {"idx": idx})
+        assert theirs.shape == (B, T, V), (pos, norm, act, tie, bias, B, T, theirs.shape)
+        err = rel(theirs, ours)
+        assert err < TOL["float32"], f"{pos}-{norm}-{act}-tie={tie}-bias={bias} (B={B}, " \
+                                     f"T={T}): max relative logits error {err:.2e}"
+
+
+def test_graph_declares_dynamic_axes_and_int64_input():
+    proto = export_onnx(make_model())
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert inp.name == "idx" and inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [d.dim_param for d in inp.type.tensor_type.shape.dim] == ["batch", "seq"]
+    dims = out.type.tensor_type.shape.dim
+    assert out.name == "logits"
+    assert [dims[0].dim_param, dims[1].dim_param, dims[2].dim_value] == ["batch", "seq", V]
+    ops = {n.op_type for n in proto.graph.node}
+    assert "LayerNormalization" in ops and "Tanh" in ops  # the opset-17 op, tanh GELU
+
+
+def test_longer_than_block_size_is_refused():
+    model = make_model()
+    sess = session(export_onnx(model))
+    with pytest.raises(Exception):  # the mask and the position table stop at block_size
+        sess.run(["logits"], {"idx": np.zeros((1, BLOCK + 1), dtype=np.int64)})
+    wrapped = OnnxModel(sess, model.config)
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        wrapped.forward(np.zeros((1, BLOCK + 1), dtype=np.int64))
+
+
+def test_float64_model_exports_float32_with_the_same_logits():
+    model = make_model()
+    model64 = GPT(model.config, dtype="float64").eval()
+    model64.params = {k: v.astype(np.float64) for k, v in model.params.items()}
+    idx = np.random.default_rng(2).integers(0, V, size=(2, BLOCK))
+    (theirs,) = session(export_onnx(model64)).run(["logits"], {"idx": idx})
+    assert theirs.dtype == np.float32
+    assert rel(theirs, model64.forward(idx)[0]) < TOL["float32"]
+
+
+def test_save_load_roundtrip_and_generation(tmp_path):
+    """The file alone is enough to sample (config and vocabulary in its metadata), and
+    greedy generation on onnxruntime gives the NumPy model's text, past the window too."""
+    tokenizer = CharTokenizer("abcdefghij\n", unk=False)
+    model = make_model(seed=3)
+    path = str(tmp_path / "m.onnx")
+    save_onnx(model, tokenizer, path, step=7)
+    onnx_model, tok, meta = load_onnx(path)
+    assert tok == tokenizer and meta["step"] == 7 and meta["config"] == model.config.to_dict()
+    assert onnx_model.num_params() == model.num_params()
+    ours = generate_text(model, tokenizer, "abc", 20, temperature=0, use_cache=False)
+    theirs = generate_text(onnx_model, tok, "abc", 20, temperature=0, use_cache=False)
+    assert theirs == ours
+    # sampled: same seed, logits equal to float rounding -> the same draws
+    idx = np.array([[0, 1, 2]] * 2)
+    a = generate(model, idx, 12, temperature=1.0, top_k=5, seed=4, use_cache=False)
+    b = generate(onnx_model, idx, 12, temperature=1.0, top_k=5, seed=4, use_cache=False)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_load_for_sampling_checks_the_checkpoint(tmp_path):
+    tokenizer = CharTokenizer("abcdefghij\n", unk=False)
+    model = make_model(seed=3)
+    ckpt, other = str(tmp_path / "m.safetensors"), str(tmp_path / "o.safetensors")
+    save_checkpoint(ckpt, model, tokenizer, step=1)
+    save_checkpoint(other, make_model(norm="post"), tokenizer, step=1)
+    path = str(tmp_path / "m.onnx")
+    save_onnx(model, tokenizer, path)
+    m, tok, _ = load_for_sampling(ckpt, path)
+    assert isinstance(m, OnnxModel) and tok == tokenizer
+    with pytest.raises(ValueError, match="was not exported from"):
+        load_for_sampling(other, path)
+    with pytest.raises(ValueError, match="does not apply"):
+        load_for_sampling(ckpt, path, backend="cupy")
+    with pytest.raises(ValueError, match="no such file"):
+        load_for_sampling(ckpt, str(tmp_path / "missing.onnx"))
+    with pytest.raises(ValueError, match="give a checkpoint"):
+        load_for_sampling(None, None)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="onnxruntime cannot load"):
+        load_onnx(str(tmp_path / "junk.onnx"))
+
+
+def test_export_script(tmp_path):
+    """examples/export_onnx.py writes a checked file and verifies it on onnxruntime."""
+    import importlib.util
+
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("export_onnx",
+                                                  REPO / "examples" / "export_onnx.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ckpt, out = str(tmp_path / "m.safetensors"), str(tmp_path / "m.onnx")
+    save_checkpoint(ckpt, make_model(), CharTokenizer("abcdefghij", unk=True), step=2)
+    assert script.main(["--checkpoint", ckpt, "--out", out]) == 0
+    onnx.checker.check_model(onnx.load(out))
+    assert script.main(["--checkpoint", str(tmp_path / "nope.safetensors"),
+                        "--out", out]) == 2

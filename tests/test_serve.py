@@ -1,0 +1,354 @@
+"""The HTTP endpoint, over real HTTP: a uvicorn server on a free 127.0.0.1 port in a
+thread (and examples/serve.py in a subprocess), called with urllib (httpx's sync client
+added ~40 ms to every request here, which would hide the server's own latency). Happy
+path, every kind of bad input (each a 422 naming the field, the server serving on), the
+OpenAPI schema, and a bounded load run (200 requests, 16 at a time) whose texts must
+equal the same seeds generated alone. Skipped with the reason without fastapi or uvicorn
+(pip install "tinygrad-char[serve]")."""
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from tinygrad_char import GPT, GPTConfig
+from tinygrad_char.checkpoint import save_checkpoint
+from tinygrad_char.sampling import generate_text
+from tinygrad_char.tokenizer import CharTokenizer
+
+from conftest import REPO
+
+pytest.importorskip("fastapi", reason='fastapi not installed (pip install '
+                                      '"tinygrad-char[serve]")')
+uvicorn = pytest.importorskip("uvicorn", reason='uvicorn not installed (pip install '
+                                                '"tinygrad-char[serve]")')
+from tinygrad_char.serve import create_app  # noqa: E402
+
+CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LIMIT = 300  # the server's max_new_tokens_limit in these tests
+BLOCK = 32
+
+
+class Client:
+    """A tiny JSON client over urllib: get/post return (status, parsed JSON body)."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def request(self, path, body=None, raw=None, timeout=60):
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + path, data=data,
+                                     headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def get(self, path):
+        return self.request(path)
+
+    def post(self, path, body=None, raw=None):
+        return self.request(path, body=body, raw=raw)
+
+
+def blas_threads(n):
+    """threadpoolctl's limit on BLAS threads when installed (the dev extra), else a no-op."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def make_model():
+    tokenizer = CharTokenizer(CHARS, unk=False)
+    cfg = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=BLOCK, n_layer=2, n_head=2,
+                    n_embd=32)
+    return GPT(cfg, seed=0), tokenizer
+
+
+class Server:
+    """uvicorn serving `app` on an already-bound loopback socket (no port race), in a
+    daemon thread; stop() asks it to exit and joins."""
+
+    def __init__(self, app):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run,
+                                       kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        return self
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture(scope="module")
+def served():
+    model, tokenizer = make_model()
+    server = Server(create_app(model, tokenizer, max_new_tokens_limit=LIMIT,
+                               backend_name="numpy")).start()
+    with blas_threads(1):  # as examples/serve.py: concurrent requests, one BLAS thread each
+        yield Client(server.url), model, tokenizer
+    server.stop()
+
+
+def test_health(served):
+    client, model, _ = served
+    status, body = client.get("/health")
+    assert status == 200, body
+    assert body["status"] == "ok" and body["backend"] == "numpy"
+    assert body["num_params"] == model.num_params()
+    assert body["config"] == model.config.to_dict()
+    assert body["max_new_tokens_limit"] == LIMIT
+
+
+def test_generate_happy_path(served):
+    client, model, tokenizer = served
+    req = {"prompt": "ROMEO:", "max_new_tokens": 40, "temperature": 0.8, "top_k": 10,
+           "top_p": 0.9, "seed": 3}
+    status, body = client.post("/generate", req)
+    assert status == 200, body
+    expected = generate_text(model, tokenizer, "ROMEO:", 40, temperature=0.8, top_k=10,
+                             top_p=0.9, seed=3)[0]
+    assert body["text"] == expected and body["num_chars"] == 40 == len(body["text"])
+    assert body["seed"] == 3 and body["time_s"] > 0
+    assert body["prompt_chars_used"] == 6 and body["prompt_cropped"] is False
+    assert client.post("/generate", req)[1]["text"] == expected  # reproducible
+
+
+def test_defaults_empty_prompt_and_drawn_seed(served):
+    client, _, _ = served
+    status, body = client.post("/generate", {"prompt": ""})
+    assert status == 200, body
+    assert body["num_chars"] == 200  # default max_new_tokens
+    assert body["prompt_chars_used"] == 0
+    # the seed drawn for us is returned and reproduces the text
+    status, again = client.post("/generate", {"seed": body["seed"]})
+    assert status == 200 and again["text"] == body["text"]
+    status, body = client.post("/generate", {"prompt": "hi", "max_new_tokens": 0})
+    assert status == 200 and body["text"] == "" and body["num_chars"] == 0
+
+
+def test_long_prompt_is_cropped_on_the_left(served):
+    client, model, tokenizer = served
+    prompt = "abcdefghij" * 10  # 100 > block_size 32
+    status, body = client.post("/generate", {"prompt": prompt, "max_new_tokens": 10,
+                                             "temperature": 0})
+    assert status == 200, body
+    assert body["prompt_cropped"] is True and body["prompt_chars_used"] == BLOCK
+    expected = generate_text(model, tokenizer, prompt[-BLOCK:], 10, temperature=0)[0]
+    assert body["text"] == expected
+
+
+BAD = {  # name: (body sent as JSON, the field the error must name, words in its message)
+    "negative temperature": ({"prompt": "a", "temperature": -0.5}, "temperature",
+                             "greater than or equal to 0"),
+    "temperature too large": ({"temperature": 1e9}, "temperature", "less than or equal"),
+    "temperature a string": ({"temperature": "0.5"}, "temperature", "valid number"),
+    "top_p zero": ({"top_p": 0.0}, "top_p", "greater than 0"),
+    "top_p above one": ({"top_p": 1.5}, "top_p", "less than or equal to 1"),
+    "top_k zero": ({"top_k": 0}, "top_k", "greater than or equal to 1"),
+    "max_new_tokens above limit": ({"max_new_tokens": LIMIT + 1}, "max_new_tokens",
+                                   f"less than or equal to {LIMIT}"),
+    "max_new_tokens negative": ({"max_new_tokens": -1}, "max_new_tokens",
+                                "greater than or equal to 0"),
+    "max_new_tokens float": ({"max_new_tokens": 2.5}, "max_new_tokens", "integer"),
+    "max_new_tokens string": ({"max_new_tokens": "10"}, "max_new_tokens", "integer"),
+    "max_new_tokens bool": ({"max_new_tokens": True}, "max_new_tokens", "integer"),
+    "seed negative": ({"seed": -1}, "seed", "greater than or equal to 0"),
+    "seed too big": ({"seed": 2**64}, "seed", "less than or equal"),
+    "prompt not a string": ({"prompt": 5}, "prompt", "string"),
+    "prompt out of vocabulary": ({"prompt": "h\u00e9llo \u2603"}, "prompt",
+                                 "not in the model's vocabulary: '\u00e9', '\u2603'"),
+    "unknown field": ({"prompt": "a", "max_tokens": 5}, "max_tokens", "Extra inputs"),
+    "body not an object": ([1, 2], "body", "valid dictionary"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_is_a_422_naming_the_field(served, name):
+    client, _, _ = served
+    sent, field, words = BAD[name]
+    status, body = client.post("/generate", sent)
+    assert status == 422, f"{name}: got {status} {body}"
+    error = body["error"]
+    assert error.startswith(field + ":") or f"; {field}:" in error, f"{name}: {error}"
+    assert words in error, f"{name}: {error!r} lacks {words!r}"
+    assert client.get("/health")[0] == 200  # still serving
+
+
+@pytest.mark.parametrize("raw", [b'{"prompt": "a", "seed": }', b"not json", b'{"prompt": "a"',
+                                 b"", b'{"temperature": NaN}', b'{"temperature": Infinity}'])
+def test_malformed_json_is_a_422(served, raw):
+    client, _, _ = served
+    status, body = client.post("/generate", raw=raw)
+    assert status == 422, body
+    error = body["error"]
+    assert "malformed JSON" in error or "temperature: " in error or "body: " in error, error
+    status, _ = client.post("/generate", {"prompt": "a", "max_new_tokens": 3, "seed": 0})
+    assert status == 200  # the server keeps serving
+
+
+def test_openapi_schema_documents_fields_and_bounds(served):
+    client, _, _ = served
+    schema = client.get("/openapi.json")[1]
+    props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert set(props) == {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"}
+    for name, prop in props.items():
+        assert prop.get("description"), f"{name} has no description"
+    assert props["max_new_tokens"]["minimum"] == 0
+    assert props["max_new_tokens"]["maximum"] == LIMIT
+    assert props["temperature"]["minimum"] == 0
+    top_p = [s for s in props["top_p"]["anyOf"] if s.get("type") == "number"][0]
+    assert top_p["exclusiveMinimum"] == 0 and top_p["maximum"] == 1
+    top_k = [s for s in props["top_k"]["anyOf"] if s.get("type") == "integer"][0]
+    assert top_k["minimum"] == 1
+    response = schema["components"]["schemas"]["GenerateResponse"]["properties"]
+    assert {"text", "num_chars", "time_s"} <= set(response)
+
+
+def test_load_run_200_requests_16_at_a_time(served):
+    """No errors, nothing lost, and texts equal to their seeds generated alone: a seed
+    gives the same text whatever else is running."""
+    client, model, tokenizer = served
+    n, concurrency, new_tokens = 200, 16, 20
+    prompts = ["", "ROMEO:", "to be, or not", "abcdefghij" * 5]
+    reqs = [{"prompt": prompts[i % len(prompts)], "max_new_tokens": new_tokens,
+             "temperature": 0.9, "top_k": 20 if i % 2 else None, "seed": i}
+            for i in range(n)]
+    expected = {}
+    for r in reqs[::5]:  # the reference for every fifth seed, generated serially
+        expected[r["seed"]] = generate_text(model, tokenizer, r["prompt"][-BLOCK:],
+                                            new_tokens, temperature=0.9, top_k=r["top_k"],
+                                            seed=r["seed"])[0]
+
+    def call(req):
+        start = time.perf_counter()
+        status, body = client.post("/generate", req)  # a new connection per request
+        return req, status, body, time.perf_counter() - start
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(call, reqs))
+    wall = time.perf_counter() - start
+
+    assert len(results) == n
+    failures = [(req["seed"], status) for req, status, _, _ in results if status != 200]
+    assert not failures, f"failed requests (seed, status): {failures[:10]}"
+    assert sorted(body["seed"] for _, _, body, _ in results) == list(range(n))  # none lost
+    for req, _, body, _ in results:
+        assert body["num_chars"] == new_tokens
+        if req["seed"] in expected:
+            assert body["text"] == expected[req["seed"]], f"seed {req['seed']} differs " \
+                                                          f"under load"
+    latencies = np.array([t for *_, t in results])
+    print(f"\nload run: {n} requests, {concurrency} concurrent, {new_tokens} chars each, "
+          f"model {model.num_params():,} params: p50 {np.percentile(latencies, 50) * 1e3:.1f}"
+          f" ms, p99 {np.percentile(latencies, 99) * 1e3:.1f} ms, "
+          f"{n / wall:.1f} requests/s")
+
+
+def test_serve_script_binds_loopback_and_answers(tmp_path):
+    """examples/serve.py end to end: loads a checkpoint, serves on 127.0.0.1, answers."""
+    model, tokenizer = make_model()
+    ckpt = str(tmp_path / "m.safetensors")
+    save_checkpoint(ckpt, model, tokenizer, step=5)
+    with socket.socket() as s:  # a free port (released just before the server takes it)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "serve.py"),
+                             "--checkpoint", ckpt, "--port", str(port),
+                             "--max-new-tokens-limit", "50"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        client = Client(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                status, health = client.get("/health")
+                break
+            except OSError:  # connection refused until uvicorn listens
+                assert time.monotonic() < deadline, "serve.py did not come up in 30 s"
+                time.sleep(0.1)
+        assert status == 200 and health["max_new_tokens_limit"] == 50
+        status, body = client.post("/generate", {"prompt": "ab", "max_new_tokens": 5,
+                                                 "seed": 1})
+        assert status == 200 and body["num_chars"] == 5
+        assert client.post("/generate", {"max_new_tokens": 51})[0] == 422
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=10)[0].decode()
+    assert f"http://127.0.0.1:{port}" in out, out
+
+
+def test_serve_script_refuses_a_missing_checkpoint(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "examples" / "serve.py"),
+                        "--checkpoint", str(tmp_path / "none.safetensors")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: "), r.stderr
+
+
+def test_create_app_checks_its_arguments():
+    model, tokenizer = make_model()
+    with pytest.raises(ValueError, match="max_new_tokens_limit"):
+        create_app(model, tokenizer, max_new_tokens_limit=0)
+    with pytest.raises(ValueError, match="vocab_size"):
+        create_app(model, CharTokenizer("ab"))
+
+
+def test_onnx_model_is_served(tmp_path):
+    """create_app over an OnnxModel: the no-cache path, same greedy text as NumPy."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed (the extra onnx)")
+    pytest.importorskip("onnx", reason="onnx not installed (the extra onnx)")
+    from tinygrad_char.onnx_export import load_onnx, save_onnx
+
+    model, tokenizer = make_model()
+    path = str(tmp_path / "m.onnx")
+    save_onnx(model, tokenizer, path)
+    onnx_model, tok, _ = load_onnx(path)
+    server = Server(create_app(onnx_model, tok, max_new_tokens_limit=LIMIT)).start()
+    try:
+        client = Client(server.url)
+        assert client.get("/health")[1]["backend"] == "onnxruntime"
+        status, body = client.post("/generate", {"prompt": "ROMEO:", "max_new_tokens": 40,
+                                                 "temperature": 0})
+        assert status == 200, body
+        assert body["text"] == generate_text(model, tokenizer, "ROMEO:", 40, temperature=0)[0]
+    finally:
+        server.stop()
+
+
+def test_package_imports_without_fastapi():
+    code = ("import sys; sys.modules['fastapi'] = None; sys.modules['onnx'] = None; "
+            "sys.modules['onnxruntime'] = None; import tinygrad_char, tinygrad_char.serve, "
+            "tinygrad_char.onnx_export; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
