@@ -43,18 +43,25 @@ class AdamW:
         bias1 = 1.0 - self.beta1 ** t
         bias2 = 1.0 - self.beta2 ** t
         step_size = lr / bias1
+        inv_sqrt_bias2 = 1.0 / math.sqrt(bias2)
         for name, p in self.params.items():
             xp = get_array_module(p)
             g, m, v = grads[name], self.m[name], self.v[name]
+            # two temporaries per tensor; every other line updates a buffer in place
             m *= self.beta1
-            m += (1.0 - self.beta1) * g
+            m += (1.0 - self.beta1) * g  # m = b1 m + (1 - b1) g
+            g2 = g * g
+            g2 *= 1.0 - self.beta2
             v *= self.beta2
-            v += (1.0 - self.beta2) * (g * g)
+            v += g2  # v = b2 v + (1 - b2) g^2
             if self.weight_decay and decays(name, p):
-                p *= 1.0 - lr * self.weight_decay
-            denom = xp.sqrt(v / bias2)
-            denom += self.eps
-            p -= step_size * (m / denom)
+                p *= 1.0 - lr * self.weight_decay  # decoupled decay, on p before the update
+            denom = xp.sqrt(v, out=g2)  # reuses g2's buffer
+            denom *= inv_sqrt_bias2
+            denom += self.eps  # sqrt(v_hat) + eps
+            update = xp.divide(m, denom, out=denom)
+            update *= step_size  # lr * m_hat / (sqrt(v_hat) + eps)
+            p -= update
 
     def state_dict(self):
         """Everything needed to resume exactly: hyperparameters, step and both moments."""
