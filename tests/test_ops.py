@@ -174,7 +174,7 @@ def test_attention_properties(B, T, NH, hs, seed):
     rng = np.random.default_rng(seed)
     qkv = rng.standard_normal((B, T, 3 * NH * hs)) * 2
     y, cache = attention_forward(qkv, NH)
-    att = cache[3]  # (B, NH, T, T) probabilities
+    att = cache[3].transpose(0, 1, 3, 2)  # (B, NH, T, T) probabilities (stored transposed)
     np.testing.assert_allclose(att.sum(axis=-1), 1.0, rtol=1e-12)
     assert np.all(att[..., np.triu_indices(T, k=1)[0], np.triu_indices(T, k=1)[1]] == 0)
     # causality: changing the last position changes nothing before it
@@ -191,7 +191,7 @@ def test_attention_large_scores_stable(xp):
     qkv[0, :, 0] = 1000.0  # q
     qkv[0, :, 2] = xp.asarray([1.0, -1.0, 1.0])  # k: scores of +-1000/sqrt(2)
     y, cache = attention_forward(qkv, 1)
-    assert np.all(np.isfinite(to_np(y))) and np.all(np.isfinite(to_np(cache[3])))
+    assert np.all(np.isfinite(to_np(y))) and np.all(np.isfinite(to_np(cache[3])))  # P^T
 
 
 def test_attention_dropout_backward(xp):
