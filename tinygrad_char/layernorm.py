@@ -5,6 +5,18 @@ from .backend import get_array_module
 LN_EPS = 1e-5
 
 
+def row_mean(a):
+    """Mean over the last axis, keeping it: (..., C) -> (..., 1).
+
+    Written as a matrix-vector product with a (C, 1) column of 1/C: NumPy's reductions
+    over a short contiguous last axis are slow, BLAS's gemv is not (rows of 128 float32,
+    768 rows: a.mean(axis=-1) 30 us, a @ ones / C 6 us). Same numbers up to rounding.
+    """
+    xp = get_array_module(a)
+    C = a.shape[-1]
+    return a @ xp.full((C, 1), 1.0 / C, dtype=a.dtype)
+
+
 def layernorm_forward(x, w, b=None, eps=LN_EPS):
     """y = (x - mean) * rstd * w + b, per row over the last axis.
 
@@ -18,10 +30,11 @@ def layernorm_forward(x, w, b=None, eps=LN_EPS):
             does so the backward needs no second pass over x.
     """
     xp = get_array_module(x)
-    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-    xc = x - mean  # (..., C)
-    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1), biased, as PyTorch
-    rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
+    xc = x - row_mean(x)  # (..., C)
+    var = row_mean(xc * xc)  # (..., 1), biased, as PyTorch
+    var += eps
+    rstd = xp.sqrt(var, out=var)
+    xp.divide(1.0, rstd, out=rstd)  # (..., 1) 1 / sqrt(var + eps), in var's buffer
     norm = xc
     norm *= rstd  # (..., C), reuses xc's buffer
     y = norm * w
@@ -48,7 +61,7 @@ def layernorm_backward(dy, cache):
     dw = (dy2 * norm.reshape(-1, C)).sum(axis=0)  # (C,)
     db = dy2.sum(axis=0) if has_bias else None  # (C,)
     dnorm = dy * w  # (..., C)
-    dx = dnorm - dnorm.mean(axis=-1, keepdims=True)
-    dx -= norm * (dnorm * norm).mean(axis=-1, keepdims=True)
+    dx = dnorm - row_mean(dnorm)
+    dx -= norm * row_mean(dnorm * norm)
     dx *= rstd
     return dx, dw, db
