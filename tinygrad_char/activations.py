@@ -54,11 +54,11 @@ def gelu_backward(dy, cache):
 
 
 def relu_forward(x):
-    """y = max(x, 0). Returns (y, cache=mask of x > 0)."""
-    mask = x > 0
-    return x * mask, mask
+    """y = max(x, 0). Returns (y, cache=y): y > 0 is exactly where x > 0."""
+    y = get_array_module(x).maximum(x, 0)
+    return y, y
 
 
 def relu_backward(dy, cache):
     """dx = dy where x > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
-    return dy * cache
+    return dy * (cache > 0)
