@@ -2,11 +2,13 @@
 
 The token embedding's backward is a scatter-add of rows. `dW[idx] += dout` would
 silently drop repeated ids, so it is written as a one-hot matmul:
-dW = onehot(idx).T @ dout. For character vocabularies this measured fastest of the
-exact methods on NumPy (benchmarks/bench_embedding_backward.py: 768 positions,
-V=65, C=128 on 2 cores: one-hot 0.14-0.26 ms, np.add.at 0.7 ms, np.bincount 0.6-1.1 ms;
-8192 x V=200 x C=384: one-hot 6.9 ms, add.at 21 ms, bincount 22 ms), and it is
-deterministic on the GPU too (no atomics).
+dW = onehot(idx).T @ dout. Measured with benchmarks/bench_embedding_backward.py on two
+cores (NumPy 2.4, OpenBLAS SkylakeX): for V=65 it is the fastest exact method at every size
+(N=768, C=128: one-hot 0.13 ms, sort+reduceat 0.14, np.add.at 0.68, np.bincount 0.67;
+N=8192, C=384: one-hot 3.0 ms, add.at 21.6, bincount 19.5); for V=283 it is fastest at
+N=8192 (8.4 ms against bincount's 16.5) and within 1.5x of the best below that (N=2048:
+1.25 ms against sort+reduceat's 0.85). It is one readable line, and deterministic on the
+GPU (no atomics), so it stays.
 """
 
 import math
