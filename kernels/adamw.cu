@@ -21,7 +21,7 @@
  * The pointer and block tables are built once per set of parameters; only the gradient
  * pointers are uploaded each step (the gradients are fresh arrays every step).
  *
- * benchmark figure: to be measured on a GPU session (benchmarks/kernel_lab/bench_kernels.py).
+ * benchmark figure: not yet measured on a GPU (benchmarks/kernel_lab/bench_kernels.py).
  *
  * Written for both nvcc -c and NVRTC (cupy.RawModule): no #include, extern "C" entry
  * points, CUDA builtins only.

@@ -51,7 +51,7 @@
  * shared memory sized for hs = 128 whatever hs is. A half/bf16 version would template
  * the load/store type and keep float accumulators.
  *
- * benchmark figure: to be measured on a GPU session (benchmarks/kernel_lab/bench_kernels.py).
+ * benchmark figure: not yet measured on a GPU (benchmarks/kernel_lab/bench_kernels.py).
  *
  * Written for both nvcc -c and NVRTC (cupy.RawModule): no #include, extern "C" entry
  * points, CUDA builtins only.

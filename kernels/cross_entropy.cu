@@ -23,7 +23,7 @@
  * Targets are int64 (any id outside [0, V) other than -1 is undefined behaviour: the
  * kernel does not check).
  *
- * benchmark figure: to be measured on a GPU session (benchmarks/kernel_lab/bench_kernels.py).
+ * benchmark figure: not yet measured on a GPU (benchmarks/kernel_lab/bench_kernels.py).
  *
  * Written for both nvcc -c and NVRTC (cupy.RawModule): no #include, extern "C" entry
  * points, CUDA builtins only.

@@ -24,7 +24,7 @@
  *
  * idx must hold ids in [0, V); neither kernel checks (undefined behaviour otherwise).
  *
- * benchmark figure: to be measured on a GPU session (benchmarks/kernel_lab/bench_kernels.py).
+ * benchmark figure: not yet measured on a GPU (benchmarks/kernel_lab/bench_kernels.py).
  *
  * Written for both nvcc -c and NVRTC (cupy.RawModule): no #include, extern "C" entry
  * points, CUDA builtins only.

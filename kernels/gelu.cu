@@ -16,7 +16,7 @@
  * the bias column is i % C.
  * Launch configuration: block 256, grid min(ceil(n / 256), 65535).
  *
- * benchmark figure: to be measured on a GPU session (benchmarks/kernel_lab/bench_kernels.py).
+ * benchmark figure: not yet measured on a GPU (benchmarks/kernel_lab/bench_kernels.py).
  *
  * Written for both nvcc -c and NVRTC (cupy.RawModule): no #include, extern "C" entry
  * points, CUDA builtins only.

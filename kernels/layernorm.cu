@@ -34,7 +34,7 @@
  *   layernorm_backward_dwdb_partial: block (32, 8), grid (ceil(C / 32), ceil(N / 64)).
  *   layernorm_backward_dwdb_reduce: block 256, grid ceil(C / 256).
  *
- * benchmark figure: to be measured on a GPU session (benchmarks/kernel_lab/bench_kernels.py).
+ * benchmark figure: not yet measured on a GPU (benchmarks/kernel_lab/bench_kernels.py).
  *
  * Written for both nvcc -c and NVRTC (cupy.RawModule): no #include, extern "C" entry
  * points, CUDA builtins only.

@@ -2,7 +2,8 @@
 
 This op is the middle of the attention block: `c_attn` (a linear) produces qkv, this op
 mixes positions, `c_proj` (a linear) follows. The (B, NH, T, T) attention matrix is kept
-for the backward; the fused GPU kernel (issue: flash attention) is the one that avoids it.
+for the backward, so memory grows with T^2; the fused GPU kernel (kernels/attention.cu,
+online softmax) is the one that avoids it.
 """
 
 import math
