@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 
-from benchmarks.harness import (RESULTS, append_jsonl, available_cores,  # noqa: E402
-                                busy_warning, check_close, cupy_or_none, limit_threads,
-                                machine_info, machine_summary, time_fn, write_markdown_table)
+from benchmarks.harness import (add_run_args, append_jsonl, busy_warning, check_close,
+                                cupy_or_none, limit_threads, machine_info,
+                                machine_summary, time_fn, write_markdown_table)  # noqa: E402
 from tinygrad_char.embedding import embedding_backward  # noqa: E402
 
 VOCABS = [65, 283]  # Tiny Shakespeare; WikiText-2's characters
@@ -83,11 +83,7 @@ def main(argv=None):
     p.add_argument("--vocabs", default=",".join(map(str, VOCABS)), help="comma-separated V")
     p.add_argument("--shapes", default=",".join(f"{n}x{c}" for n, c in SHAPES),
                    help="comma-separated NxC (default: 768x128,2048x192,8192x384)")
-    p.add_argument("--threads", type=int, default=available_cores(),
-                   help="threads for NumPy's BLAS (default: available cores)")
-    p.add_argument("--repeat", type=int, default=11, help="timed calls per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
-    p.add_argument("--out", default=str(RESULTS), help="directory for the result files")
+    add_run_args(p, repeat=11, warmup=3, what="calls per measurement")
     args = p.parse_args(argv)
     vocabs = [int(v) for v in args.vocabs.split(",") if v]
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",") if s]

@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 
-from benchmarks.harness import (NAMED_CONFIGS, RESULTS, append_jsonl,  # noqa: E402
-                                available_cores, busy_warning, cupy_or_none, limit_threads,
-                                machine_info, machine_summary, named_config, time_fn,
-                                write_markdown_table)
+from benchmarks.harness import (NAMED_CONFIGS, add_run_args, append_jsonl, busy_warning,
+                                cupy_or_none, limit_threads, machine_info,
+                                machine_summary, named_config, pick, time_fn,
+                                write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT  # noqa: E402
 from tinygrad_char.sampling import generate  # noqa: E402
 
@@ -65,16 +65,9 @@ def main(argv=None):
                    help="characters generated per row past the window (default 64)")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"])
     p.add_argument("--vocab-size", type=int, default=65)
-    p.add_argument("--threads", type=int, default=available_cores(),
-                   help="threads for NumPy's BLAS (default: available cores)")
-    p.add_argument("--repeat", type=int, default=3, help="timed generate() calls")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls first")
-    p.add_argument("--out", default=str(RESULTS), help="directory for the result files")
+    add_run_args(p, repeat=3, warmup=1, what="generate() calls")
     args = p.parse_args(argv)
-    configs = [c for c in args.configs.split(",") if c]
-    for c in configs:
-        if c not in NAMED_CONFIGS:
-            p.error(f"unknown config {c!r}; choose from {list(NAMED_CONFIGS)}")
+    configs = pick(p, args.configs, NAMED_CONFIGS, "config")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     if args.backend == "cupy":
         cupy, why = cupy_or_none()

@@ -29,11 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 
-from benchmarks.harness import (RESULTS, SPEED_VS_TORCH, append_jsonl,  # noqa: E402
-                                available_cores, busy_warning, check_close, cupy_or_none,
-                                limit_threads, machine_info, machine_summary,
-                                pyplot_or_none, time_fn, to_numpy, torch_cuda_or_none,
-                                torch_or_none, write_markdown_table)
+from benchmarks.harness import (SPEED_VS_TORCH, add_run_args, append_jsonl,
+                                busy_warning, check_close, cupy_or_none, limit_threads,
+                                machine_info, machine_summary, pick, pyplot_or_none,
+                                time_fn, to_numpy, torch_cuda_or_none, torch_or_none,
+                                write_markdown_table)  # noqa: E402
 from tinygrad_char.activations import (gelu_backward, gelu_forward,  # noqa: E402
                                        relu_backward, relu_forward)
 from tinygrad_char.attention import attention_backward, attention_forward  # noqa: E402
@@ -302,20 +302,10 @@ def main(argv=None):
     p.add_argument("--sizes", default="tiny,large",
                    help=f"comma-separated names from {list(SIZES)} (default: tiny,large)")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of the ops")
-    p.add_argument("--threads", type=int, default=available_cores(),
-                   help="threads for NumPy's BLAS and torch alike (default: available cores)")
-    p.add_argument("--repeat", type=int, default=11, help="timed calls per measurement")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
-    p.add_argument("--out", default=str(RESULTS), help="directory for the result files")
+    add_run_args(p, repeat=11, warmup=3, what="calls per measurement")
     args = p.parse_args(argv)
-    sizes = [s for s in args.sizes.split(",") if s]
-    ops = [o for o in args.ops.split(",") if o]
-    for s in sizes:
-        if s not in SIZES:
-            p.error(f"unknown size {s!r}; choose from {list(SIZES)}")
-    for o in ops:
-        if o not in OPS:
-            p.error(f"unknown op {o!r}; choose from {OPS}")
+    sizes = pick(p, args.sizes, SIZES, "size")
+    ops = pick(p, args.ops, OPS, "op")
 
     torch = torch_or_none()
     notes = []

@@ -32,11 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 
-from benchmarks.harness import (NAMED_CONFIGS, RESULTS, SPEED_RULE,  # noqa: E402
-                                append_jsonl, available_cores, busy_warning, cupy_or_none,
-                                limit_threads, machine_info, machine_summary,
-                                named_config, pyplot_or_none, rel_error, rss_mib,
-                                torch_cuda_or_none, torch_or_none, write_markdown_table)
+from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_jsonl,
+                                busy_warning, cupy_or_none, limit_threads, machine_info,
+                                machine_summary, named_config, pick, pyplot_or_none,
+                                rel_error, rss_mib, torch_cuda_or_none, torch_or_none,
+                                write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT, AdamW, clip_grad_norm  # noqa: E402
 from tinygrad_char.model import init_params  # noqa: E402
 
@@ -248,23 +248,13 @@ def main(argv=None):
     p.add_argument("--include-gpu-preset-on-cpu", action="store_true",
                    help="also run gpu-preset without a GPU (slow: batch 64 x 256 x 384)")
     p.add_argument("--vocab-size", type=int, default=65, help="V (Tiny Shakespeare: 65)")
-    p.add_argument("--threads", type=int, default=available_cores(),
-                   help="threads for NumPy's BLAS and torch alike (default: available cores)")
-    p.add_argument("--repeat", type=int, default=10, help="timed steps per implementation")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    add_run_args(p, repeat=10, warmup=3, what="steps per implementation")
     p.add_argument("--steps-memory", type=int, default=0, metavar="N",
                    help="instead: run N steps of ours on the first config, report RSS at "
                         "steps 10, N/2 and N")
-    p.add_argument("--out", default=str(RESULTS), help="directory for the result files")
     args = p.parse_args(argv)
-    configs = [c for c in args.configs.split(",") if c]
-    wanted = [i for i in args.impls.split(",") if i]
-    for c in configs:
-        if c not in NAMED_CONFIGS:
-            p.error(f"unknown config {c!r}; choose from {list(NAMED_CONFIGS)}")
-    for i in wanted:
-        if i not in ALL_IMPLS:
-            p.error(f"unknown implementation {i!r}; choose from {ALL_IMPLS}")
+    configs = pick(p, args.configs, NAMED_CONFIGS, "config")
+    wanted = pick(p, args.impls, ALL_IMPLS, "implementation")
 
     torch = torch_or_none() if any(i.startswith("torch") for i in wanted) else None
     cupy, cupy_why = cupy_or_none()

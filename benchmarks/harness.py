@@ -136,6 +136,24 @@ def check_close(name, ours, ref, rtol):
 
 # -- threads -----------------------------------------------------------------------------------
 
+def add_run_args(parser, repeat, warmup, what="calls"):
+    """The flags every benchmark script shares: --threads, --repeat, --warmup, --out."""
+    parser.add_argument("--threads", type=int, default=available_cores(),
+                        help="threads for NumPy's BLAS and torch alike (default: available cores)")
+    parser.add_argument("--repeat", type=int, default=repeat, help=f"timed {what}")
+    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed {what} first")
+    parser.add_argument("--out", default=str(RESULTS), help="directory for the result files")
+
+
+def pick(parser, text, allowed, what):
+    """The comma-separated names of `text`, each checked against `allowed` (argparse error)."""
+    names = [n for n in text.split(",") if n]
+    for n in names:
+        if n not in allowed:
+            parser.error(f"unknown {what} {n!r}; choose from {list(allowed)}")
+    return names
+
+
 def available_cores():
     """Cores this process may run on (the affinity mask), else os.cpu_count()."""
     try:

@@ -321,10 +321,10 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top
             prompt_ids = [0]
     idx = np.tile(np.asarray(prompt_ids, dtype=np.int64)[None, :], (num_samples, 1))
 
-    on_token = None
-    if stream is not None:
-        def on_token(ids):
-            stream(tokenizer.decode([int(ids[0])]))
+    def stream_first_row(ids):
+        stream(tokenizer.decode([int(ids[0])]))
+
+    on_token = stream_first_row if stream is not None else None
 
     out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, seed=seed,
                    use_cache=use_cache, on_token=on_token)

@@ -288,7 +288,6 @@ def train(cfg, data, resume=None, progress=True, out=print):
         bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
                    file=sys.stdout)
     step = start_step
-    last_val = None
     history = []
     t_window, steps_window = time.perf_counter(), 0
     loss_dev = None
@@ -341,7 +340,6 @@ def train(cfg, data, resume=None, progress=True, out=print):
                     if not math.isfinite(val):  # this step's update diverged: do not save it
                         raise _diverged("validation loss", val, step, last_good[0])
                     record.update(val_loss=val, val_bpc=val / LN2)
-                    last_val = val
                     msg = (f"step {step}: train loss {loss:.4f}, val loss {val:.4f} "
                            f"({val / LN2:.3f} bpc)")
                     (bar.write if bar is not None else out)(msg)
