@@ -398,6 +398,9 @@ def plot_losses(log_path, png_path, out=print):
     records = [json.loads(line) for line in open(log_path)]
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r and not r.get("final")]
+    if not train and not val:
+        out(f"loss curve not drawn: {log_path} holds no training steps")
+        return None
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), label="train", alpha=0.7)
