@@ -135,6 +135,9 @@ class GPT:
 
     `model.params` maps names to arrays of the backend (`model.xp`). The forward keeps
     the caches of its ops for one backward; call forward again before the next backward.
+    backend: "numpy", "cupy", "auto" or a Backend; dtype: "float32" or "float64" (for
+    gradient checks); seed: initialisation and dropout; kernels: "xp" (the ops of this
+    package) or "fused" (the CUDA kernels of kernels/ where one exists; GPU only).
     """
 
     def __init__(self, config, backend="numpy", dtype="float32", seed=0, kernels="xp"):
