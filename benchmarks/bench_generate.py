@@ -27,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 
-from benchmarks.harness import (NAMED_CONFIGS, add_run_args, append_jsonl, busy_warning,
-                                cupy_or_none, limit_threads, machine_info,
-                                machine_summary, named_config, pick, time_fn,
-                                write_markdown_table)  # noqa: E402
+from benchmarks.harness import (NAMED_CONFIGS, add_run_args, append_jsonl,
+                                available_named_configs, busy_warning, cupy_or_none,
+                                limit_threads, machine_info, machine_summary, pick,
+                                time_fn, write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT  # noqa: E402
 from tinygrad_char.sampling import generate  # noqa: E402
 
@@ -83,14 +83,7 @@ def main(argv=None):
         print(note)
 
     rows = []
-    for name in configs:
-        loaded = named_config(name, args.vocab_size)
-        if loaded is None:
-            msg = f"{name} skipped: examples/configs/{NAMED_CONFIGS[name]} not found"
-            print(msg)
-            notes.append(msg)
-            continue
-        cfg = loaded[1]
+    for name, _, cfg in available_named_configs(configs, args.vocab_size, notes):
         model = GPT(cfg, backend=args.backend, seed=0).eval()
         check_cache_agrees(model, cfg)
         sync = model.backend.synchronize

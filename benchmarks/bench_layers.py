@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.harness import (SPEED_VS_TORCH, add_run_args, append_jsonl,
                                 busy_warning, check_close, cupy_or_none, limit_threads,
                                 machine_info, machine_summary, pick, pyplot_or_none,
-                                time_fn, to_numpy, torch_cuda_or_none, torch_or_none,
-                                write_markdown_table)  # noqa: E402
+                                save_figure, time_fn, to_numpy, torch_cuda_or_none,
+                                torch_or_none, write_markdown_table)  # noqa: E402
 from tinygrad_char.activations import (gelu_backward, gelu_forward,  # noqa: E402
                                        relu_backward, relu_forward)
 from tinygrad_char.attention import attention_backward, attention_forward  # noqa: E402
@@ -399,10 +399,7 @@ def plot(rows, names, sizes, path):
         ax.set_ylabel("median ms (log)")
         ax.set_title(f"size {size}: " + ", ".join(f"{k}={v}" for k, v in SIZES[size].items()))
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 
 from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_jsonl,
-                                busy_warning, cupy_or_none, limit_threads, machine_info,
-                                machine_summary, named_config, pick, pyplot_or_none,
-                                rel_error, rss_mib, torch_cuda_or_none, torch_or_none,
+                                available_named_configs, busy_warning, cupy_or_none,
+                                limit_threads, machine_info, machine_summary,
+                                named_config, pick, pyplot_or_none, rel_error, rss_mib,
+                                save_figure, torch_cuda_or_none, torch_or_none,
                                 write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT, AdamW, clip_grad_norm  # noqa: E402
 from tinygrad_char.model import init_params  # noqa: E402
@@ -288,14 +289,8 @@ def main(argv=None):
                             out_dir)
 
     rows = []
-    for name in configs:
-        loaded = named_config(name, args.vocab_size)
-        if loaded is None:
-            msg = f"{name} skipped: examples/configs/{NAMED_CONFIGS[name]} not found"
-            print(msg)
-            notes.append(msg)
-            continue
-        train_cfg, model_cfg = loaded
+    for name, train_cfg, model_cfg in available_named_configs(configs, args.vocab_size,
+                                                              notes):
         if name == "gpu-preset" and cupy is None and torch_cuda is None \
                 and not args.include_gpu_preset_on_cpu:
             msg = f"{name} skipped on the CPU (slow); pass --include-gpu-preset-on-cpu"
@@ -389,10 +384,7 @@ def plot(rows, path):
     for ax in (ax1, ax2):
         ax.set_xticks(x)
         ax.set_xticklabels(labels, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -368,6 +368,19 @@ def named_config(name, vocab_size=65):
     return train_cfg, train_cfg.model_config(vocab_size)
 
 
+def available_named_configs(names, vocab_size, notes):
+    """(name, TrainConfig, GPTConfig) for each name whose preset exists; a skipped name is
+    printed and appended to `notes`."""
+    for name in names:
+        loaded = named_config(name, vocab_size)
+        if loaded is None:
+            msg = f"{name} skipped: examples/configs/{NAMED_CONFIGS[name]} not found"
+            print(msg)
+            notes.append(msg)
+            continue
+        yield (name, *loaded)
+
+
 # -- result files ------------------------------------------------------------------------------
 
 def append_jsonl(path, record, machine=None):
@@ -435,6 +448,16 @@ def write_markdown_table(path, rows, columns, title, notes=(), mode="w"):
     with open(path, mode) as f:
         f.write(("\n" if mode == "a" else "") + text)
     return text
+
+
+def save_figure(fig, path):
+    """Write a matplotlib figure to path and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def pyplot_or_none():

@@ -14,7 +14,8 @@ def cross_entropy_forward(logits, targets):
         targets: (N,) or (B, T) integer ids; -1 marks a position to ignore.
     Returns:
         loss: a 0-d array (0.0 when every target is ignored).
-        cache: (probs (N, V), targets (N,), valid (N,) bool, n_valid) for the backward.
+        cache: (probs (N, V), safe targets (N,) with ignored ones set to 0, valid (N,)
+            bool, n_valid (0-d, at least 1), the logits' shape) for the backward.
     """
     xp = get_array_module(logits)
     V = logits.shape[-1]

@@ -93,8 +93,8 @@ def clip_grad_norm(grads, max_norm):
     """
     arrays = list(grads.values())
     xp = get_array_module(*arrays)
-    total = xp.sqrt(sum((g.astype("float64") ** 2).sum() if g.dtype != "float64"
-                        else (g * g).sum() for g in arrays))
+    # accumulate in float64 (the sum runs over every parameter) without a float64 copy
+    total = xp.sqrt(sum((g * g).sum(dtype="float64") for g in arrays))
     if max_norm is not None and max_norm > 0:
         scale = xp.minimum(1.0, max_norm / (total + 1e-6))
         for g in arrays:
