@@ -11,6 +11,17 @@ import math
 from .backend import get_array_module
 
 
+def column_sum(a):
+    """Sums over axis -2, keeping it: (..., S, T) -> (..., 1, T).
+
+    A batched matrix-vector product with a row of ones: BLAS gemv is much faster than
+    NumPy's reduction over a strided axis ((12, 4, 64, 64) float32: a.sum(axis=-2) 66 us,
+    ones @ a 10 us). Same numbers up to rounding.
+    """
+    xp = get_array_module(a)
+    return xp.ones((1, a.shape[-2]), dtype=a.dtype) @ a
+
+
 def causal_mask_bias(T, xp, dtype):
     """(T, T) additive mask: 0 on and below the diagonal, -inf above (the future)."""
     return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
@@ -57,16 +68,18 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     # so every max is finite.
     att_t -= att_t.max(axis=-2, keepdims=True)
     xp.exp(att_t, out=att_t)
-    att_t *= 1.0 / att_t.sum(axis=-2, keepdims=True)  # one reciprocal per query
+    att_t *= 1.0 / column_sum(att_t)  # one reciprocal per query
     mask_t = None
     att_used_t = att_t
     if training and dropout > 0.0:
         mask_t = (rng.random(att_t.shape, dtype=att_t.dtype) >= dropout).astype(att_t.dtype)
         mask_t *= 1.0 / (1.0 - dropout)
         att_used_t = att_t * mask_t
-    y = att_used_t.transpose(0, 1, 3, 2) @ v  # (B, NH, T, hs): y = P v
-    y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, T, C)
-    return y, (q, k, v, att_t, mask_t, scale)
+    # y = P v, written straight into the merged-heads layout (B, T, NH, hs) through a
+    # transposed view: BLAS accepts the strided output, and no merge copy follows
+    y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
+    xp.matmul(att_used_t.transpose(0, 1, 3, 2), v, out=y.transpose(0, 2, 1, 3))
+    return y.reshape(B, T, C), (q, k, v, att_t, mask_t, scale)
 
 
 def attention_backward(dy, cache):
@@ -86,16 +99,18 @@ def attention_backward(dy, cache):
     B, NH, T, hs = q_scaled.shape
     dy_h = xp.ascontiguousarray(dy.reshape(B, T, NH, hs).transpose(0, 2, 1, 3))  # (B, NH, T, hs)
     att_used_t = att_t if mask_t is None else att_t * mask_t
-    dqkv = xp.empty((3, B, NH, T, hs), dtype=dy.dtype)
-    dqkv[2] = att_used_t @ dy_h  # dv = A^T dy (B, NH, T, hs)
+    # the gradients are written through a (3, B, NH, T, hs) view of a (B, T, 3, NH, hs)
+    # buffer, which is dqkv's own layout: no final transpose copy
+    dqkv = xp.empty((B, T, 3, NH, hs), dtype=dy.dtype)
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, NH, T, hs), strided views
+    xp.matmul(att_used_t, dy_h, out=dv)  # dv = A^T dy
     datt_t = v @ xp.ascontiguousarray(dy_h.transpose(0, 1, 3, 2))  # (B, NH, T, T): dA^T = v dy^T
     if mask_t is not None:
         datt_t *= mask_t  # dP^T
     dscores_t = datt_t
-    dscores_t -= (datt_t * att_t).sum(axis=-2, keepdims=True)
+    dscores_t -= column_sum(datt_t * att_t)  # rowsum(dP * P), in the transposed layout
     dscores_t *= att_t  # dS^T, the gradient of the scaled scores S = q k^T * s
-    dq = dscores_t.transpose(0, 1, 3, 2) @ k  # (B, NH, T, hs): dS k
+    xp.matmul(dscores_t.transpose(0, 1, 3, 2), k, out=dq)  # dS k
     dq *= scale  # dq = dS k * s
-    dqkv[0] = dq
-    dqkv[1] = dscores_t @ q_scaled  # dk = dS^T (q * s) (B, NH, T, hs)
-    return dqkv.transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * NH * hs)  # (B, T, 3C)
+    xp.matmul(dscores_t, q_scaled, out=dk)  # dk = dS^T (q * s)
+    return dqkv.reshape(B, T, 3 * NH * hs)  # (B, T, 3C)
