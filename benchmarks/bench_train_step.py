@@ -3,15 +3,25 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python benchmarks/bench_train_step.py --threads 2
     python benchmarks/bench_train_step.py --steps-memory 1000     # RSS does not grow
+    python benchmarks/bench_train_step.py --configs gpu-preset,gpu-large \
+        --impls cupy,torch-cuda,torch-compile --precisions float32,tf32,float16   # a GPU
 
-For each named configuration (tiny-cpu; cpu-preset and gpu-preset from examples/configs)
-and implementation (ours on NumPy, and on CuPy with a GPU; TorchGPT eager on the CPU, on
+For each named configuration (tiny-cpu and gpu-large inline; cpu-preset and gpu-preset
+from examples/configs), each precision (--precisions; tf32 and float16 on the GPU only:
+float16 is our mixed precision with loss scaling against torch.autocast + GradScaler, tf32
+the tensor-core matmuls on both sides) and implementation (ours on NumPy, and on CuPy with a GPU; TorchGPT eager on the CPU, on
 CUDA, and torch.compile on CUDA), every step is timed in three phases: forward, backward,
 optimiser (clip + AdamW); the medians are reported with ms/step, tokens/s and "speed vs
 torch" (torch ms / ours ms: >= 1.0 means ours is at least as fast, against torch eager on
 the same device). Everything starts from the same weights and runs the same batch in
 float32. Before timing, our loss must equal torch's on that batch (dropout off) within
 1e-4 relative.
+
+MFU (model FLOPs utilisation) = tokens/s x FLOPs per token / the device's matmul ceiling,
+with nanoGPT's count of FLOPs per token, 6 N + 12 L H Q T (N parameters without the
+position table, L layers, H heads of size Q, context T), and the ceiling measured in the
+same run: a large square matmul in that precision (NumPy 2048^2 on the CPU, CuPy 8192^2 on
+the GPU), so the figure says how close to the machine's own matmul speed a step runs.
 
 Memory: on the CPU the RSS after the timed steps and the process's peak RSS so far
 (ru_maxrss; it never decreases, so run one --impls at a time for a clean peak per
@@ -36,16 +46,20 @@ from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_
                                 available_named_configs, busy_warning, cupy_or_none,
                                 limit_threads, machine_info, machine_summary,
                                 named_config, pick, pyplot_or_none, rel_error, rss_mib,
-                                save_figure, torch_cuda_or_none, torch_or_none,
+                                save_figure, time_fn, torch_cuda_or_none, torch_or_none,
                                 write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT, AdamW, clip_grad_norm  # noqa: E402
-from tinygrad_char.model import init_params  # noqa: E402
+from tinygrad_char.model import init_params, param_shapes  # noqa: E402
+from tinygrad_char.precision import LossScaler, dtypes, set_tf32  # noqa: E402
 
 LOSS_RTOL = 1e-4  # float32 loss of two libraries on the same batch and weights
 ADAM_EPS = 1e-8
 OURS = ("numpy", "cupy")
 TORCH_TWIN = {"numpy": "torch", "cupy": "torch-cuda"}  # the reference of "speed vs torch"
 ALL_IMPLS = ["numpy", "torch", "cupy", "torch-cuda", "torch-compile"]
+CPU_IMPLS = ("numpy", "torch")
+PRECISIONS = ("float32", "tf32", "float16")
+GPU_ONLY_CONFIGS = ("gpu-preset", "gpu-large")
 
 
 def make_batch(cfg, batch_size, seed=0):
@@ -75,9 +89,13 @@ def memory_now(impl, xp=None, torch=None):
 
 # -- ours ----------------------------------------------------------------------------------
 
-def run_ours(backend, model_cfg, train_cfg, batch, warmup, repeat):
-    """Time warmup + repeat steps of our GPT; returns ({phase: [ms]}, memory dict)."""
-    model = GPT(model_cfg, backend=backend, seed=0)
+def run_ours(backend, model_cfg, train_cfg, batch, warmup, repeat, precision="float32"):
+    """Time warmup + repeat steps of our GPT; returns ({phase: [ms]}, memory dict).
+    float16: the training loop's mixed-precision step (scaled backward, float32 unscale,
+    clip, AdamW unless the gradients overflowed); tf32 must be set by the caller."""
+    _, compute_dtype = dtypes(precision)
+    model = GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype)
+    scaler = LossScaler() if compute_dtype else None
     opt = AdamW(model.params, lr=train_cfg.learning_rate,
                 betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
                 weight_decay=train_cfg.weight_decay)
@@ -89,11 +107,16 @@ def run_ours(backend, model_cfg, train_cfg, batch, warmup, repeat):
         _, loss = model.forward(idx, targets)
         sync()
         t1 = time.perf_counter()
-        grads = model.backward()
+        grads = model.backward(loss_scale=scaler.scale if scaler else 1.0)
         sync()
         t2 = time.perf_counter()
-        clip_grad_norm(grads, train_cfg.grad_clip)
-        opt.step(grads)
+        if scaler is None:
+            clip_grad_norm(grads, train_cfg.grad_clip)
+            opt.step(grads)
+        else:
+            grads = scaler.unscale(grads)
+            if scaler.update(clip_grad_norm(grads, train_cfg.grad_clip)):
+                opt.step(grads)
         sync()
         t3 = time.perf_counter()
         if step >= warmup:
@@ -122,10 +145,16 @@ def torch_model_and_opt(torch, model_cfg, train_cfg, device):
     return model, opt
 
 
-def run_torch(torch, impl, model_cfg, train_cfg, batch, warmup, repeat):
+def run_torch(torch, impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float32"):
     """Time warmup + repeat steps of TorchGPT: impl "torch" (CPU eager), "torch-cuda"
-    (CUDA eager) or "torch-compile" (CUDA, torch.compile; compiled in the warm-up)."""
+    (CUDA eager) or "torch-compile" (CUDA, torch.compile; compiled in the warm-up).
+    float16: torch.autocast(float16) + GradScaler; tf32 must be set by the caller."""
+    import contextlib
+
     device = "cpu" if impl == "torch" else "cuda"
+    scaler = torch.amp.GradScaler("cuda") if precision == "float16" else None
+    autocast = (torch.autocast("cuda", dtype=torch.float16) if precision == "float16"
+                else contextlib.nullcontext())
     if impl == "torch-compile":
         warmup = max(warmup, 2)  # the first calls compile
     model, opt = torch_model_and_opt(torch, model_cfg, train_cfg, device)
@@ -139,15 +168,22 @@ def run_torch(torch, impl, model_cfg, train_cfg, batch, warmup, repeat):
     phases = {"forward": [], "backward": [], "optimizer": []}
     for step in range(warmup + repeat):
         t0 = time.perf_counter()
-        _, loss = step_fn(idx, targets)
+        with autocast:
+            _, loss = step_fn(idx, targets)
         sync()
         t1 = time.perf_counter()
-        loss.backward()
+        (scaler.scale(loss) if scaler else loss).backward()
         sync()
         t2 = time.perf_counter()
+        if scaler:
+            scaler.unscale_(opt)
         if train_cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        opt.step()
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
         sync()
         t3 = time.perf_counter()
@@ -155,6 +191,45 @@ def run_torch(torch, impl, model_cfg, train_cfg, batch, warmup, repeat):
             for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
                 phases[name].append(dt * 1e3)
     return phases, memory_now(impl, torch=torch)
+
+
+# -- model FLOPs utilisation ---------------------------------------------------------------
+
+def flops_per_token(cfg):
+    """nanoGPT's estimate of training FLOPs per token: 6 N + 12 L H Q T."""
+    n = sum(int(np.prod(shape)) for name, shape in param_shapes(cfg).items()
+            if name != "transformer.wpe.weight")
+    return 6 * n + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * cfg.block_size
+
+
+def matmul_ceiling(device, precision, cupy=None, torch=None):
+    """The device's measured dense matmul rate in FLOP/s for `precision`: median of 5
+    after 2 warm-up calls, NumPy 2048^2 float32 on the CPU, CuPy (else torch) 8192^2 on the
+    GPU (float16 inputs for float16; TF32 must already be set for tf32)."""
+    if device == "cpu":
+        n = 2048
+        a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+        ms = time_fn(lambda: a @ a, warmup=2, repeat=5).median
+    elif cupy is not None:
+        n = 8192
+        dtype = "float16" if precision == "float16" else "float32"
+        a = cupy.random.default_rng(0).standard_normal((n, n), dtype="float32").astype(dtype)
+        ms = time_fn(lambda: a @ a, warmup=2, repeat=5, xp=cupy).median
+    else:
+        n = 8192
+        dtype = torch.float16 if precision == "float16" else torch.float32
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        ms = time_fn(lambda: a @ a, warmup=2, repeat=5, sync=torch.cuda.synchronize).median
+    return 2 * n ** 3 / (ms * 1e-3)
+
+
+def set_precision(precision, cupy=None, torch=None):
+    """TF32 on (tf32) or off (otherwise) for CuPy's and torch's float32 CUDA matmuls."""
+    if cupy is not None:
+        set_tf32(cupy, precision == "tf32")
+    if torch is not None and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
 
 # -- correctness first ---------------------------------------------------------------------
@@ -246,8 +321,11 @@ def main(argv=None):
     p.add_argument("--impls", default=",".join(ALL_IMPLS),
                    help="comma-separated implementations; those that cannot run here are "
                         "skipped with a message (default: all)")
+    p.add_argument("--precisions", default="float32",
+                   help=f"comma-separated from {list(PRECISIONS)}; tf32 and float16 run on "
+                        "the GPU implementations only (default: float32)")
     p.add_argument("--include-gpu-preset-on-cpu", action="store_true",
-                   help="also run gpu-preset without a GPU (slow: batch 64 x 256 x 384)")
+                   help="also run gpu-preset and gpu-large without a GPU (slow)")
     p.add_argument("--vocab-size", type=int, default=65, help="V (Tiny Shakespeare: 65)")
     add_run_args(p, repeat=10, warmup=3, what="steps per implementation")
     p.add_argument("--steps-memory", type=int, default=0, metavar="N",
@@ -256,6 +334,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     configs = pick(p, args.configs, NAMED_CONFIGS, "config")
     wanted = pick(p, args.impls, ALL_IMPLS, "implementation")
+    precisions = pick(p, args.precisions, PRECISIONS, "precision")
 
     torch = torch_or_none() if any(i.startswith("torch") for i in wanted) else None
     cupy, cupy_why = cupy_or_none()
@@ -289,9 +368,10 @@ def main(argv=None):
                             out_dir)
 
     rows = []
+    ceilings = {}  # (device, precision) -> FLOP/s, measured once
     for name, train_cfg, model_cfg in available_named_configs(configs, args.vocab_size,
                                                               notes):
-        if name == "gpu-preset" and cupy is None and torch_cuda is None \
+        if name in GPU_ONLY_CONFIGS and cupy is None and torch_cuda is None \
                 and not args.include_gpu_preset_on_cpu:
             msg = f"{name} skipped on the CPU (slow); pass --include-gpu-preset-on-cpu"
             print(msg)
@@ -299,39 +379,67 @@ def main(argv=None):
             continue
         B, T = train_cfg.batch_size, model_cfg.block_size
         batch = make_batch(model_cfg, B)
+        set_precision("float32", cupy, torch)
         losses = check_losses(model_cfg, batch, impls, torch)
         print(f"{name}: loss check passed " +
               ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
-        results = {}
-        for impl in impls:
-            if impl in OURS:
-                phases, mem = run_ours(impl, model_cfg, train_cfg, batch, args.warmup,
-                                       args.repeat)
-            else:
-                phases, mem = run_torch(torch, impl, model_cfg, train_cfg, batch,
-                                        args.warmup, args.repeat)
-            step_ms = [sum(t) for t in zip(*phases.values())]
-            results[impl] = {**{f"{k}_ms": _median(v) for k, v in phases.items()},
-                             "step_ms": _median(step_ms), "step_min_ms": min(step_ms),
-                             "step_max_ms": max(step_ms), **mem}
-            results[impl]["tokens_per_s"] = B * T / (results[impl]["step_ms"] * 1e-3)
-        for impl, r in results.items():
-            twin = TORCH_TWIN.get(impl)
-            speed = results[twin]["step_ms"] / r["step_ms"] if twin in results else None
-            row = {"config": name, "impl": impl, **r, "speed_vs_torch": speed,
-                   "loss_at_init": losses.get(impl)}
-            rows.append(row)
-            append_jsonl(out_dir / "train_step.jsonl",
-                         {"bench": "train_step", **row, "model": model_cfg.to_dict(),
-                          "batch_size": B, "threads": args.threads, "repeat": args.repeat,
-                          "warmup": args.warmup, "dtype": "float32"}, machine)
-            print(f"{name:10s} {impl:13s} {r['step_ms']:9.2f} ms/step "
-                  f"(fwd {r['forward_ms']:.2f}, bwd {r['backward_ms']:.2f}, "
-                  f"opt {r['optimizer_ms']:.2f}) {r['tokens_per_s']:10.0f} tok/s" +
-                  (f"  speed vs {twin} {speed:.2f}" if speed is not None else ""))
+        for precision in precisions:
+            run_impls = [i for i in impls if precision == "float32" or i not in CPU_IMPLS]
+            if len(run_impls) < len(impls):
+                note = f"{precision}: a GPU precision, not run on {', '.join(CPU_IMPLS)}"
+                if note not in notes:
+                    notes.append(note)
+            if not run_impls:
+                continue
+            set_precision(precision, cupy, torch)
+            results = {}
+            for impl in run_impls:
+                if impl in OURS:
+                    phases, mem = run_ours(impl, model_cfg, train_cfg, batch, args.warmup,
+                                           args.repeat, precision)
+                else:
+                    phases, mem = run_torch(torch, impl, model_cfg, train_cfg, batch,
+                                            args.warmup, args.repeat, precision)
+                step_ms = [sum(t) for t in zip(*phases.values())]
+                results[impl] = {**{f"{k}_ms": _median(v) for k, v in phases.items()},
+                                 "step_ms": _median(step_ms), "step_min_ms": min(step_ms),
+                                 "step_max_ms": max(step_ms), **mem}
+                results[impl]["tokens_per_s"] = B * T / (results[impl]["step_ms"] * 1e-3)
+            for impl, r in results.items():
+                device = "cpu" if impl in CPU_IMPLS else "cuda"
+                if (device, precision) not in ceilings:
+                    ceilings[device, precision] = matmul_ceiling(device, precision, cupy,
+                                                                 torch)
+                ceiling = ceilings[device, precision]
+                twin = TORCH_TWIN.get(impl)
+                speed = results[twin]["step_ms"] / r["step_ms"] if twin in results else None
+                compiled = results.get("torch-compile")
+                vs_compile = (compiled["step_ms"] / r["step_ms"]
+                              if impl == "cupy" and compiled else None)
+                row = {"config": name, "precision": precision, "impl": impl, **r,
+                       "speed_vs_torch": speed, "speed_vs_compile": vs_compile,
+                       "mfu_percent": 100 * r["tokens_per_s"] * flops_per_token(model_cfg)
+                       / ceiling,
+                       "matmul_ceiling_tflops": ceiling / 1e12,
+                       "loss_at_init": losses.get(impl)}
+                rows.append(row)
+                append_jsonl(out_dir / "train_step.jsonl",
+                             {"bench": "train_step", **row, "model": model_cfg.to_dict(),
+                              "batch_size": B, "threads": args.threads,
+                              "repeat": args.repeat, "warmup": args.warmup,
+                              "dtype": precision,
+                              "flops_per_token": flops_per_token(model_cfg)}, machine)
+                print(f"{name:10s} {precision:8s} {impl:13s} {r['step_ms']:9.2f} ms/step "
+                      f"(fwd {r['forward_ms']:.2f}, bwd {r['backward_ms']:.2f}, "
+                      f"opt {r['optimizer_ms']:.2f}) {r['tokens_per_s']:10.0f} tok/s, "
+                      f"MFU {row['mfu_percent']:.1f}%" +
+                      (f"  speed vs {twin} {speed:.2f}" if speed is not None else ""))
+    set_precision("float32", cupy, torch)
 
-    columns = ["config", "impl", ("step_ms", "ms/step"), ("tokens_per_s", "tokens/s"),
-               ("speed_vs_torch", "speed vs torch"), ("forward_ms", "forward ms"),
+    columns = ["config", "precision", "impl", ("step_ms", "ms/step"),
+               ("tokens_per_s", "tokens/s"), ("speed_vs_torch", "speed vs torch"),
+               ("speed_vs_compile", "speed vs torch.compile"), ("mfu_percent", "MFU %"),
+               ("forward_ms", "forward ms"),
                ("backward_ms", "backward ms"), ("optimizer_ms", "optimizer ms"),
                ("step_min_ms", "min ms"), ("step_max_ms", "max ms"),
                ("rss_mib", "RSS MiB"), ("peak_rss_mib", "peak RSS MiB")]
@@ -345,12 +453,15 @@ def main(argv=None):
                       f"context {m.block_size}, batch {t.batch_size}, V {m.vocab_size}, "
                       f"dropout {m.dropout}")
     header = [machine_summary(machine),
-              f"Median over {args.repeat} steps after {args.warmup} warm-up steps, float32, "
+              f"Median over {args.repeat} steps after {args.warmup} warm-up steps, "
               f"{args.threads} threads. Step = forward + backward + clip + AdamW. "
               f"speed vs torch = {SPEED_RULE}, against torch eager on the same device. "
               f"Peak RSS is the process's high-water mark so far (run one --impls at a time "
               f"for a clean figure).",
-              "Configs: " + "; ".join(shapes)]
+              "Configs: " + "; ".join(shapes),
+              "MFU = tokens/s x (6 N + 12 L H Q T) FLOPs per token / the matmul ceiling "
+              "measured in this run: " + ", ".join(
+                  f"{d} {p} {c / 1e12:.2f} TFLOP/s" for (d, p), c in ceilings.items())]
     if notes:
         header.append("Skipped: " + "; ".join(notes))
     text = write_markdown_table(out_dir / "train_step.md", rows, columns,
@@ -367,7 +478,8 @@ def plot(rows, path):
     if plt is None or not rows:
         print("matplotlib not installed: no plot" if plt is None else "no rows: no plot")
         return
-    labels = [f"{r['config']}\n{r['impl']}" for r in rows]
+    labels = [f"{r['config']}\n{r['impl']}" + ("" if r["precision"] == "float32"
+                                               else f"\n{r['precision']}") for r in rows]
     x = np.arange(len(rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows)), 4.5))
     ax1.bar(x, [r["tokens_per_s"] for r in rows], color="tab:blue")

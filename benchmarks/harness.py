@@ -341,7 +341,11 @@ def rss_mib():
 
 TINY_CPU = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12,
             "dropout": 0.0}  # nanoGPT's shakespeare_char CPU shapes
-NAMED_CONFIGS = {"tiny-cpu": None, "cpu-preset": "cpu.json", "gpu-preset": "gpu.json"}
+GPU_LARGE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 256, "batch_size": 32,
+             "dropout": 0.0}  # GPT-2 small's body (85M parameters) on characters
+INLINE_CONFIGS = {"tiny-cpu": TINY_CPU, "gpu-large": GPU_LARGE}
+NAMED_CONFIGS = {"tiny-cpu": None, "cpu-preset": "cpu.json", "gpu-preset": "gpu.json",
+                 "gpu-large": None}
 
 
 def named_config(name, vocab_size=65):
@@ -349,6 +353,7 @@ def named_config(name, vocab_size=65):
     file does not exist (the caller prints a message and skips it).
 
     tiny-cpu: 4 layers x 4 heads x 128 wide, context 64, batch 12 (no preset file needed);
+    gpu-large: 12 x 12 x 768, context 256, batch 32 (the larger GPU model, inline too);
     cpu-preset / gpu-preset: examples/configs/cpu.json / gpu.json. vocab_size defaults to
     Tiny Shakespeare's 65 characters.
     """
@@ -357,7 +362,7 @@ def named_config(name, vocab_size=65):
     if name not in NAMED_CONFIGS:
         raise ValueError(f"unknown config {name!r}; choose from {sorted(NAMED_CONFIGS)}")
     if NAMED_CONFIGS[name] is None:
-        values = dict(TINY_CPU)
+        values = dict(INLINE_CONFIGS[name])
     else:
         path = CONFIGS_DIR / NAMED_CONFIGS[name]
         if not path.exists():

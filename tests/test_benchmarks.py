@@ -159,7 +159,41 @@ def test_bench_train_step(tmp_path):
                 "rss_mib", "peak_rss_mib", "speed_vs_torch"):
         assert ours[key] > 0, key
     assert ours["model"]["n_layer"] == 4 and ours["batch_size"] == 12
+    assert 0 < ours["mfu_percent"] < 100 and ours["matmul_ceiling_tflops"] > 0
+    assert ours["flops_per_token"] > 6 * 800_000  # 6 N with N ~ 0.8 M parameters
     assert "tokens/s" in (tmp_path / "train_step.md").read_text()
+
+
+def test_flops_per_token_is_nanogpts_count():
+    from benchmarks.bench_train_step import flops_per_token
+    from tinygrad_char.model import GPTConfig
+
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    body = 4 * (2 * 128 + 128 * 384 + 384 + 128 * 128 + 128 + 2 * 128
+                + 128 * 512 + 512 + 512 * 128 + 128)
+    n = 65 * 128 + body + 2 * 128  # token table (tied head), blocks, ln_f; no wpe
+    assert flops_per_token(cfg) == 6 * n + 12 * 4 * 4 * 32 * 64
+
+
+def test_bench_train_step_runs_gpu_precisions_on_gpu_impls_only(tmp_path):
+    out = run_script("bench_train_step.py", "--configs", "tiny-cpu", "--impls", "numpy",
+                     "--precisions", "float32,float16", "--repeat", "1", "--warmup", "0",
+                     "--threads", "1", tmp_path=tmp_path)
+    records = read_jsonl(tmp_path / "train_step.jsonl")
+    assert [(r["precision"], r["impl"]) for r in records] == [("float32", "numpy")]
+    assert "float16: a GPU precision, not run on numpy, torch" in out
+
+
+def test_bench_attention_memory_grows_quadratically_for_the_xp_op(tmp_path):
+    run_script("bench_attention_memory.py", "--lengths", "32,256", "--n-embd", "16",
+               "--n-head", "2", tmp_path=tmp_path)
+    small, large = read_jsonl(tmp_path / "attention_memory.jsonl")
+    assert (small["T"], large["T"]) == (32, 256)
+    # the cache holds (B, NH, T, T) probabilities: 8x the length, ~64x the memory (linear
+    # would be 8x)
+    assert large["cache_mib"] > 30 * small["cache_mib"]
+    assert large["cache_mib"] >= large["scores_matrix_mib"]
+    assert "cache MiB" in (tmp_path / "attention_memory.md").read_text()
 
 
 def test_bench_train_step_memory_mode(tmp_path):

@@ -9,6 +9,7 @@ online softmax) is the one that avoids it.
 import math
 
 from .backend import get_array_module
+from .dropout import uniform_dtype
 
 
 def column_sum(a):
@@ -72,7 +73,7 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     mask_t = None
     att_used_t = att_t
     if training and dropout > 0.0:
-        mask_t = (rng.random(att_t.shape, dtype=att_t.dtype) >= dropout).astype(att_t.dtype)
+        mask_t = (rng.random(att_t.shape, dtype=uniform_dtype(att_t.dtype)) >= dropout).astype(att_t.dtype)
         mask_t *= 1.0 / (1.0 - dropout)
         att_used_t = att_t * mask_t
     # y = P v, written straight into the merged-heads layout (B, T, NH, hs) through a

@@ -1,6 +1,11 @@
 """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
 
 
+def uniform_dtype(dtype):
+    """The dtype the generator draws in: x's own, float32 for float16 (which it lacks)."""
+    return "float64" if dtype == "float64" else "float32"
+
+
 def dropout_forward(x, p, rng, training=True):
     """y = x * mask / (1 - p), mask ~ Bernoulli(1 - p); identity in eval mode or when p = 0.
 
@@ -15,7 +20,7 @@ def dropout_forward(x, p, rng, training=True):
     """
     if not training or p == 0.0:
         return x, None
-    keep = rng.random(x.shape, dtype=x.dtype) >= p
+    keep = rng.random(x.shape, dtype=uniform_dtype(x.dtype)) >= p
     scaled_mask = keep.astype(x.dtype) * (1.0 / (1.0 - p))
     return x * scaled_mask, scaled_mask
 

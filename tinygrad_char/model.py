@@ -137,12 +137,23 @@ class GPT:
     the caches of its ops for one backward; call forward again before the next backward.
     backend: "numpy", "cupy", "auto" or a Backend; dtype: "float32" or "float64" (for
     gradient checks); seed: initialisation and dropout; kernels: "xp" (the ops of this
-    package) or "fused" (the CUDA kernels of kernels/ where one exists; GPU only).
+    package) or "fused" (the CUDA kernels of kernels/ where one exists; GPU only);
+    compute_dtype: None, or "float16" for mixed precision (precision.py): the matmuls,
+    attention and GELU run in float16 on a float16 copy of the float32 `params`, while the
+    embeddings, the residual stream, LayerNorm and the cross-entropy stay float32.
     """
 
-    def __init__(self, config, backend="numpy", dtype="float32", seed=0, kernels="xp"):
+    def __init__(self, config, backend="numpy", dtype="float32", seed=0, kernels="xp",
+                 compute_dtype=None):
         if dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        if compute_dtype not in (None, "float16") or (compute_dtype and dtype != "float32"):
+            raise ConfigError(f"compute_dtype must be None or 'float16' (with float32 "
+                              f"parameters), got {compute_dtype!r} with {dtype!r}")
+        if compute_dtype and kernels == "fused":
+            raise ConfigError("float16 mixed precision runs on --kernels xp: the fused "
+                              "kernels of kernels/ are float32 (use --kernels xp, or "
+                              "--dtype float32 / tf32 with --kernels fused)")
         self.config = config
         self.backend = get_backend(backend, seed)
         # the op functions: the xp pairs of this package, or ("fused") the CUDA kernels of
@@ -150,6 +161,8 @@ class GPT:
         self.ops = select_ops(kernels)
         self.xp = self.backend.xp
         self.dtype = dtype
+        self.compute_dtype = compute_dtype
+        self._run_params = None  # the weights the forward's matmuls use (see forward)
         self.params = {name: self.xp.asarray(p, dtype=dtype)
                        for name, p in init_params(config, seed).items()}
         self.training = True
@@ -180,7 +193,12 @@ class GPT:
 
     # -- blocks ------------------------------------------------------------------------
     def _p(self, name):
-        return self.params.get(name)
+        """A weight as the matmuls use it (float16 in mixed precision), or None."""
+        return self._run_params.get(name)
+
+    def _low(self, a):
+        """`a` in the compute dtype (a no-op without mixed precision)."""
+        return a if self.compute_dtype is None else a.astype(self.compute_dtype, copy=False)
 
     def _attn_forward(self, x, h):
         """The attention branch: c_attn -> causal attention -> c_proj -> dropout. x (B, T, C)."""
@@ -234,11 +252,13 @@ class GPT:
         return dx
 
     def _ln_forward(self, x, name):
+        """LayerNorm in the parameters' dtype (float32 in mixed precision too)."""
         return self.ops.layernorm_forward(x, self.params[name + ".weight"],
-                                          self._p(name + ".bias"))
+                                          self.params.get(name + ".bias"))
 
     def _ln_backward(self, dy, cache, name, grads):
-        dx, grads[name + ".weight"], db = self.ops.layernorm_backward(dy, cache)
+        dx, grads[name + ".weight"], db = self.ops.layernorm_backward(
+            dy.astype(self.dtype, copy=False), cache)
         if db is not None:
             grads[name + ".bias"] = db
         return dx
@@ -253,6 +273,10 @@ class GPT:
             loss: 0-d array (mean cross-entropy in nats), or None without targets.
         """
         cfg, p, ops = self.config, self.params, self.ops
+        # the weights of the matmuls: the parameters themselves, or their float16 copies
+        self._run_params = p if self.compute_dtype is None else {
+            name: w.astype(self.compute_dtype) for name, w in p.items()
+            if ".ln_" not in name and name != "transformer.wpe.weight"}
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
         B, T = idx.shape
@@ -272,34 +296,38 @@ class GPT:
             h = f"transformer.h.{i}."
             if cfg.norm == "pre":  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
                 a, c_ln1 = self._ln_forward(x, h + "ln_1")
-                a, c_attn = self._attn_forward(a, h)
+                a, c_attn = self._attn_forward(self._low(a), h)
                 x = x + a
                 m, c_ln2 = self._ln_forward(x, h + "ln_2")
-                m, c_mlp = self._mlp_forward(m, h)
+                m, c_mlp = self._mlp_forward(self._low(m), h)
                 x = x + m
             else:  # x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))
-                a, c_attn = self._attn_forward(x, h)
+                a, c_attn = self._attn_forward(self._low(x), h)
                 x, c_ln1 = self._ln_forward(x + a, h + "ln_1")
-                m, c_mlp = self._mlp_forward(x, h)
+                m, c_mlp = self._mlp_forward(self._low(x), h)
                 x, c_ln2 = self._ln_forward(x + m, h + "ln_2")
             caches[i] = (c_ln1, c_attn, c_ln2, c_mlp)
 
         if cfg.norm == "pre":
             x, caches["ln_f"] = self._ln_forward(x, "transformer.ln_f")
-        head = p["transformer.wte.weight"] if cfg.tie_weights else p["lm_head.weight"]
-        logits, caches["head"] = ops.linear_forward(x, head)  # (B, T, V)
+        head = self._p("transformer.wte.weight" if cfg.tie_weights else "lm_head.weight")
+        logits, caches["head"] = ops.linear_forward(self._low(x), head)  # (B, T, V)
+        logits = logits.astype(self.dtype, copy=False)  # the softmax in float32
         loss = None
         if targets is not None:
             loss, caches["loss"] = ops.cross_entropy_forward(logits, targets)
         self._caches = caches
+        self._run_params = None
         return logits, loss
 
     # -- backward: the forward above, reversed ----------------------------------------
-    def backward(self, dlogits=None):
+    def backward(self, dlogits=None, loss_scale=1.0):
         """Gradients of the last forward's loss (or of sum(logits * dlogits) when given).
 
         Returns a dict with the keys of `params`. The tied embedding gets the sum of its two
-        uses (output head and input lookup).
+        uses (output head and input lookup). loss_scale multiplies the loss gradient (mixed
+        precision, precision.LossScaler); in mixed precision the matmul weights' gradients
+        are float16, the others float32.
         """
         if self._caches is None:
             raise RuntimeError("backward() needs a forward() first (and each forward "
@@ -309,8 +337,8 @@ class GPT:
         if dlogits is None:
             if "loss" not in caches:
                 raise RuntimeError("backward() without dlogits needs forward(idx, targets)")
-            dlogits = ops.cross_entropy_backward(1.0, caches["loss"])  # (B, T, V)
-        dx, dhead, _ = ops.linear_backward(dlogits, caches["head"])  # (B, T, C), (V, C)
+            dlogits = ops.cross_entropy_backward(loss_scale, caches["loss"])  # (B, T, V)
+        dx, dhead, _ = ops.linear_backward(self._low(dlogits), caches["head"])  # (B,T,C),(V,C)
         if cfg.norm == "pre":
             dx = self._ln_backward(dx, caches["ln_f"], "transformer.ln_f", grads)
 
@@ -319,18 +347,18 @@ class GPT:
             c_ln1, c_attn, c_ln2, c_mlp = caches[i]
             if cfg.norm == "pre":
                 # x = x + mlp(ln_2(x)): the residual passes dx through, the branch adds to it
-                dm = self._mlp_backward(dx, c_mlp, h, grads)
+                dm = self._mlp_backward(self._low(dx), c_mlp, h, grads)
                 dx = dx + self._ln_backward(dm, c_ln2, h + "ln_2", grads)
                 # x = x + attn(ln_1(x))
-                da = self._attn_backward(dx, c_attn, h, grads)
+                da = self._attn_backward(self._low(dx), c_attn, h, grads)
                 dx = dx + self._ln_backward(da, c_ln1, h + "ln_1", grads)
             else:
                 # x = ln_2(s), s = x + mlp(x): ds feeds both the residual and the branch
                 ds = self._ln_backward(dx, c_ln2, h + "ln_2", grads)
-                dx = ds + self._mlp_backward(ds, c_mlp, h, grads)
+                dx = ds + self._mlp_backward(self._low(ds), c_mlp, h, grads)
                 # x = ln_1(s), s = x + attn(x)
                 ds = self._ln_backward(dx, c_ln1, h + "ln_1", grads)
-                dx = ds + self._attn_backward(ds, c_attn, h, grads)
+                dx = ds + self._attn_backward(self._low(ds), c_attn, h, grads)
 
         dx = ops.dropout_backward(dx, caches["drop"])  # (B, T, C)
         if cfg.pos_encoding == "learned":

@@ -28,6 +28,7 @@ from .data import eval_batches, get_batch
 from .model import GPT, ConfigError, GPTConfig
 from .kernels import select_ops
 from .optim import clip_grad_norm, cosine_lr
+from .precision import PRECISIONS, LossScaler, dtypes, set_tf32
 
 LN2 = math.log(2.0)
 
@@ -63,7 +64,7 @@ class TrainConfig:
     log_interval: int = 10  # steps between loss read-backs (each one syncs a GPU)
     sample_chars: int = 300  # characters generated at the end
     seed: int = 1337
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | tf32 | float16 (mixed, loss-scaled) | float64
     backend: str = "numpy"
     kernels: str = "xp"  # "xp": the readable NumPy/CuPy ops; "fused": CUDA kernels (GPU)
     out_dir: str = "out"
@@ -91,8 +92,12 @@ class TrainConfig:
             raise ConfigError("config: backend must be 'numpy', 'cupy' or 'auto'")
         if self.kernels not in ("xp", "fused"):
             raise ConfigError("config: kernels must be 'xp' or 'fused'")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError("config: dtype must be 'float32' or 'float64'")
+        if self.dtype not in PRECISIONS:
+            raise ConfigError(f"config: dtype must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.dtype!r}")
+        if self.dtype == "float16" and self.kernels == "fused":
+            raise ConfigError("config: dtype float16 runs with kernels 'xp' (the fused "
+                              "kernels are float32): use --kernels xp, or --dtype tf32")
         self.model_config(vocab_size=1)  # GPTConfig's own checks (n_embd % n_head, ...)
         return self
 
@@ -241,11 +246,16 @@ def train(cfg, data, resume=None, progress=True, out=print):
     backend = get_backend(cfg.backend, cfg.seed)
     xp = backend.xp
     tokenizer = data.tokenizer
+    param_dtype, compute_dtype = dtypes(cfg.dtype)
+    set_tf32(xp, cfg.dtype == "tf32")  # enabling raises BackendError on the CPU
+    # float16: loss scaling, and float32 master weights (the model's params) for AdamW
+    scaler = LossScaler() if compute_dtype else None
 
     start_step = 0
     if resume:
-        model, saved_tok, meta = load_checkpoint(resume, backend=backend, dtype=cfg.dtype)
+        model, saved_tok, meta = load_checkpoint(resume, backend=backend, dtype=param_dtype)
         model.ops = select_ops(cfg.kernels)
+        model.compute_dtype = compute_dtype
         wanted = cfg.model_config(tokenizer.vocab_size)
         if model.config != wanted:
             diff = {k: (v, getattr(wanted, k)) for k, v in model.config.to_dict().items()
@@ -258,13 +268,15 @@ def train(cfg, data, resume=None, progress=True, out=print):
                               "this data's; resume on the same data")
         optimizer = model.ops.AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                     weight_decay=cfg.weight_decay)
-        load_training_state(resume, optimizer)
+        saved_state = load_training_state(resume, optimizer)
+        if scaler is not None and "loss_scaler" in saved_state:
+            scaler.load_state_dict(saved_state["loss_scaler"])
         start_step = meta["step"]
         _truncate_log(log_path, start_step)  # drop records the resumed run will redo
         out(f"resumed from {resume} at step {start_step}")
     else:
-        model = GPT(cfg.model_config(tokenizer.vocab_size), backend=backend, dtype=cfg.dtype,
-                    seed=cfg.seed, kernels=cfg.kernels)
+        model = GPT(cfg.model_config(tokenizer.vocab_size), backend=backend, dtype=param_dtype,
+                    seed=cfg.seed, kernels=cfg.kernels, compute_dtype=compute_dtype)
         optimizer = model.ops.AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
                                     weight_decay=cfg.weight_decay)
         if os.path.exists(log_path):
@@ -272,13 +284,19 @@ def train(cfg, data, resume=None, progress=True, out=print):
     out(f"model: {model.num_params():,} parameters, {model.config}")
     out(f"backend: {backend.device}; data: {data.description}; "
         f"{len(data.train_ids):,} training characters")
+    if cfg.dtype != "float32":
+        out(f"precision: {cfg.dtype}" + (" (NumPy emulates float16 on the CPU: slower than "
+                                         "float32; mixed precision is meant for GPUs)"
+                                         if compute_dtype and backend.name == "numpy" else ""))
 
     last_good = [resume]  # the checkpoint a divergence leaves behind (None: none yet)
 
     def save(step):
         last_good[0] = ckpt_path
-        save_checkpoint(ckpt_path, model, tokenizer, step, optimizer,
-                        train_state={"train_config": asdict(cfg), "step": step})
+        state = {"train_config": asdict(cfg), "step": step}
+        if scaler is not None:
+            state["loss_scaler"] = scaler.state_dict()
+        save_checkpoint(ckpt_path, model, tokenizer, step, optimizer, train_state=state)
 
     tokens_per_step = cfg.batch_size * cfg.block_size
     bar = None
@@ -313,9 +331,14 @@ def train(cfg, data, resume=None, progress=True, out=print):
             model.seed_dropout(seed)
             model.train()
             _, loss_dev = model.forward(xp.asarray(x), xp.asarray(y))
-            grads = model.backward()
-            clip_grad_norm(grads, cfg.grad_clip)
-            optimizer.step(grads, lr)
+            if scaler is None:
+                grads = model.backward()
+                clip_grad_norm(grads, cfg.grad_clip)
+                optimizer.step(grads, lr)
+            else:  # mixed precision: scaled loss gradient, float32 update, skip on overflow
+                grads = scaler.unscale(model.backward(loss_scale=scaler.scale))
+                if scaler.update(clip_grad_norm(grads, cfg.grad_clip)):
+                    optimizer.step(grads, lr)
             step += 1
             steps_window += 1
 
@@ -332,6 +355,8 @@ def train(cfg, data, resume=None, progress=True, out=print):
                 t_window, steps_window = now, 0
                 record = {"step": step, "train_loss": loss, "lr": lr, "tokens_per_sec": tok_s,
                           "time": time.time()}
+                if scaler is not None:
+                    record.update(loss_scale=scaler.scale, skipped_steps=scaler.skipped_steps)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
                 if step % cfg.eval_interval == 0 or step == cfg.max_steps:
@@ -363,6 +388,10 @@ def train(cfg, data, resume=None, progress=True, out=print):
 
     results = {"step": step, "checkpoint": ckpt_path, "num_params": model.num_params(),
                "description": data.description, "device": backend.device}
+    if scaler is not None:
+        results.update(skipped_steps=scaler.skipped_steps, loss_scale=scaler.scale)
+        out(f"float16: {scaler.skipped_steps} of {step - start_step} steps skipped for "
+            f"gradient overflow; final loss scale {scaler.scale:g}")
     val, n_val = evaluate(model, data.val_ids, cfg.block_size, cfg.eval_batch_size)
     results.update(val_loss=val, val_bpc=val / LN2, val_chars=n_val)
     out(f"validation (whole split, {n_val:,} predictions): loss {val:.4f}, {val / LN2:.4f} bpc")
