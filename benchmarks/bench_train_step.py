@@ -9,8 +9,9 @@
 For each named configuration (tiny-cpu and gpu-large inline; cpu-preset and gpu-preset
 from examples/configs), each precision (--precisions; tf32 and float16 on the GPU only:
 float16 is our mixed precision with loss scaling against torch.autocast + GradScaler, tf32
-the tensor-core matmuls on both sides) and implementation (ours on NumPy, and on CuPy with a GPU; TorchGPT eager on the CPU, on
-CUDA, and torch.compile on CUDA), every step is timed in three phases: forward, backward,
+the tensor-core matmuls on both sides) and implementation (ours on NumPy, and on CuPy
+with a GPU, xp ops and fused kernels; TorchGPT eager on the CPU, on CUDA, and
+torch.compile on CUDA), every step is timed in three phases: forward, backward,
 optimiser (clip + AdamW); the medians are reported with ms/step, tokens/s and "speed vs
 torch" (torch ms / ours ms: >= 1.0 means ours is at least as fast, against torch eager on
 the same device). Everything starts from the same weights and runs the same batch in
@@ -54,9 +55,10 @@ from tinygrad_char.precision import LossScaler, dtypes, set_tf32  # noqa: E402
 
 LOSS_RTOL = 1e-4  # float32 loss of two libraries on the same batch and weights
 ADAM_EPS = 1e-8
-OURS = ("numpy", "cupy")
-TORCH_TWIN = {"numpy": "torch", "cupy": "torch-cuda"}  # the reference of "speed vs torch"
-ALL_IMPLS = ["numpy", "torch", "cupy", "torch-cuda", "torch-compile"]
+OURS = ("numpy", "cupy", "cupy-fused")  # cupy-fused: --kernels fused (kernels/*.cu)
+TORCH_TWIN = {"numpy": "torch", "cupy": "torch-cuda",
+              "cupy-fused": "torch-cuda"}  # the reference of "speed vs torch"
+ALL_IMPLS = ["numpy", "torch", "cupy", "cupy-fused", "torch-cuda", "torch-compile"]
 CPU_IMPLS = ("numpy", "torch")
 PRECISIONS = ("float32", "tf32", "float16")
 GPU_ONLY_CONFIGS = ("gpu-preset", "gpu-large")
@@ -77,7 +79,7 @@ def memory_now(impl, xp=None, torch=None):
     """Memory figures in MiB for the implementation that just ran."""
     current, peak = rss_mib()
     mem = {"rss_mib": current, "peak_rss_mib": peak}
-    if impl == "cupy":
+    if impl.startswith("cupy"):
         pool = xp.get_default_memory_pool()
         mem.update(gpu_pool_used_mib=pool.used_bytes() / 2**20,
                    gpu_pool_held_mib=pool.total_bytes() / 2**20)
@@ -87,14 +89,46 @@ def memory_now(impl, xp=None, torch=None):
     return mem
 
 
+# -- the update after the backward, as the training loops do it ----------------------------
+
+def ours_update(grads, opt, scaler, grad_clip):
+    """Clip + AdamW; with a LossScaler (float16): unscale to float32, clip, and AdamW
+    unless the gradients overflowed (tinygrad_char.train's step)."""
+    if scaler is None:
+        clip_grad_norm(grads, grad_clip)
+        opt.step(grads)
+        return
+    grads = scaler.unscale(grads)
+    if scaler.update(clip_grad_norm(grads, grad_clip)):
+        opt.step(grads)
+
+
+def torch_update(torch, model, opt, scaler, grad_clip):
+    """Clip + AdamW + zero_grad; with a GradScaler (float16): unscale_ first, then
+    scaler.step and scaler.update (PyTorch's recipe for autocast)."""
+    if scaler:
+        scaler.unscale_(opt)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler:
+        scaler.step(opt)
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 # -- ours ----------------------------------------------------------------------------------
 
-def run_ours(backend, model_cfg, train_cfg, batch, warmup, repeat, precision="float32"):
-    """Time warmup + repeat steps of our GPT; returns ({phase: [ms]}, memory dict).
-    float16: the training loop's mixed-precision step (scaled backward, float32 unscale,
-    clip, AdamW unless the gradients overflowed); tf32 must be set by the caller."""
+def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float32"):
+    """Time warmup + repeat steps of our GPT (impl "numpy", "cupy" or "cupy-fused");
+    returns ({phase: [ms]}, memory dict). float16: the training loop's mixed-precision step
+    (scaled backward, float32 unscale, clip, AdamW unless the gradients overflowed); tf32
+    must be set by the caller."""
     _, compute_dtype = dtypes(precision)
-    model = GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype)
+    backend, kernels = ("cupy", "fused") if impl == "cupy-fused" else (impl, "xp")
+    model = GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype,
+                kernels=kernels)
     scaler = LossScaler() if compute_dtype else None
     opt = AdamW(model.params, lr=train_cfg.learning_rate,
                 betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
@@ -110,13 +144,7 @@ def run_ours(backend, model_cfg, train_cfg, batch, warmup, repeat, precision="fl
         grads = model.backward(loss_scale=scaler.scale if scaler else 1.0)
         sync()
         t2 = time.perf_counter()
-        if scaler is None:
-            clip_grad_norm(grads, train_cfg.grad_clip)
-            opt.step(grads)
-        else:
-            grads = scaler.unscale(grads)
-            if scaler.update(clip_grad_norm(grads, train_cfg.grad_clip)):
-                opt.step(grads)
+        ours_update(grads, opt, scaler, train_cfg.grad_clip)
         sync()
         t3 = time.perf_counter()
         if step >= warmup:
@@ -124,7 +152,7 @@ def run_ours(backend, model_cfg, train_cfg, batch, warmup, repeat, precision="fl
                 phases[name].append(dt * 1e3)
     if not np.isfinite(float(loss)):
         raise AssertionError(f"{backend}: the loss became {float(loss)}")
-    return phases, memory_now(backend, xp)
+    return phases, memory_now(impl, xp)
 
 
 # -- PyTorch -------------------------------------------------------------------------------
@@ -175,16 +203,7 @@ def run_torch(torch, impl, model_cfg, train_cfg, batch, warmup, repeat, precisio
         (scaler.scale(loss) if scaler else loss).backward()
         sync()
         t2 = time.perf_counter()
-        if scaler:
-            scaler.unscale_(opt)
-        if train_cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
+        torch_update(torch, model, opt, scaler, train_cfg.grad_clip)
         sync()
         t3 = time.perf_counter()
         if step >= warmup:
@@ -241,11 +260,12 @@ def check_losses(model_cfg, batch, impls, torch):
 
     cfg = replace(model_cfg, dropout=0.0)
     losses = {}
-    for backend in [b for b in OURS if b in impls]:
-        model = GPT(cfg, backend=backend, seed=0)
+    for impl in [b for b in OURS if b in impls]:
+        backend, kernels = ("cupy", "fused") if impl == "cupy-fused" else (impl, "xp")
+        model = GPT(cfg, backend=backend, seed=0, kernels=kernels)
         xp = model.xp
         _, loss = model.forward(xp.asarray(batch[0]), xp.asarray(batch[1]))
-        losses[backend] = float(loss)
+        losses[impl] = float(loss)
     for impl, device in (("torch", "cpu"), ("torch-cuda", "cuda")):
         if impl in impls or (device == "cuda" and "torch-compile" in impls):
             from benchmarks.torch_gpt import TorchGPT
@@ -256,7 +276,8 @@ def check_losses(model_cfg, batch, impls, torch):
                 _, loss = twin(torch.as_tensor(batch[0], device=device),
                                torch.as_tensor(batch[1], device=device))
             losses[impl] = float(loss)
-    pairs = [("numpy", "torch"), ("cupy", "torch-cuda"), ("cupy", "numpy")]
+    pairs = [("numpy", "torch"), ("cupy", "torch-cuda"), ("cupy", "numpy"),
+             ("cupy-fused", "cupy")]
     for ours, ref in pairs:
         if ours in losses and ref in losses:
             err = rel_error(losses[ours], losses[ref])
@@ -340,9 +361,11 @@ def main(argv=None):
     cupy, cupy_why = cupy_or_none()
     torch_cuda = torch_cuda_or_none(torch)
     available = {"numpy": True, "torch": torch is not None, "cupy": cupy is not None,
-                 "torch-cuda": torch_cuda is not None, "torch-compile": torch_cuda is not None}
+                 "cupy-fused": cupy is not None, "torch-cuda": torch_cuda is not None,
+                 "torch-compile": torch_cuda is not None}
     no_cuda = "torch not installed" if torch is None else "no CUDA device for torch"
     reasons = {"torch": "torch not installed", "cupy": cupy_why and cupy_why.split(";")[0],
+               "cupy-fused": cupy_why and cupy_why.split(";")[0],
                "torch-cuda": no_cuda,
                "torch-compile": f"{no_cuda} (torch.compile is run on CUDA only)"}
     impls = [i for i in wanted if available[i]]
@@ -385,8 +408,13 @@ def main(argv=None):
               ", ".join(f"{k} {v:.6f}" for k, v in losses.items()))
         for precision in precisions:
             run_impls = [i for i in impls if precision == "float32" or i not in CPU_IMPLS]
-            if len(run_impls) < len(impls):
+            if any(i in CPU_IMPLS for i in impls) and precision != "float32":
                 note = f"{precision}: a GPU precision, not run on {', '.join(CPU_IMPLS)}"
+                if note not in notes:
+                    notes.append(note)
+            if precision == "float16" and "cupy-fused" in run_impls:
+                run_impls.remove("cupy-fused")
+                note = "float16: cupy-fused not run (the fused kernels are float32)"
                 if note not in notes:
                     notes.append(note)
             if not run_impls:
@@ -415,7 +443,7 @@ def main(argv=None):
                 speed = results[twin]["step_ms"] / r["step_ms"] if twin in results else None
                 compiled = results.get("torch-compile")
                 vs_compile = (compiled["step_ms"] / r["step_ms"]
-                              if impl == "cupy" and compiled else None)
+                              if impl.startswith("cupy") and compiled else None)
                 row = {"config": name, "precision": precision, "impl": impl, **r,
                        "speed_vs_torch": speed, "speed_vs_compile": vs_compile,
                        "mfu_percent": 100 * r["tokens_per_s"] * flops_per_token(model_cfg)

@@ -97,7 +97,8 @@ def main(argv=None):
         samples = generate_text(model, tokenizer, prompt, args.max_new_tokens,
                                 temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed,
-                                num_samples=args.num_samples, use_cache=not (args.no_cache or args.onnx),
+                                num_samples=args.num_samples,
+                                use_cache=not (args.no_cache or args.onnx),
                                 stream=write)  # sample 0, one character at a time
     except KeyboardInterrupt:
         write("\n")

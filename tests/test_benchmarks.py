@@ -223,3 +223,18 @@ def test_bench_embedding_backward(tmp_path):
                                               "sort+reduceat", "library"}
     assert min(r["x_fastest"] for r in records) == 1.0
     assert "x fastest" in (tmp_path / "embedding_backward.md").read_text()
+
+
+def test_count_launches_summarizes_per_step_and_says_when_it_cannot_run(tmp_path):
+    from benchmarks.count_launches import Event, summarize
+
+    events = ([Event("gemm", "kernel")] * 4 + [Event("softmax", "kernel")] * 2 +
+              [Event("Memcpy HtoD", "memcpy")] * 2 + [Event("Memset", "memset")])
+    s = summarize(events, steps=2)
+    assert (s["kernels_per_step"], s["copies_per_step"], s["memsets_per_step"]) == (3, 1, 0.5)
+    assert s["top_kernels"] == [["gemm", 2.0], ["softmax", 1.0]]
+    assert s["copies"] == [["Memcpy HtoD", 1.0]]
+    if harness.cupy_or_none()[0] is None:
+        out = run_script("count_launches.py", tmp_path=tmp_path)
+        assert "count_launches needs a CUDA GPU with CuPy and torch" in out
+        assert not (tmp_path / "launches.jsonl").exists()

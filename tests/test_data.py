@@ -304,3 +304,14 @@ def test_eval_batches_score_every_pair_exactly_once(n, block_size, batch_size):
 def test_eval_batches_rejects_a_split_with_no_pairs():
     with pytest.raises(DataError, match="at least 2"):
         eval_batches(np.array([3]), 4, 2)
+
+
+def test_windows_cut_at_the_starts_equal_get_batch():
+    from tinygrad_char.data import batch_starts, windows
+
+    ids = np.arange(100) * 3
+    starts = batch_starts(len(ids), 5, 8, np.random.default_rng(4))
+    x, y = windows(ids, starts, 8)
+    assert np.array_equal(x, get_batch(ids, 5, 8, np.random.default_rng(4))[0])
+    assert np.array_equal(x[:, 0], ids[starts]) and np.array_equal(y, x + 3)
+    assert starts.max() <= 100 - 8 - 1

@@ -5,8 +5,8 @@ hand computation, the metrics log and loss curve, and a model that actually lear
 
 Every run is a tiny model (1-2 layers, 16 wide, context 16) on the first 50 KB of Tiny
 Shakespeare, so each test takes well under a few seconds on two CPU cores. Ctrl-C is
-simulated in-process: a wrapped get_batch raises SIGINT at a chosen step, and the
-training loop's own handler takes it.
+simulated in-process: a wrapped windows() (called once per step) raises SIGINT at a chosen
+step, and the training loop's own handler takes it.
 """
 
 import json
@@ -68,18 +68,18 @@ def interrupt_at(monkeypatch, step):
     """Make train() receive SIGINT while it runs step `step` (1-based), as if Ctrl-C was
     pressed then: the loop finishes that step, saves and returns at `step`."""
     calls = []
-    real_get_batch = train_module.get_batch
+    real_windows = train_module.windows
 
-    def get_batch(*args, **kwargs):
+    def windows(*args, **kwargs):
         calls.append(1)
         if len(calls) == step:
             # never deliver a real KeyboardInterrupt to pytest: the loop must own SIGINT
             assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, \
                 "train() did not install its SIGINT handler"
             signal.raise_signal(signal.SIGINT)
-        return real_get_batch(*args, **kwargs)
+        return real_windows(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "get_batch", get_batch)
+    monkeypatch.setattr(train_module, "windows", windows)
 
 
 # -- Ctrl-C and exact resume ------------------------------------------------------------------
@@ -360,3 +360,28 @@ def test_training_learns_a_repetitive_text(tmp_path):
     uniform = math.log(data.tokenizer.vocab_size)
     assert result["val_loss"] < 0.15 * uniform, \
         f"val loss {result['val_loss']:.3f} after 300 steps (ln V = {uniform:.3f})"
+
+
+def test_each_step_trains_on_get_batch_of_its_step_seed(shakespeare, tmp_path, monkeypatch):
+    """The loop cuts its batches from starts drawn a log interval ahead; step s's batch is
+    exactly get_batch(train split, B, T, default_rng(step_seed(seed, s))), whatever the log
+    interval (so runs and resumes see the same data on every backend)."""
+    from tinygrad_char.data import get_batch
+    from tinygrad_char.train import step_seed
+
+    seen = []
+    real_windows = train_module.windows
+
+    def windows(*args, **kwargs):
+        x, y = real_windows(*args, **kwargs)
+        seen.append((np.array(x), np.array(y)))
+        return x, y
+
+    monkeypatch.setattr(train_module, "windows", windows)
+    cfg = tiny_config(tmp_path, max_steps=7, log_interval=3, eval_interval=7)
+    train(cfg, shakespeare, progress=False, out=quiet)
+    assert len(seen) == 7
+    for step, (x, y) in enumerate(seen):
+        want = get_batch(shakespeare.train_ids, cfg.batch_size, cfg.block_size,
+                         np.random.default_rng(step_seed(cfg.seed, step)))
+        assert np.array_equal(x, want[0]) and np.array_equal(y, want[1]), step

@@ -73,7 +73,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     mask_t = None
     att_used_t = att_t
     if training and dropout > 0.0:
-        mask_t = (rng.random(att_t.shape, dtype=uniform_dtype(att_t.dtype)) >= dropout).astype(att_t.dtype)
+        uniform = rng.random(att_t.shape, dtype=uniform_dtype(att_t.dtype))
+        mask_t = (uniform >= dropout).astype(att_t.dtype)
         mask_t *= 1.0 / (1.0 - dropout)
         att_used_t = att_t * mask_t
     # y = P v, written straight into the merged-heads layout (B, T, NH, hs) through a

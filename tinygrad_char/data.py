@@ -21,6 +21,8 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .backend import get_array_module
+
 from .cross_entropy import IGNORE_INDEX
 from .tokenizer import CharTokenizer
 
@@ -237,6 +239,29 @@ def _check_positive(**values):
             raise DataError(f"{name} must be a positive integer, got {value!r}")
 
 
+def batch_starts(n, batch_size, block_size, rng):
+    """(batch_size,) random window starts in a split of n ids: 0 <= start <= n - T - 1.
+
+    rng: a numpy.random.Generator; the same seed gives the same starts.
+    """
+    _check_positive(batch_size=batch_size, block_size=block_size)
+    if n < block_size + 1:
+        raise DataError(f"split has {n} characters, fewer than block_size + 1 = "
+                        f"{block_size + 1}; use a smaller block_size or more text")
+    return rng.integers(0, n - block_size, size=batch_size)
+
+
+def windows(ids, starts, block_size):
+    """Cut the windows that begin at `starts` out of `ids` (NumPy or CuPy, both the same).
+
+    Returns x (B, T) = ids[start : start + T] and y (B, T) = ids[start + 1 : start + T + 1],
+    the inputs and their next-character targets.
+    """
+    xp = get_array_module(ids)
+    idx = starts[:, None] + xp.arange(block_size)  # (B, T)
+    return ids[idx], ids[idx + 1]
+
+
 def get_batch(ids, batch_size, block_size, rng):
     """Draw `batch_size` random windows of block_size + 1 ids from a split.
 
@@ -247,14 +272,7 @@ def get_batch(ids, batch_size, block_size, rng):
         x: (B, T) int64 inputs, window[:-1].
         y: (B, T) int64 targets, window[1:] (x shifted left by one).
     """
-    _check_positive(batch_size=batch_size, block_size=block_size)
-    n = len(ids)
-    if n < block_size + 1:
-        raise DataError(f"split has {n} characters, fewer than block_size + 1 = "
-                        f"{block_size + 1}; use a smaller block_size or more text")
-    starts = rng.integers(0, n - block_size, size=batch_size)  # (B,), last start n-T-1
-    idx = starts[:, None] + np.arange(block_size)  # (B, T)
-    return ids[idx], ids[idx + 1]
+    return windows(ids, batch_starts(len(ids), batch_size, block_size, rng), block_size)
 
 
 def count_eval_targets(ids):

@@ -24,7 +24,7 @@ import numpy as np
 
 from .backend import get_backend
 from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from .data import eval_batches, get_batch
+from .data import batch_starts, eval_batches, windows
 from .model import GPT, ConfigError, GPTConfig
 from .kernels import select_ops
 from .optim import clip_grad_norm, cosine_lr
@@ -299,6 +299,23 @@ def train(cfg, data, resume=None, progress=True, out=print):
         save_checkpoint(ckpt_path, model, tokenizer, step, optimizer, train_state=state)
 
     tokens_per_step = cfg.batch_size * cfg.block_size
+    # the training split lives on the device; each step's window starts are drawn on the
+    # host (np.random, one seed per step: the same batches on every backend and after a
+    # resume) a log interval ahead and copied over in one transfer, so a step itself moves
+    # nothing between host and device
+    train_ids = xp.asarray(data.train_ids)
+    starts_ahead = {}
+
+    def starts_for(step):
+        if step not in starts_ahead:
+            steps = range(step, min(step + cfg.log_interval, cfg.max_steps))
+            host = np.stack([batch_starts(len(data.train_ids), cfg.batch_size, cfg.block_size,
+                                          np.random.default_rng(step_seed(cfg.seed, s)))
+                             for s in steps])  # (steps, B)
+            device = xp.asarray(host)
+            starts_ahead.update({s: device[i] for i, s in enumerate(steps)})
+        return starts_ahead.pop(step)
+
     bar = None
     if progress:
         from tqdm import tqdm
@@ -325,12 +342,10 @@ def train(cfg, data, resume=None, progress=True, out=print):
         while step < cfg.max_steps and not interrupted:
             lr = cosine_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps,
                            cfg.max_steps)
-            seed = step_seed(cfg.seed, step)
-            x, y = get_batch(data.train_ids, cfg.batch_size, cfg.block_size,
-                             np.random.default_rng(seed))
-            model.seed_dropout(seed)
+            x, y = windows(train_ids, starts_for(step), cfg.block_size)  # (B, T) each
+            model.seed_dropout(step_seed(cfg.seed, step))
             model.train()
-            _, loss_dev = model.forward(xp.asarray(x), xp.asarray(y))
+            _, loss_dev = model.forward(x, y)
             if scaler is None:
                 grads = model.backward()
                 clip_grad_norm(grads, cfg.grad_clip)
