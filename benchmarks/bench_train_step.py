@@ -51,15 +51,18 @@ from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_
                                 write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT, AdamW, clip_grad_norm  # noqa: E402
 from tinygrad_char.model import init_params, param_shapes  # noqa: E402
+from tinygrad_char.parallel import DataParallel  # noqa: E402
 from tinygrad_char.precision import LossScaler, dtypes, set_tf32  # noqa: E402
 
 LOSS_RTOL = 1e-4  # float32 loss of two libraries on the same batch and weights
 ADAM_EPS = 1e-8
-OURS = ("numpy", "cupy", "cupy-fused")  # cupy-fused: --kernels fused (kernels/*.cu)
-TORCH_TWIN = {"numpy": "torch", "cupy": "torch-cuda",
+# numpy-dp: the batch split over --threads processes (--workers); cupy-fused: --kernels fused
+OURS = ("numpy", "numpy-dp", "cupy", "cupy-fused")
+TORCH_TWIN = {"numpy": "torch", "numpy-dp": "torch", "cupy": "torch-cuda",
               "cupy-fused": "torch-cuda"}  # the reference of "speed vs torch"
-ALL_IMPLS = ["numpy", "torch", "cupy", "cupy-fused", "torch-cuda", "torch-compile"]
-CPU_IMPLS = ("numpy", "torch")
+ALL_IMPLS = ["numpy", "numpy-dp", "torch", "cupy", "cupy-fused", "torch-cuda",
+             "torch-compile"]
+CPU_IMPLS = ("numpy", "numpy-dp", "torch")
 PRECISIONS = ("float32", "tf32", "float16")
 GPU_ONLY_CONFIGS = ("gpu-preset", "gpu-large")
 
@@ -120,15 +123,19 @@ def torch_update(torch, model, opt, scaler, grad_clip):
 
 # -- ours ----------------------------------------------------------------------------------
 
-def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float32"):
-    """Time warmup + repeat steps of our GPT (impl "numpy", "cupy" or "cupy-fused");
-    returns ({phase: [ms]}, memory dict). float16: the training loop's mixed-precision step
-    (scaled backward, float32 unscale, clip, AdamW unless the gradients overflowed); tf32
-    must be set by the caller."""
+def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float32",
+             workers=2):
+    """Time warmup + repeat steps of our GPT (impl "numpy", "numpy-dp", "cupy" or
+    "cupy-fused"); returns ({phase: [ms]}, memory dict). numpy-dp: the batch split over
+    `workers` processes of one BLAS thread each (the training loop's --workers); its forward
+    and backward run together and are timed as "forward", "backward" is 0. float16: the
+    training loop's mixed-precision step (scaled backward, float32 unscale, clip, AdamW
+    unless the gradients overflowed); tf32 must be set by the caller."""
     _, compute_dtype = dtypes(precision)
     backend, kernels = ("cupy", "fused") if impl == "cupy-fused" else (impl, "xp")
-    model = GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype,
-                kernels=kernels)
+    model = GPT(model_cfg, backend="numpy" if impl == "numpy-dp" else backend, seed=0,
+                compute_dtype=compute_dtype, kernels=kernels)
+    parallel = DataParallel(model, workers) if impl == "numpy-dp" else None
     scaler = LossScaler() if compute_dtype else None
     opt = AdamW(model.params, lr=train_cfg.learning_rate,
                 betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
@@ -138,20 +145,27 @@ def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float
     phases = {"forward": [], "backward": [], "optimizer": []}
     for step in range(warmup + repeat):
         t0 = time.perf_counter()
-        _, loss = model.forward(idx, targets)
+        if parallel is None:
+            _, loss = model.forward(idx, targets)
+            sync()
+            t1 = time.perf_counter()
+            grads = model.backward(loss_scale=scaler.scale if scaler else 1.0)
+        else:
+            loss, grads = parallel.forward_backward(idx, targets, step,
+                                                    scaler.scale if scaler else 1.0)
+            t1 = time.perf_counter()
         sync()
-        t1 = time.perf_counter()
-        grads = model.backward(loss_scale=scaler.scale if scaler else 1.0)
-        sync()
-        t2 = time.perf_counter()
+        t2 = time.perf_counter() if parallel is None else t1  # dp: no separate backward
         ours_update(grads, opt, scaler, train_cfg.grad_clip)
         sync()
         t3 = time.perf_counter()
         if step >= warmup:
             for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
                 phases[name].append(dt * 1e3)
+    if parallel is not None:
+        parallel.close()
     if not np.isfinite(float(loss)):
-        raise AssertionError(f"{backend}: the loss became {float(loss)}")
+        raise AssertionError(f"{impl}: the loss became {float(loss)}")
     return phases, memory_now(impl, xp)
 
 
@@ -260,7 +274,7 @@ def check_losses(model_cfg, batch, impls, torch):
 
     cfg = replace(model_cfg, dropout=0.0)
     losses = {}
-    for impl in [b for b in OURS if b in impls]:
+    for impl in [b for b in OURS if b in impls and b != "numpy-dp"]:  # dp: numpy's loss
         backend, kernels = ("cupy", "fused") if impl == "cupy-fused" else (impl, "xp")
         model = GPT(cfg, backend=backend, seed=0, kernels=kernels)
         xp = model.xp
@@ -360,11 +374,13 @@ def main(argv=None):
     torch = torch_or_none() if any(i.startswith("torch") for i in wanted) else None
     cupy, cupy_why = cupy_or_none()
     torch_cuda = torch_cuda_or_none(torch)
-    available = {"numpy": True, "torch": torch is not None, "cupy": cupy is not None,
+    available = {"numpy": True, "numpy-dp": args.threads >= 2, "torch": torch is not None,
+                 "cupy": cupy is not None,
                  "cupy-fused": cupy is not None, "torch-cuda": torch_cuda is not None,
                  "torch-compile": torch_cuda is not None}
     no_cuda = "torch not installed" if torch is None else "no CUDA device for torch"
-    reasons = {"torch": "torch not installed", "cupy": cupy_why and cupy_why.split(";")[0],
+    reasons = {"numpy-dp": "one process per thread: needs --threads 2 or more",
+               "torch": "torch not installed", "cupy": cupy_why and cupy_why.split(";")[0],
                "cupy-fused": cupy_why and cupy_why.split(";")[0],
                "torch-cuda": no_cuda,
                "torch-compile": f"{no_cuda} (torch.compile is run on CUDA only)"}
@@ -424,7 +440,7 @@ def main(argv=None):
             for impl in run_impls:
                 if impl in OURS:
                     phases, mem = run_ours(impl, model_cfg, train_cfg, batch, args.warmup,
-                                           args.repeat, precision)
+                                           args.repeat, precision, workers=args.threads)
                 else:
                     phases, mem = run_torch(torch, impl, model_cfg, train_cfg, batch,
                                             args.warmup, args.repeat, precision)
@@ -484,6 +500,9 @@ def main(argv=None):
               f"Median over {args.repeat} steps after {args.warmup} warm-up steps, "
               f"{args.threads} threads. Step = forward + backward + clip + AdamW. "
               f"speed vs torch = {SPEED_RULE}, against torch eager on the same device. "
+              f"numpy-dp = ours on NumPy with the batch split over {args.threads} processes "
+              "of one BLAS thread each (--workers); its forward and backward run together, "
+              "in the forward column. "
               f"Peak RSS is the process's high-water mark so far (run one --impls at a time "
               f"for a clean figure).",
               "Configs: " + "; ".join(shapes),

@@ -28,6 +28,7 @@ from .data import batch_starts, eval_batches, windows
 from .model import GPT, ConfigError, GPTConfig
 from .kernels import select_ops
 from .optim import clip_grad_norm, cosine_lr
+from .parallel import DataParallel
 from .precision import PRECISIONS, LossScaler, dtypes, set_tf32
 
 LN2 = math.log(2.0)
@@ -67,6 +68,7 @@ class TrainConfig:
     dtype: str = "float32"  # float32 | tf32 | float16 (mixed, loss-scaled) | float64
     backend: str = "numpy"
     kernels: str = "xp"  # "xp": the readable NumPy/CuPy ops; "fused": CUDA kernels (GPU)
+    workers: int = 1  # CPU processes sharing each batch (parallel.py, NumPy); 1: just this one
     out_dir: str = "out"
 
     def model_config(self, vocab_size):
@@ -75,7 +77,7 @@ class TrainConfig:
 
     def validate(self):
         for name in ("batch_size", "max_steps", "eval_interval", "eval_batch_size",
-                     "log_interval"):
+                     "log_interval", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"config: {name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "eval_batches", "sample_chars"):
@@ -95,6 +97,9 @@ class TrainConfig:
         if self.dtype not in PRECISIONS:
             raise ConfigError(f"config: dtype must be one of {', '.join(PRECISIONS)}, "
                               f"got {self.dtype!r}")
+        if self.workers > self.batch_size:
+            raise ConfigError(f"config: workers ({self.workers}) must not exceed batch_size "
+                              f"({self.batch_size}): each worker takes some of its rows")
         if self.dtype == "float16" and self.kernels == "fused":
             raise ConfigError("config: dtype float16 runs with kernels 'xp' (the fused "
                               "kernels are float32): use --kernels xp, or --dtype tf32")
@@ -281,6 +286,14 @@ def train(cfg, data, resume=None, progress=True, out=print):
                                     weight_decay=cfg.weight_decay)
         if os.path.exists(log_path):
             os.remove(log_path)  # a fresh run starts a fresh log
+    # workers > 1: the parameters move to shared memory, and each batch is split over
+    # processes; the optimizer holds model.params (the same dict), so it follows them
+    parallel = None
+    if cfg.workers > 1 and backend.name == "numpy":
+        parallel = DataParallel(model, cfg.workers)
+    elif cfg.workers > 1:
+        out(f"note: --workers {cfg.workers} splits batches over CPU processes (NumPy); on "
+            f"{backend.device} one process runs each step")
     out(f"model: {model.num_params():,} parameters, {model.config}")
     out(f"backend: {backend.device}; data: {data.description}; "
         f"{len(data.train_ids):,} training characters")
@@ -343,15 +356,20 @@ def train(cfg, data, resume=None, progress=True, out=print):
             lr = cosine_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps,
                            cfg.max_steps)
             x, y = windows(train_ids, starts_for(step), cfg.block_size)  # (B, T) each
-            model.seed_dropout(step_seed(cfg.seed, step))
             model.train()
-            _, loss_dev = model.forward(x, y)
+            loss_scale = scaler.scale if scaler else 1.0  # float16: the loss gradient's
+            if parallel is None:
+                model.seed_dropout(step_seed(cfg.seed, step))
+                _, loss_dev = model.forward(x, y)
+                grads = model.backward(loss_scale=loss_scale)
+            else:  # the same, with the batch's rows split over the worker processes
+                loss_dev, grads = parallel.forward_backward(x, y, step_seed(cfg.seed, step),
+                                                            loss_scale)
             if scaler is None:
-                grads = model.backward()
                 clip_grad_norm(grads, cfg.grad_clip)
                 optimizer.step(grads, lr)
-            else:  # mixed precision: scaled loss gradient, float32 update, skip on overflow
-                grads = scaler.unscale(model.backward(loss_scale=scaler.scale))
+            else:  # mixed precision: float32 update, skipped when the gradients overflow
+                grads = scaler.unscale(grads)
                 if scaler.update(clip_grad_norm(grads, cfg.grad_clip)):
                     optimizer.step(grads, lr)
             step += 1
@@ -390,6 +408,8 @@ def train(cfg, data, resume=None, progress=True, out=print):
             if bar is not None:
                 bar.update(1)
     finally:
+        if parallel is not None:
+            parallel.close()  # the workers stop; the parameters become ordinary arrays
         if in_main_thread:
             signal.signal(signal.SIGINT, previous_handler)
         if bar is not None:
