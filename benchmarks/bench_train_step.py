@@ -49,7 +49,8 @@ from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_
                                 named_config, pick, pyplot_or_none, rel_error, rss_mib,
                                 save_figure, time_fn, torch_cuda_or_none, torch_or_none,
                                 write_markdown_table)  # noqa: E402
-from tinygrad_char import GPT, AdamW, clip_grad_norm  # noqa: E402
+from tinygrad_char import GPT, AdamW  # noqa: E402
+from tinygrad_char.train import clip_and_step  # noqa: E402
 from tinygrad_char.model import init_params, param_shapes  # noqa: E402
 from tinygrad_char.parallel import DataParallel  # noqa: E402
 from tinygrad_char.precision import LossScaler, dtypes, set_tf32  # noqa: E402
@@ -60,6 +61,15 @@ ADAM_EPS = 1e-8
 OURS = ("numpy", "numpy-dp", "cupy", "cupy-fused")
 TORCH_TWIN = {"numpy": "torch", "numpy-dp": "torch", "cupy": "torch-cuda",
               "cupy-fused": "torch-cuda"}  # the reference of "speed vs torch"
+def ours_model(impl, model_cfg, compute_dtype=None):
+    """Our GPT for one of OURS: numpy-dp is the NumPy model (split by the caller),
+    cupy-fused the CuPy model with kernels="fused"."""
+    backend, kernels = {"numpy-dp": ("numpy", "xp"),
+                        "cupy-fused": ("cupy", "fused")}.get(impl, (impl, "xp"))
+    return GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype,
+               kernels=kernels)
+
+
 ALL_IMPLS = ["numpy", "numpy-dp", "torch", "cupy", "cupy-fused", "torch-cuda",
              "torch-compile"]
 CPU_IMPLS = ("numpy", "numpy-dp", "torch")
@@ -92,19 +102,7 @@ def memory_now(impl, xp=None, torch=None):
     return mem
 
 
-# -- the update after the backward, as the training loops do it ----------------------------
-
-def ours_update(grads, opt, scaler, grad_clip):
-    """Clip + AdamW; with a LossScaler (float16): unscale to float32, clip, and AdamW
-    unless the gradients overflowed (tinygrad_char.train's step)."""
-    if scaler is None:
-        clip_grad_norm(grads, grad_clip)
-        opt.step(grads)
-        return
-    grads = scaler.unscale(grads)
-    if scaler.update(clip_grad_norm(grads, grad_clip)):
-        opt.step(grads)
-
+# -- torch's update after the backward (ours: tinygrad_char.train.clip_and_step) -----------
 
 def torch_update(torch, model, opt, scaler, grad_clip):
     """Clip + AdamW + zero_grad; with a GradScaler (float16): unscale_ first, then
@@ -132,9 +130,7 @@ def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float
     training loop's mixed-precision step (scaled backward, float32 unscale, clip, AdamW
     unless the gradients overflowed); tf32 must be set by the caller."""
     _, compute_dtype = dtypes(precision)
-    backend, kernels = ("cupy", "fused") if impl == "cupy-fused" else (impl, "xp")
-    model = GPT(model_cfg, backend="numpy" if impl == "numpy-dp" else backend, seed=0,
-                compute_dtype=compute_dtype, kernels=kernels)
+    model = ours_model(impl, model_cfg, compute_dtype)
     parallel = DataParallel(model, workers) if impl == "numpy-dp" else None
     scaler = LossScaler() if compute_dtype else None
     opt = AdamW(model.params, lr=train_cfg.learning_rate,
@@ -156,7 +152,7 @@ def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float
             t1 = time.perf_counter()
         sync()
         t2 = time.perf_counter() if parallel is None else t1  # dp: no separate backward
-        ours_update(grads, opt, scaler, train_cfg.grad_clip)
+        clip_and_step(grads, opt, None, train_cfg.grad_clip, scaler)
         sync()
         t3 = time.perf_counter()
         if step >= warmup:
@@ -275,8 +271,7 @@ def check_losses(model_cfg, batch, impls, torch):
     cfg = replace(model_cfg, dropout=0.0)
     losses = {}
     for impl in [b for b in OURS if b in impls and b != "numpy-dp"]:  # dp: numpy's loss
-        backend, kernels = ("cupy", "fused") if impl == "cupy-fused" else (impl, "xp")
-        model = GPT(cfg, backend=backend, seed=0, kernels=kernels)
+        model = ours_model(impl, cfg)
         xp = model.xp
         _, loss = model.forward(xp.asarray(batch[0]), xp.asarray(batch[1]))
         losses[impl] = float(loss)
@@ -320,9 +315,7 @@ def steps_memory(args, name, model_cfg, train_cfg, backend, machine, out_dir):
     rows = []
     for step in range(1, n + 1):
         model.forward(idx, targets)
-        grads = model.backward()
-        clip_grad_norm(grads, train_cfg.grad_clip)
-        opt.step(grads)
+        clip_and_step(model.backward(), opt, None, train_cfg.grad_clip)
         if step in checkpoints:
             model.backend.synchronize()
             mem = memory_now(backend, model.xp)

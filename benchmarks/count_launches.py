@@ -70,14 +70,13 @@ def cuda_events(prof):
 
 def make_step(impl, model_cfg, train_cfg, batch, precision, torch, cupy):
     """A zero-argument function running one full training step of `impl`."""
-    from benchmarks.bench_train_step import ours_update, torch_model_and_opt, torch_update
-    from tinygrad_char import GPT
+    from benchmarks.bench_train_step import ours_model, torch_model_and_opt, torch_update
     from tinygrad_char.precision import LossScaler, dtypes
+    from tinygrad_char.train import clip_and_step
 
     if impl.startswith("cupy"):
         _, compute = dtypes(precision)
-        model = GPT(model_cfg, backend="cupy", seed=0, compute_dtype=compute,
-                    kernels="fused" if impl == "cupy-fused" else "xp")
+        model = ours_model(impl, model_cfg, compute)
         opt = model.ops.AdamW(model.params, lr=train_cfg.learning_rate)
         scaler = LossScaler() if compute else None
         idx, targets = cupy.asarray(batch[0]), cupy.asarray(batch[1])  # before the count
@@ -85,7 +84,7 @@ def make_step(impl, model_cfg, train_cfg, batch, precision, torch, cupy):
         def step():
             model.forward(idx, targets)
             grads = model.backward(loss_scale=scaler.scale if scaler else 1.0)
-            ours_update(grads, opt, scaler, train_cfg.grad_clip)
+            clip_and_step(grads, opt, None, train_cfg.grad_clip, scaler)
         return step, cupy.cuda.Device().synchronize
     model, opt = torch_model_and_opt(torch, model_cfg, train_cfg, "cuda")
     idx = torch.as_tensor(batch[0], device="cuda")

@@ -25,6 +25,17 @@
 #define GELU_SCALE 0.7978845608028654f  /* sqrt(2 / pi) */
 #define GELU_CUBIC 0.044715f
 
+/* u = x[i] (+ b[i % C]) and tanh(k), k = GELU_SCALE (u + GELU_CUBIC u^3): what the forward
+ * and the backward both start from. */
+static __device__ __forceinline__ float gelu_input(const float* x, const float* b,
+                                                   int has_bias, long long i, int C,
+                                                   float* th)
+{
+    const float u = has_bias ? x[i] + b[i % C] : x[i];
+    *th = tanhf(GELU_SCALE * (u + GELU_CUBIC * u * u * u));
+    return u;
+}
+
 /* x, y: n elements, rows of C; b: (C,), read only when has_bias != 0. */
 extern "C" __global__ void gelu_bias_forward(const float* __restrict__ x,
                                              const float* __restrict__ b, int has_bias,
@@ -32,8 +43,8 @@ extern "C" __global__ void gelu_bias_forward(const float* __restrict__ x,
 {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float u = has_bias ? x[i] + b[i % C] : x[i];
-        const float th = tanhf(GELU_SCALE * (u + GELU_CUBIC * u * u * u));
+        float th;
+        const float u = gelu_input(x, b, has_bias, i, C, &th);
         y[i] = 0.5f * u * (1.0f + th);
     }
 }
@@ -46,8 +57,8 @@ extern "C" __global__ void gelu_bias_backward(const float* __restrict__ dy,
 {
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const float u = has_bias ? x[i] + b[i % C] : x[i];
-        const float th = tanhf(GELU_SCALE * (u + GELU_CUBIC * u * u * u));
+        float th;
+        const float u = gelu_input(x, b, has_bias, i, C, &th);
         const float sech2 = 1.0f - th * th;
         const float local = 0.5f * (1.0f + th)
                             + 0.5f * u * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBIC * u * u);

@@ -1,12 +1,18 @@
 """Shared fixtures: the array module under test (NumPy always, CuPy when a GPU works),
-the tolerance table, and the location of the shared data sets."""
+the tolerance table, the location of the shared data sets, and the helpers of the
+training tests (a tiny TrainConfig, Tiny Shakespeare prefixes, a simulated Ctrl-C)."""
 
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 
+import tinygrad_char.train as train_module
 from tinygrad_char.backend import BackendError, _cupy_or_error
+from tinygrad_char.data import prepare_text
+from tinygrad_char.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"  # the data sets live beside the repo, never in it
@@ -55,3 +61,58 @@ def to_np(a):
     if type(a).__module__.startswith("cupy"):
         return a.get()
     return np.asarray(a)
+
+
+# -- training tests ---------------------------------------------------------------------------
+
+SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
+
+
+def shakespeare_prefix(tmp_path_factory, n_chars):
+    """CharData of the first n_chars characters of Tiny Shakespeare (90% train, 10% val)."""
+    path = tmp_path_factory.mktemp("text") / f"shakespeare_{n_chars}.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:n_chars], encoding="utf-8")
+    return prepare_text(path, verbose=False)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_20k(tmp_path_factory):
+    return shakespeare_prefix(tmp_path_factory, 20_000)
+
+
+def quiet(*args):
+    """An `out` for train() that prints nothing."""
+
+
+def tiny_train_config(out_dir, **overrides):
+    """A 1-layer, 16-wide GPT and a short schedule; every figure can be overridden."""
+    values = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
+                  learning_rate=3e-3, min_lr=3e-4, warmup_steps=3, max_steps=10,
+                  log_interval=1, eval_interval=5, eval_batches=2, eval_batch_size=8,
+                  sample_chars=0, seed=7, out_dir=str(out_dir))
+    values.update(overrides)
+    return TrainConfig(**values).validate()
+
+
+def read_safetensors(path):
+    """(tensors, metadata) of a safetensors file."""
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+def interrupt_at(monkeypatch, step):
+    """Make train() receive SIGINT while it runs step `step` (1-based), as if Ctrl-C was
+    pressed then: the loop finishes that step, saves and returns at `step`."""
+    calls = []
+    real_windows = train_module.windows
+
+    def windows(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            # never deliver a real KeyboardInterrupt to pytest: the loop must own SIGINT
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, \
+                "train() did not install its SIGINT handler"
+            signal.raise_signal(signal.SIGINT)
+        return real_windows(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "windows", windows)

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 
 from tinygrad_char import GPT
-from tinygrad_char.data import prepare_text
 from tinygrad_char.model import ConfigError, GPTConfig
 from tinygrad_char.parallel import DataParallel, SharedArrays, share_seed
 from tinygrad_char.train import TrainConfig, train
 
-from conftest import DATA
-from test_train import interrupt_at, read_safetensors
+from conftest import interrupt_at, quiet, read_safetensors, tiny_train_config
 
 CFG = GPTConfig(vocab_size=29, block_size=12, n_layer=2, n_head=2, n_embd=16)
 
@@ -117,31 +115,19 @@ def test_bad_worker_settings_are_config_errors(values, message):
         TrainConfig(**values).validate()
 
 
-@pytest.fixture(scope="module")
-def shakespeare(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "shakespeare_20k.txt"
-    path.write_text((DATA / "tinyshakespeare" / "input.txt").read_text(
-        encoding="utf-8")[:20_000], encoding="utf-8")
-    return prepare_text(path, verbose=False)
-
-
-def test_training_with_two_workers_resumes_bit_identically(shakespeare, tmp_path):
+def test_training_with_two_workers_resumes_bit_identically(shakespeare_20k, tmp_path):
     """2N steps with workers=2 == N steps, Ctrl-C, resume to 2N (dropout on): parameters,
     AdamW moments and logged losses identical; and close to the one-process run."""
     N = 7
-    cfg = TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=5,
-                      learning_rate=3e-3, min_lr=3e-4, warmup_steps=3, max_steps=2 * N,
-                      log_interval=2, eval_interval=4, eval_batches=2, eval_batch_size=8,
-                      sample_chars=0, seed=7, dropout=0.2, workers=2,
-                      out_dir=str(tmp_path / "full")).validate()
-    quiet = lambda *a: None  # noqa: E731
-    whole = train(cfg, shakespeare, progress=False, out=quiet)
+    cfg = tiny_train_config(tmp_path / "full", batch_size=5, max_steps=2 * N,
+                            log_interval=2, eval_interval=4, dropout=0.2, workers=2)
+    whole = train(cfg, shakespeare_20k, progress=False, out=quiet)
     cut = replace(cfg, out_dir=str(tmp_path / "cut"))
     with pytest.MonkeyPatch.context() as mp:
         interrupt_at(mp, N)
-        first = train(cut, shakespeare, progress=False, out=quiet)
+        first = train(cut, shakespeare_20k, progress=False, out=quiet)
     assert first["step"] == N
-    second = train(cut, shakespeare, resume=first["checkpoint"], progress=False, out=quiet)
+    second = train(cut, shakespeare_20k, resume=first["checkpoint"], progress=False, out=quiet)
     for name in ("ckpt.safetensors", "ckpt.train.safetensors"):
         expected, _ = read_safetensors(tmp_path / "full" / name)
         got, _ = read_safetensors(tmp_path / "cut" / name)
@@ -155,7 +141,7 @@ def test_training_with_two_workers_resumes_bit_identically(shakespeare, tmp_path
 
     assert losses("cut") == losses("full")
     one = train(replace(cfg, workers=1, dropout=0.0, out_dir=str(tmp_path / "one")),
-                shakespeare, progress=False, out=quiet)
-    two = train(replace(cfg, dropout=0.0, out_dir=str(tmp_path / "two")), shakespeare,
+                shakespeare_20k, progress=False, out=quiet)
+    two = train(replace(cfg, dropout=0.0, out_dir=str(tmp_path / "two")), shakespeare_20k,
                 progress=False, out=quiet)
     assert abs(one["val_loss"] - two["val_loss"]) < 1e-4  # the same math, summed in parts

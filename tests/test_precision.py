@@ -9,14 +9,12 @@ import pytest
 import tinygrad_char.train as train_module
 from tinygrad_char import GPT
 from tinygrad_char.backend import BackendError
-from tinygrad_char.data import prepare_text
 from tinygrad_char.model import ConfigError, GPTConfig
 from tinygrad_char.optim import clip_grad_norm
 from tinygrad_char.precision import LossScaler, dtypes, set_tf32
-from tinygrad_char.train import TrainConfig, train
+from tinygrad_char.train import train
 
-from conftest import DATA, gpu, to_np
-from test_train import interrupt_at
+from conftest import gpu, interrupt_at, quiet, tiny_train_config, to_np
 
 VARIANTS = [dict(norm=n, tie_weights=t, activation=a, bias=b)
             for n in ("pre", "post") for t in (True, False)
@@ -119,24 +117,13 @@ def test_an_overflowing_loss_scale_is_detected_by_the_gradient_norm():
 
 # -- training ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def shakespeare(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "shakespeare_20k.txt"
-    path.write_text((DATA / "tinyshakespeare" / "input.txt").read_text(
-        encoding="utf-8")[:20_000], encoding="utf-8")
-    return prepare_text(path, verbose=False)
-
-
 def tiny(out_dir, **overrides):
-    values = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
-                  learning_rate=3e-3, min_lr=3e-4, warmup_steps=3, max_steps=12,
-                  log_interval=1, eval_interval=6, eval_batches=2, eval_batch_size=8,
-                  sample_chars=0, seed=7, dtype="float16", out_dir=str(out_dir))
-    values.update(overrides)
-    return TrainConfig(**values).validate()
+    """The training tests' tiny config, in float16, 12 steps, evaluating every 6."""
+    return tiny_train_config(out_dir, **{"max_steps": 12, "eval_interval": 6,
+                                         "dtype": "float16", **overrides})
 
 
-def test_float16_training_logs_the_scale_skips_overflows_and_learns(shakespeare, tmp_path,
+def test_float16_training_logs_the_scale_skips_overflows_and_learns(shakespeare_20k, tmp_path,
                                                                     monkeypatch):
     """A start scale of 2^30 overflows float16 at once: the first steps are skipped with the
     scale halved each time (logged), parameters stay finite, then the loss falls about as in
@@ -145,7 +132,7 @@ def test_float16_training_logs_the_scale_skips_overflows_and_learns(shakespeare,
                         lambda: LossScaler(init_scale=2.0 ** 30))
     lines = []
     with np.errstate(over="ignore", invalid="ignore"):
-        result = train(tiny(tmp_path / "f16", max_steps=60), shakespeare, progress=False,
+        result = train(tiny(tmp_path / "f16", max_steps=60), shakespeare_20k, progress=False,
                        out=lines.append)
     records = [json.loads(line) for line in open(tmp_path / "f16" / "metrics.jsonl")]
     steps = [r for r in records if not r.get("final")]
@@ -155,14 +142,14 @@ def test_float16_training_logs_the_scale_skips_overflows_and_learns(shakespeare,
     assert any(line.startswith(f"float16: {result['skipped_steps']} of 60 steps skipped")
                for line in lines)
     assert all(np.isfinite(r["train_loss"]) for r in steps)
-    reference = train(tiny(tmp_path / "f32", max_steps=60, dtype="float32"), shakespeare,
+    reference = train(tiny(tmp_path / "f32", max_steps=60, dtype="float32"), shakespeare_20k,
                       progress=False, out=lambda *a: None)
     assert result["val_loss"] < steps[0]["train_loss"] - 0.3  # it learned
     # fewer updates (the skipped ones), so a little behind float32, but close
     assert abs(result["val_loss"] - reference["val_loss"]) < 0.3
 
 
-def test_float16_resume_restores_the_loss_scaler(shakespeare, tmp_path, monkeypatch):
+def test_float16_resume_restores_the_loss_scaler(shakespeare_20k, tmp_path, monkeypatch):
     """N steps + resume + N == 2N steps in one run, in float16 with a scaler that skips and
     grows within the run: parameters, moments and the scaler state identical."""
     def scaler():
@@ -170,16 +157,15 @@ def test_float16_resume_restores_the_loss_scaler(shakespeare, tmp_path, monkeypa
 
     monkeypatch.setattr(train_module, "LossScaler", scaler)
     N = 7  # not a log or evaluation step of the schedule
-    quiet = lambda *a: None  # noqa: E731
     with np.errstate(over="ignore", invalid="ignore"):
-        whole = train(tiny(tmp_path / "full", max_steps=2 * N), shakespeare, progress=False,
+        whole = train(tiny(tmp_path / "full", max_steps=2 * N), shakespeare_20k, progress=False,
                       out=quiet)
         with pytest.MonkeyPatch.context() as mp:
             interrupt_at(mp, N)
-            first = train(tiny(tmp_path / "cut", max_steps=2 * N), shakespeare,
+            first = train(tiny(tmp_path / "cut", max_steps=2 * N), shakespeare_20k,
                           progress=False, out=quiet)
         assert first["step"] == N
-        resumed = train(tiny(tmp_path / "cut", max_steps=2 * N), shakespeare,
+        resumed = train(tiny(tmp_path / "cut", max_steps=2 * N), shakespeare_20k,
                         resume=first["checkpoint"], progress=False, out=quiet)
     assert whole["skipped_steps"] > 0  # the scaler had something to carry over
     assert (resumed["skipped_steps"], resumed["loss_scale"]) == \
@@ -201,9 +187,9 @@ def test_float16_resume_restores_the_loss_scaler(shakespeare, tmp_path, monkeypa
     assert resumed["val_loss"] == whole["val_loss"]
 
 
-def test_tf32_on_the_cpu_is_a_one_line_error(shakespeare, tmp_path):
+def test_tf32_on_the_cpu_is_a_one_line_error(shakespeare_20k, tmp_path):
     with pytest.raises(BackendError, match="--dtype tf32 needs --backend cupy"):
-        train(tiny(tmp_path, dtype="tf32"), shakespeare, progress=False, out=lambda *a: None)
+        train(tiny(tmp_path, dtype="tf32"), shakespeare_20k, progress=False, out=lambda *a: None)
     set_tf32(np, False)  # turning it off on the CPU is allowed (nothing to do)
 
 

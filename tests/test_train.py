@@ -17,69 +17,26 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from safetensors import safe_open
 
 import tinygrad_char.train as train_module
-from conftest import DATA, TOL
+from conftest import (TOL, interrupt_at, quiet, read_safetensors,
+                      shakespeare_prefix, tiny_train_config)
 from tinygrad_char import GPT, AdamW, GPTConfig
 from tinygrad_char.checkpoint import load_checkpoint, load_training_state, train_state_path
 from tinygrad_char.data import CharData, prepare_text
 from tinygrad_char.model import ConfigError
 from tinygrad_char.tokenizer import CharTokenizer
-from tinygrad_char.train import NonFiniteLoss, TrainConfig, evaluate, plot_losses, train
-
-SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
-
-
-def quiet(*args):
-    """An `out` for train() that prints nothing."""
-
+from tinygrad_char.train import NonFiniteLoss, evaluate, plot_losses, train
 
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory):
     """CharData of the first 50,000 characters of Tiny Shakespeare (90% train, 10% val)."""
-    path = tmp_path_factory.mktemp("text") / "shakespeare_50k.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:50_000], encoding="utf-8")
-    return prepare_text(path, verbose=False)
-
-
-def tiny_config(out_dir, **overrides):
-    """A 1-layer, 16-wide GPT and a short schedule; every figure can be overridden."""
-    values = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
-                  learning_rate=3e-3, min_lr=3e-4, warmup_steps=3, max_steps=10,
-                  log_interval=1, eval_interval=5, eval_batches=2, eval_batch_size=8,
-                  sample_chars=0, seed=7, out_dir=str(out_dir))
-    values.update(overrides)
-    return TrainConfig(**values).validate()
-
-
-def read_safetensors(path):
-    """(tensors, metadata) of a safetensors file."""
-    with safe_open(str(path), framework="numpy") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    return shakespeare_prefix(tmp_path_factory, 50_000)
 
 
 def read_log(out_dir):
     with open(f"{out_dir}/metrics.jsonl") as f:
         return [json.loads(line) for line in f]
-
-
-def interrupt_at(monkeypatch, step):
-    """Make train() receive SIGINT while it runs step `step` (1-based), as if Ctrl-C was
-    pressed then: the loop finishes that step, saves and returns at `step`."""
-    calls = []
-    real_windows = train_module.windows
-
-    def windows(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == step:
-            # never deliver a real KeyboardInterrupt to pytest: the loop must own SIGINT
-            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, \
-                "train() did not install its SIGINT handler"
-            signal.raise_signal(signal.SIGINT)
-        return real_windows(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "windows", windows)
 
 
 # -- Ctrl-C and exact resume ------------------------------------------------------------------
@@ -90,7 +47,7 @@ def test_resume_after_ctrl_c_is_bit_identical(shakespeare, tmp_path, monkeypatch
     moment and every logged loss bit for bit, with and without dropout. N = 7 is not a log
     or evaluation step, so the interrupted checkpoint is not one the schedule would save."""
     N = 7
-    full = tiny_config(tmp_path / "full", max_steps=2 * N, dropout=dropout, log_interval=2,
+    full = tiny_train_config(tmp_path / "full", max_steps=2 * N, dropout=dropout, log_interval=2,
                        eval_interval=4)
     whole = train(full, shakespeare, progress=False, out=quiet)
     assert whole["step"] == 2 * N
@@ -126,7 +83,7 @@ def test_resume_after_ctrl_c_is_bit_identical(shakespeare, tmp_path, monkeypatch
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(shakespeare, tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, max_steps=50, eval_interval=20)
+    cfg = tiny_train_config(tmp_path, max_steps=50, eval_interval=20)
     printed = []
     previous_handler = signal.getsignal(signal.SIGINT)
     interrupt_at(monkeypatch, 3)
@@ -158,7 +115,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shakespeare, tmp_pa
     """The update of step `poisoned_update` turns every parameter into NaN; train() must
     raise NonFiniteLoss naming the step and the checkpoint, and leave the step-5 checkpoint
     byte for byte as it was before the blow-up."""
-    cfg = tiny_config(tmp_path, max_steps=20, eval_interval=5)
+    cfg = tiny_train_config(tmp_path, max_steps=20, eval_interval=5)
     ckpt = tmp_path / "ckpt.safetensors"
     calls, before = [], {}
     real_clip = train_module.clip_grad_norm
@@ -188,7 +145,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shakespeare, tmp_pa
 def test_huge_learning_rate_raises_non_finite_loss(shakespeare, tmp_path):
     """A real divergence (no monkeypatching) before the first evaluation: the message says
     no checkpoint was saved rather than pointing at one that does not exist."""
-    cfg = tiny_config(tmp_path, max_steps=50, eval_interval=50, learning_rate=1e6, min_lr=0.0,
+    cfg = tiny_train_config(tmp_path, max_steps=50, eval_interval=50, learning_rate=1e6, min_lr=0.0,
                       warmup_steps=0, grad_clip=0.0)
     with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf|-inf) at step \d+: "
                                             r"stopping; no checkpoint was saved before it"):
@@ -201,7 +158,7 @@ def test_huge_learning_rate_raises_non_finite_loss(shakespeare, tmp_path):
 @pytest.fixture(scope="module")
 def short_run(shakespeare, tmp_path_factory):
     """A finished 3-step run: (config, checkpoint path)."""
-    cfg = tiny_config(tmp_path_factory.mktemp("short"), max_steps=3, eval_interval=3)
+    cfg = tiny_train_config(tmp_path_factory.mktemp("short"), max_steps=3, eval_interval=3)
     return cfg, train(cfg, shakespeare, progress=False, out=quiet)["checkpoint"]
 
 
@@ -298,7 +255,7 @@ def test_evaluate_max_batches_uses_the_first_batches(shakespeare, eval_model):
 def test_metrics_log_has_every_record(shakespeare, tmp_path):
     """log_interval 3 and eval_interval 5 (not a multiple of 3): records at the log steps
     3, 6, 9, at the evaluation steps 5 and 10, and at the last step, then a final record."""
-    cfg = tiny_config(tmp_path, max_steps=10, log_interval=3, eval_interval=5, eval_batches=0)
+    cfg = tiny_train_config(tmp_path, max_steps=10, log_interval=3, eval_interval=5, eval_batches=0)
     result = train(cfg, shakespeare, progress=False, out=quiet)
     records = read_log(tmp_path)
 
@@ -324,7 +281,7 @@ def test_metrics_log_has_every_record(shakespeare, tmp_path):
 
 def test_loss_png_is_drawn_with_matplotlib(shakespeare, tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib (the [plot] extra) draws loss.png")
-    result = train(tiny_config(tmp_path, max_steps=6, eval_interval=3), shakespeare,
+    result = train(tiny_train_config(tmp_path, max_steps=6, eval_interval=3), shakespeare,
                    progress=False, out=quiet)
     png = tmp_path / "loss.png"
     assert result["plot"] == str(png)
@@ -336,7 +293,7 @@ def test_without_matplotlib_one_note_and_no_png(shakespeare, tmp_path, monkeypat
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     printed = []
-    result = train(tiny_config(tmp_path, max_steps=4, eval_interval=2), shakespeare,
+    result = train(tiny_train_config(tmp_path, max_steps=4, eval_interval=2), shakespeare,
                    progress=False, out=printed.append)
     notes = [line for line in printed if "matplotlib" in line]
     assert notes == ["loss curve not drawn: matplotlib is not installed (pip install "
@@ -354,7 +311,7 @@ def test_training_learns_a_repetitive_text(tmp_path):
     text_file = tmp_path / "repeat.txt"
     text_file.write_text("the quick brown fox jumps over the lazy dog. " * 300)
     data = prepare_text(text_file, verbose=False)
-    cfg = tiny_config(tmp_path / "out", n_embd=32, batch_size=8, max_steps=300,
+    cfg = tiny_train_config(tmp_path / "out", n_embd=32, batch_size=8, max_steps=300,
                       learning_rate=1e-2, min_lr=1e-3, warmup_steps=20, eval_interval=300)
     result = train(cfg, data, progress=False, out=quiet)
     uniform = math.log(data.tokenizer.vocab_size)
@@ -378,7 +335,7 @@ def test_each_step_trains_on_get_batch_of_its_step_seed(shakespeare, tmp_path, m
         return x, y
 
     monkeypatch.setattr(train_module, "windows", windows)
-    cfg = tiny_config(tmp_path, max_steps=7, log_interval=3, eval_interval=7)
+    cfg = tiny_train_config(tmp_path, max_steps=7, log_interval=3, eval_interval=7)
     train(cfg, shakespeare, progress=False, out=quiet)
     assert len(seen) == 7
     for step, (x, y) in enumerate(seen):

@@ -319,7 +319,7 @@ def gelu_bias_forward_xp(x, b):
 def gelu_bias_backward_xp(dy, cache):
     """Twin of gelu_bias_backward: returns (dx, db), db the sum of dx over all rows."""
     dx = activations.gelu_backward(dy, cache)
-    return dx, dx.reshape(-1, dx.shape[-1]).sum(axis=0)
+    return dx, linear.sum_rows(dx.reshape(-1, dx.shape[-1]))
 
 
 def _gelu_launch(x, b):
@@ -367,12 +367,12 @@ def gelu_bias_forward(x, b):
 
 
 def gelu_bias_backward(dy, cache):
-    """Returns (dx, db): dx = dy * gelu'(x + b), db = sum of dx over all rows (a CuPy
-    column sum: fixed order, reproducible)."""
+    """Returns (dx, db): dx = dy * gelu'(x + b), db = sum of dx over all rows (linear.sum_rows,
+    a cuBLAS matrix-vector product: no atomics, reproducible)."""
     if not isinstance(cache, FusedCache):
         return gelu_bias_backward_xp(dy, cache)
     dx = _gelu_backward_launch(dy, cache)
-    return dx, dx.reshape(-1, dx.shape[-1]).sum(axis=0)
+    return dx, linear.sum_rows(dx.reshape(-1, dx.shape[-1]))
 
 
 # -- token embedding backward (kernels/embedding_backward.cu) -------------------------------

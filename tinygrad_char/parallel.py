@@ -101,9 +101,9 @@ class DataParallel:
         ...                                          # clip, AdamW on model.params as usual
         parallel.close()                             # or use it as a context manager
 
-    Create the optimizer after DataParallel (or give it model.params afterwards): the
-    parameters are replaced by shared arrays with the same values. The caller's process
-    is rank 0 and keeps one BLAS thread while this object is open.
+    The arrays of model.params are replaced by shared ones with the same values, in the
+    same dict, so an optimizer made on model.params (before or after) updates the shared
+    arrays. The caller's process is rank 0 and keeps one BLAS thread while this is open.
     """
 
     def __init__(self, model, workers):

@@ -201,6 +201,19 @@ def evaluate(model, ids, block_size, batch_size, max_batches=0):
 
 # -- the loop --------------------------------------------------------------------------------
 
+def clip_and_step(grads, optimizer, lr, grad_clip, scaler=None):
+    """The update after a backward: clip `grads` to the global L2 norm grad_clip (0: no
+    clipping) and step the optimizer with learning rate `lr` (None: its own). With a
+    precision.LossScaler (float16): unscale to float32 first, and skip the step when the
+    gradients overflowed (scaler.update decides). Returns the norm before clipping."""
+    if scaler is not None:
+        grads = scaler.unscale(grads)
+    norm = clip_grad_norm(grads, grad_clip)
+    if scaler is None or scaler.update(norm):
+        optimizer.step(grads, lr)
+    return norm
+
+
 def step_seed(seed, step):
     """One integer per (run seed, step) for the step's batch and dropout generators."""
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
@@ -365,13 +378,7 @@ def train(cfg, data, resume=None, progress=True, out=print):
             else:  # the same, with the batch's rows split over the worker processes
                 loss_dev, grads = parallel.forward_backward(x, y, step_seed(cfg.seed, step),
                                                             loss_scale)
-            if scaler is None:
-                clip_grad_norm(grads, cfg.grad_clip)
-                optimizer.step(grads, lr)
-            else:  # mixed precision: float32 update, skipped when the gradients overflow
-                grads = scaler.unscale(grads)
-                if scaler.update(clip_grad_norm(grads, cfg.grad_clip)):
-                    optimizer.step(grads, lr)
+            clip_and_step(grads, optimizer, lr, cfg.grad_clip, scaler)
             step += 1
             steps_window += 1
 
