@@ -357,7 +357,7 @@ def named_config(name, vocab_size=65):
     cpu-preset / gpu-preset: examples/configs/cpu.json / gpu.json. vocab_size defaults to
     Tiny Shakespeare's 65 characters.
     """
-    from tinygrad_char.train import TrainConfig, load_config_file
+    from tinygrad_char.config import TrainConfig, load_config_file
 
     if name not in NAMED_CONFIGS:
         raise ValueError(f"unknown config {name!r}; choose from {sorted(NAMED_CONFIGS)}")

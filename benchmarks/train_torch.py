@@ -30,7 +30,8 @@ from examples.train_wikitext import PRESETS  # noqa: E402
 from tinygrad_char.data import eval_batches, get_batch, prepare_text, prepare_wikitext2  # noqa
 from tinygrad_char.model import init_params  # noqa: E402
 from tinygrad_char.optim import cosine_lr  # noqa: E402
-from tinygrad_char.train import build_parser, resolve_config, step_seed  # noqa: E402
+from tinygrad_char.config import build_parser, resolve_config  # noqa: E402
+from tinygrad_char.train import step_seed  # noqa: E402
 
 
 @torch.no_grad()

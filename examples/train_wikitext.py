@@ -15,7 +15,8 @@ from tinygrad_char.backend import BackendError
 from tinygrad_char.checkpoint import CheckpointError
 from tinygrad_char.data import DataError, prepare_text, prepare_wikitext2
 from tinygrad_char.model import ConfigError
-from tinygrad_char.train import NonFiniteLoss, build_parser, resolve_config, train
+from tinygrad_char.config import build_parser, resolve_config
+from tinygrad_char.train import NonFiniteLoss, train
 
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 

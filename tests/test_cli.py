@@ -20,7 +20,7 @@ import pytest
 
 from conftest import CUPY_MISSING, DATA, REPO
 from tinygrad_char.checkpoint import load_checkpoint
-from tinygrad_char.train import TrainConfig, build_parser, resolve_config
+from tinygrad_char.config import TrainConfig, build_parser, resolve_config
 
 WIKITEXT = DATA / "wikitext-2-raw"
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"

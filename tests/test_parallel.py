@@ -11,7 +11,8 @@ import pytest
 from tinygrad_char import GPT
 from tinygrad_char.model import ConfigError, GPTConfig
 from tinygrad_char.parallel import DataParallel, SharedArrays, share_seed
-from tinygrad_char.train import TrainConfig, train
+from tinygrad_char.config import TrainConfig
+from tinygrad_char.train import train
 
 from conftest import interrupt_at, quiet, read_safetensors, tiny_train_config
 
