@@ -9,6 +9,7 @@ keeping our metadata, so each test breaks exactly one thing.
 
 import json
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -60,10 +61,14 @@ def read_file(path):
         return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
-def rewrite(path, edit):
-    """Rewrite `path` after `edit(tensors, metadata)` changed them in place."""
+def rewrite(path, edit, checksums=True):
+    """Rewrite `path` after `edit(tensors, metadata)` changed them in place; with
+    `checksums`, the tensors' checksums are recomputed so that only the edit is wrong."""
     tensors, meta = read_file(path)
     edit(tensors, meta)
+    if checksums and "checksums" in meta:
+        meta["checksums"] = json.dumps({k: format(zlib.crc32(np.ascontiguousarray(v).tobytes()),
+                                                  "08x") for k, v in tensors.items()})
     save_file(tensors, path, metadata=meta)
 
 
@@ -88,7 +93,7 @@ def test_round_trip_is_bit_identical(tmp_path, variant):
     assert loaded.config == model.config
     assert tokenizer.to_dict() == make_tokenizer().to_dict()
     assert meta["step"] == 123 and meta["dtype"] == "float32"
-    assert meta["format_version"] == "1" and meta["config"] == model.config.to_dict()
+    assert meta["format_version"] == "2" and meta["config"] == model.config.to_dict()
     assert list(loaded.params) == list(model.params)
     for name, p in model.params.items():
         q = loaded.params[name]
@@ -118,7 +123,11 @@ def test_peek_reads_metadata_only(tmp_path):
     assert meta["config"] == make_model().config.to_dict() and meta["train_path"] is None
     path = saved(tmp_path, step=43, with_optimizer=True)
     assert peek_checkpoint(path)["train_path"] == train_state_path(path)
-    assert train_state_path(path).endswith("ckpt.train.safetensors")
+    assert train_state_path(path).endswith("ckpt.train.a.safetensors")
+    # the next save goes to the other slot, and the one no longer named is removed
+    path = saved(tmp_path, step=44, with_optimizer=True)
+    assert train_state_path(path).endswith("ckpt.train.b.safetensors")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.safetensors", "ckpt.train.b.safetensors"]
 
 
 def test_optimizer_and_train_state_round_trip(tmp_path):
@@ -174,9 +183,9 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch, crash_i
     load_training_state(path, AdamW(make_model().params))
 
 
-def test_save_interrupted_between_files_is_caught_on_resume(tmp_path, monkeypatch):
-    """The companion is written first; a crash before the model file leaves a new companion
-    next to the old model file, which resuming must refuse (its step does not match)."""
+def test_save_interrupted_between_files_keeps_the_previous_pair(tmp_path, monkeypatch):
+    """The companion goes into the slot the model file does not name, and is renamed into
+    place first; a crash before the model file's rename leaves the previous pair whole."""
     model = make_model()
     path = saved(tmp_path, model, step=1, with_optimizer=True)
     real_replace, calls = os.replace, []
@@ -191,15 +200,45 @@ def test_save_interrupted_between_files_is_caught_on_resume(tmp_path, monkeypatc
     with pytest.raises(OSError):
         save_checkpoint(path, model, make_tokenizer(), 2, optimizer=AdamW(model.params))
     monkeypatch.undo()
-    assert calls == [train_state_path(path), path]
+    assert calls == [str(tmp_path / "ckpt.train.b.safetensors"), path]
     assert load_checkpoint(path)[2]["step"] == 1
-    with pytest.raises(CheckpointError, match="from step 2 but .* from step 1"):
+    assert train_state_path(path).endswith("ckpt.train.a.safetensors")
+    assert load_training_state(path, AdamW(make_model().params)) == {"seed": 3}
+    # the next save completes, and resuming reads the new pair
+    save_checkpoint(path, model, make_tokenizer(), 3, optimizer=AdamW(model.params))
+    assert load_checkpoint(path)[2]["step"] == 3
+    load_training_state(path, AdamW(make_model().params))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.safetensors", "ckpt.train.b.safetensors"]
+
+
+def test_companion_of_another_save_is_refused(tmp_path):
+    """A companion copied in from another save of the same step (a hand-made pair) is
+    caught by the save id both files carry."""
+    path = saved(tmp_path, step=4, with_optimizer=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    saved(other, step=4, with_optimizer=True)
+    os.replace(other / "ckpt.train.a.safetensors", tmp_path / "ckpt.train.a.safetensors")
+    with pytest.raises(CheckpointError, match="resume from a matching pair"):
         load_training_state(path, AdamW(make_model().params))
+
+
+def test_format_version_1_still_loads(tmp_path):
+    """Files of the first format: no checksums, the companion named run.train.safetensors."""
+    path = saved(tmp_path, step=6, with_optimizer=True)
+    legacy = str(tmp_path / "ckpt.train.safetensors")
+    os.replace(tmp_path / "ckpt.train.a.safetensors", legacy)
+    for file in (path, legacy):
+        rewrite(file, lambda t, m: [m.pop(k) for k in ("checksums", "pair_id", "train_file")
+                                    if k in m] and m.update(format_version="1"))
+    assert train_state_path(path) == legacy
+    assert load_checkpoint(path)[2]["step"] == 6
+    assert load_training_state(path, AdamW(make_model().params)) == {"seed": 3}
 
 
 def test_resume_without_companion_says_so(tmp_path):
     path = saved(tmp_path)
-    with pytest.raises(CheckpointError, match="resuming needs the optimizer state"):
+    with pytest.raises(CheckpointError, match="no optimizer state saved with .*resuming"):
         load_training_state(path, AdamW(make_model().params))
 
 
@@ -272,13 +311,24 @@ def test_tensors_must_match_config(tmp_path, edit, message):
 @pytest.mark.parametrize("edit, message", [
     (lambda t, m: m.clear(), "not a tinygrad_char checkpoint"),
     (lambda t, m: m.update(format="someone.else"), "not a tinygrad_char checkpoint"),
-    (lambda t, m: m.update(format_version="2"), "unsupported format_version '2'"),
+    (lambda t, m: m.update(format_version="3"), "unsupported format_version '3'"),
     (lambda t, m: m.update(config="{not json"), "'config' is missing or not valid JSON"),
     (lambda t, m: m.update(config=json.dumps(dict(json.loads(m["config"]), n_head=3))),
      "invalid config .*n_embd"),
     (lambda t, m: m.update(config=json.dumps(dict(json.loads(m["config"]), depth=3))),
      "invalid config .*unknown field"),
-    (lambda t, m: m.update(step="five"), "'step' is missing or not an integer"),
+    (lambda t, m: m.update(step="five"), "'step' is 'five', not a non-negative integer"),
+    (lambda t, m: m.update(step="-1"), "'step' is '-1', not a non-negative integer"),
+    (lambda t, m: m.update(step="2.5"), "'step' is '2.5', not a non-negative integer"),
+    (lambda t, m: m.pop("step"), "'step' is None, not a non-negative integer"),
+    (lambda t, m: m.update(config="[" * 100000 + "]" * 100000),
+     "'config' is missing or not valid JSON"),
+    (lambda t, m: m.update(config="[1, 2]"), "invalid config .*not a JSON object"),
+    (lambda t, m: m.update(config=json.dumps(dict(json.loads(m["config"]), n_layer=10**30))),
+     "the config says 10{30} layers but the file holds"),
+    (lambda t, m: m.update(config=json.dumps(dict(json.loads(m["config"]), n_embd=2**40,
+                                                  n_head=1))),
+     "'transformer.wte.weight' has shape \\(11, 16\\) but the saved config needs"),
     (lambda t, m: m.update(dtype="int8"), "'dtype' is 'int8'"),
 ])
 def test_metadata_is_checked(tmp_path, edit, message):
@@ -286,6 +336,78 @@ def test_metadata_is_checked(tmp_path, edit, message):
     rewrite(path, edit)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("companion", [False, True])
+def test_flipped_data_byte_fails_its_checksum(tmp_path, companion):
+    """One byte changed inside a tensor's data: the header and size are intact, so only
+    the checksum can tell; the message names the tensor."""
+    path = saved(tmp_path, with_optimizer=True)
+    target = train_state_path(path) if companion else path
+    header, _ = read_file(target)
+    name = sorted(header)[len(header) // 2]
+    with open(target, "rb") as f:
+        data = bytearray(f.read())
+    start = 8 + header_len(target)
+    offsets = json.loads(data[8:start])[name]["data_offsets"]
+    data[start + (offsets[0] + offsets[1]) // 2] ^= 0x10
+    with open(target, "wb") as f:
+        f.write(data)
+    load = (lambda: load_training_state(path, AdamW(make_model().params))) if companion \
+        else (lambda: load_checkpoint(path))
+    with pytest.raises(CheckpointError, match=f"tensor '{name}' fails its checksum"):
+        load()
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.bool_, np.float16, np.float64])
+def test_tensors_must_have_the_saved_dtype(tmp_path, dtype):
+    """A float32 checkpoint holds float32 tensors only: an int, bool or other float tensor
+    is refused rather than cast (casting is asked for with load_checkpoint(dtype=...))."""
+    path = saved(tmp_path)
+    rewrite(path, lambda t, m: t.update({"transformer.ln_f.weight":
+                                         t["transformer.ln_f.weight"].astype(dtype)}))
+    with pytest.raises(CheckpointError, match="'transformer.ln_f.weight' is stored as"):
+        load_checkpoint(path)
+
+
+def test_metadata_must_be_a_map_of_strings(tmp_path):
+    path = saved(tmp_path)
+    data = open(path, "rb").read()
+    n = header_len(path)
+    header = json.loads(data[8:8 + n])
+    for bad in (True, ["x"], {"format": 1}):
+        header["__metadata__"] = bad
+        text = json.dumps(header).encode()
+        with open(path, "wb") as f:
+            f.write(len(text).to_bytes(8, "little") + text + data[8 + n:])
+        with pytest.raises(CheckpointError, match="metadata is not a map of strings"):
+            load_checkpoint(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("betas", [0.9], "betas is \\[0.9\\], expected two numbers in"),
+    ("betas", [2, 3], "betas is \\[2, 3\\]"),
+    ("betas", None, "betas is None"),
+    ("lr", -1, "lr is -1, expected a finite number >= 0"),
+    ("lr", "0.1", "lr is '0.1'"),
+    ("lr", None, "lr is None"),
+    ("eps", -1, "eps is -1, expected a finite number > 0"),
+    ("weight_decay", -1, "weight_decay is -1"),
+    ("step", 2.5, "step is 2.5, expected an integer >= 0"),
+    ("step", -3, "step is -3"),
+    ("step", True, "step is True"),
+])
+def test_optimizer_scalars_are_checked(tmp_path, key, value, message):
+    path = saved(tmp_path, with_optimizer=True)
+
+    def edit(t, m):
+        scalars = json.loads(m["optimizer"])
+        scalars[key] = value
+        m["optimizer"] = json.dumps(scalars)
+
+    rewrite(train_state_path(path), edit)
+    with pytest.raises(CheckpointError, match="optimizer " + message):
+        load_training_state(path, AdamW(make_model().params))
 
 
 def test_plain_safetensors_file_is_not_a_checkpoint(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from tinygrad_char import GPT
 from tinygrad_char.model import ConfigError, GPTConfig
 from tinygrad_char.parallel import DataParallel, SharedArrays, share_seed
+from tinygrad_char.checkpoint import train_state_path
 from tinygrad_char.config import TrainConfig
 from tinygrad_char.train import train
 
@@ -129,9 +130,10 @@ def test_training_with_two_workers_resumes_bit_identically(shakespeare_20k, tmp_
         first = train(cut, shakespeare_20k, progress=False, out=quiet)
     assert first["step"] == N
     second = train(cut, shakespeare_20k, resume=first["checkpoint"], progress=False, out=quiet)
-    for name in ("ckpt.safetensors", "ckpt.train.safetensors"):
-        expected, _ = read_safetensors(tmp_path / "full" / name)
-        got, _ = read_safetensors(tmp_path / "cut" / name)
+    full, cut = (str(tmp_path / run / "ckpt.safetensors") for run in ("full", "cut"))
+    for name, other in ((full, cut), (train_state_path(full), train_state_path(cut))):
+        expected, _ = read_safetensors(name)
+        got, _ = read_safetensors(other)
         for key in expected:
             assert np.array_equal(got[key], expected[key]), f"{name}: {key}"
     assert second["val_loss"] == whole["val_loss"]

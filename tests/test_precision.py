@@ -179,9 +179,10 @@ def test_float16_resume_restores_the_loss_scaler(shakespeare_20k, tmp_path, monk
         with safe_open(str(train_state_path(str(path))), framework="numpy") as f:
             state = json.loads(f.metadata()["train_state"])
         assert set(state["loss_scaler"]) == {"scale", "good_steps", "skipped_steps"}
-    for path in ("ckpt.safetensors", "ckpt.train.safetensors"):
-        with safe_open(str(tmp_path / "full" / path), framework="numpy") as a, \
-                safe_open(str(tmp_path / "cut" / path), framework="numpy") as b:
+    full, cut = (str(tmp_path / run / "ckpt.safetensors") for run in ("full", "cut"))
+    for path_a, path_b in ((full, cut), (train_state_path(full), train_state_path(cut))):
+        with safe_open(path_a, framework="numpy") as a, \
+                safe_open(path_b, framework="numpy") as b:
             for key in a.keys():
                 assert np.array_equal(a.get_tensor(key), b.get_tensor(key)), key
     assert resumed["val_loss"] == whole["val_loss"]
