@@ -180,9 +180,15 @@ def kill_once(work, text, i, point="", delay=0.0):
 
 def run(kills=0, points=False, work=None, seed=0):
     """Returns {"kills", "unresumable", "mismatched", "landed": {where: count}, "failures"}."""
+    import shutil
     import tempfile
 
-    work = work or tempfile.mkdtemp(prefix="kill_checkpoints_")
+    if work is None:  # a folder of our own, removed at the end
+        work = tempfile.mkdtemp(prefix="kill_checkpoints_")
+        try:
+            return run(kills, points, work, seed)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     text = os.path.join(work, "text.txt")
     make_text(text)
     expected = reference(work, text)
