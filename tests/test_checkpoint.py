@@ -130,6 +130,14 @@ def test_peek_reads_metadata_only(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ckpt.safetensors", "ckpt.train.b.safetensors"]
 
 
+def test_run_info_is_kept_in_the_model_file(tmp_path):
+    path = str(tmp_path / "ckpt.safetensors")
+    save_checkpoint(path, make_model(), make_tokenizer(), 1,
+                    run_info={"data": "a text", "world_size": 2})
+    assert peek_checkpoint(path)["run"] == {"data": "a text", "world_size": 2}
+    assert read_file(path)[1]["run"] == json.dumps({"data": "a text", "world_size": 2})
+
+
 def test_optimizer_and_train_state_round_trip(tmp_path):
     model = make_model()
     opt = AdamW(model.params, lr=3e-3, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)

@@ -123,10 +123,13 @@ def _crc(a):
     return format(zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B")), "08x")
 
 
-def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_state=None):
+def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_state=None,
+                    run_info=None):
     """Save `model` (+ `tokenizer`, `step`) to `path`, and the optimizer's state with the
     JSON-serialisable `train_state` into a companion slot when `optimizer` is given (see
-    the module docstring for why the pair survives a kill at any point)."""
+    the module docstring for why the pair survives a kill at any point). `run_info`: a
+    JSON-serialisable dict about the run (the data it trained on, the number of ranks)
+    kept in the model file's metadata as "run"."""
     path = os.fspath(path)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but "
@@ -155,7 +158,7 @@ def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_state=No
         "format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
         "config": json.dumps(model.config.to_dict()),
         "tokenizer": json.dumps(tokenizer.to_dict()), "dtype": model.dtype,
-        "train_file": train_file, "pair_id": pair_id})
+        "train_file": train_file, "pair_id": pair_id, "run": json.dumps(run_info or {})})
     # committed: the companions this model file does not name are stale
     stale = [*companion_slots(path), _base(path) + ".train.safetensors"]
     for name in stale:
@@ -301,14 +304,15 @@ def _peek(path, whole=True):
     info = {"path": path, "format_version": meta["format_version"], "step": _step(path, meta),
             "config": config, "tokenizer": _json_field(path, meta, "tokenizer"),
             "dtype": meta["dtype"], "pair_id": meta.get("pair_id"),
+            "run": _json_field(path, meta, "run") if "run" in meta else {},
             "train_path": companion if companion and os.path.exists(companion) else None}
     return info, header, data, meta
 
 
 def peek_checkpoint(path):
     """The metadata of a checkpoint without building the model:
-    {path, format_version, step, config (dict), tokenizer (dict), dtype, pair_id,
-    train_path}. train_path is the optimizer companion's path, or None when there is none."""
+    {path, format_version, step, config (dict), tokenizer (dict), dtype, pair_id, run
+    (dict: save_checkpoint's run_info), train_path}. train_path is the optimizer companion's path, or None when there is none."""
     return _peek(path, whole=False)[0]
 
 
