@@ -297,6 +297,8 @@ def test_corrupt_header(tmp_path, damage, message):
 def test_missing_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(str(tmp_path / "nothing.safetensors"))
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(str(tmp_path))
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -171,6 +171,9 @@ def _read_file(path, whole=True):
     """(header, data): the parsed JSON header of a safetensors file and, when `whole`, all
     its bytes (else None), after checking the file is whole: its size must be 8 (header
     length) + header + the end of the last tensor's data."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; pass the "
+                              f"ckpt.safetensors inside it")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file; check the path (or train first)")
     broken = f"{path}: truncated or corrupt safetensors file"
