@@ -34,7 +34,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-MAX_STEPS = 40
+MAX_STEPS = 16
 # (function, call number within one save, before or after the call). A save with an
 # optimizer makes, in order: fsync(companion tmp), replace(companion), [dir fsync],
 # fsync(model tmp), replace(model), [dir fsync], remove(stale companion).
@@ -56,9 +56,10 @@ def make_text(path):
 def config(out_dir):
     from tinygrad_char.config import TrainConfig
 
-    return TrainConfig(n_layer=2, n_head=2, n_embd=128, block_size=32, batch_size=4,
+    # wide and shallow, tiny batches: most of a step's time is its save
+    return TrainConfig(n_layer=2, n_head=2, n_embd=256, block_size=16, batch_size=2,
                        learning_rate=3e-3, min_lr=3e-4, warmup_steps=2, max_steps=MAX_STEPS,
-                       log_interval=1, eval_interval=1, eval_batches=1, eval_batch_size=8,
+                       log_interval=1, eval_interval=1, eval_batches=1, eval_batch_size=2,
                        sample_chars=0, seed=11, dropout=0.1, out_dir=out_dir).validate()
 
 
@@ -120,6 +121,19 @@ def reference(work, text):
     from tinygrad_char.checkpoint import load_checkpoint
 
     return {k: np.array(v) for k, v in load_checkpoint(result["checkpoint"])[0].params.items()}
+
+
+def saving_window(work, text):
+    """Seconds from a free child's first completed save to its last: random kills are
+    drawn inside it, so that none lands after the run has ended."""
+    out_dir = os.path.join(work, "calibrate")
+    os.makedirs(out_dir)
+    child = subprocess.Popen([sys.executable, __file__, "--child", out_dir, text, ""],
+                             stdout=subprocess.PIPE, text=True)
+    times = [time.perf_counter() for line in child.stdout if line.startswith("SAVED")]
+    child.wait()
+    child.stdout.close()
+    return times[-1] - times[0]
 
 
 def where_it_landed(out_dir):
@@ -194,7 +208,8 @@ def run(kills=0, points=False, work=None, seed=0):
     expected = reference(work, text)
     rng = random.Random(seed)
     plan = [(p, 0.0) for p in (f"{f}:{n}:{w}" for f, n, w in POINTS)] if points else []
-    plan += [("", rng.uniform(0.0, 0.4)) for _ in range(kills)]
+    window = saving_window(work, text) if kills else 0.0
+    plan += [("", rng.uniform(0.0, window)) for _ in range(kills)]
     summary = {"kills": 0, "unresumable": 0, "mismatched": 0, "landed": {}, "failures": []}
     for i, (point, delay) in enumerate(plan):
         out_dir, landed = kill_once(work, text, i, point, delay)
