@@ -20,6 +20,20 @@ def sinusoidal_table(T, C, dtype):
     return pe.to(dtype)
 
 
+def rope_cos_sin(T, hs, base, dtype):
+    """cos, sin (T, hs/2) of the rotate-half RoPE (Hugging Face Llama), in float64 first."""
+    theta = base ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * theta
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x (B, H, T, hs): x' = x cos + rotate_half(x) sin, rotate_half(x) = (-x2, x1)."""
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 class TorchGPT(torch.nn.Module):
     """config: our GPTConfig (or anything with its fields); params: name -> array.
 
@@ -39,6 +53,11 @@ class TorchGPT(torch.nn.Module):
         if config.pos_encoding == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(config.block_size, config.n_embd,
                                                         dtype).to(device))
+        if config.pos_encoding == "rope":
+            cos, sin = rope_cos_sin(config.block_size, config.n_embd // config.n_head,
+                                    getattr(config, "rope_base", 10000.0), dtype)
+            self.register_buffer("rope_cos", cos.to(device))
+            self.register_buffer("rope_sin", sin.to(device))
 
     def w(self, name):
         key = name.replace(".", "__")
@@ -51,8 +70,17 @@ class TorchGPT(torch.nn.Module):
         cfg = self.config
         B, T, C = x.shape
         qkv = F.linear(x, self.w(h + "attn.c_attn.weight"), self.w(h + "attn.c_attn.bias"))
-        q, k, v = qkv.split(C, dim=2)
-        q, k, v = (t.view(B, T, cfg.n_head, C // cfg.n_head).transpose(1, 2) for t in (q, k, v))
+        hs = C // cfg.n_head
+        nkv = getattr(cfg, "n_kv_head", None) or cfg.n_head
+        q, k, v = qkv.split([C, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, cfg.n_head, hs).transpose(1, 2)  # (B, NH, T, hs)
+        k, v = (t.view(B, T, nkv, hs).transpose(1, 2) for t in (k, v))  # (B, NKV, T, hs)
+        if cfg.pos_encoding == "rope":
+            cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if nkv != cfg.n_head:  # grouped-query: query head h reads kv head h // G
+            k = k.repeat_interleave(cfg.n_head // nkv, dim=1)
+            v = v.repeat_interleave(cfg.n_head // nkv, dim=1)
         drop = cfg.dropout if self.training else 0.0
         if self.sdpa:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
@@ -68,12 +96,20 @@ class TorchGPT(torch.nn.Module):
 
     def _mlp(self, x, h):
         cfg = self.config
-        x = F.linear(x, self.w(h + "mlp.c_fc.weight"), self.w(h + "mlp.c_fc.bias"))
-        x = F.gelu(x, approximate="tanh") if cfg.activation == "gelu" else F.relu(x)
+        up = F.linear(x, self.w(h + "mlp.c_fc.weight"), self.w(h + "mlp.c_fc.bias"))
+        if cfg.activation == "swiglu":
+            gate = F.linear(x, self.w(h + "mlp.c_gate.weight"), self.w(h + "mlp.c_gate.bias"))
+            x = F.silu(gate) * up
+        elif cfg.activation == "gelu_exact":
+            x = F.gelu(up)
+        else:
+            x = F.gelu(up, approximate="tanh") if cfg.activation == "gelu" else F.relu(up)
         x = F.linear(x, self.w(h + "mlp.c_proj.weight"), self.w(h + "mlp.c_proj.bias"))
         return F.dropout(x, cfg.dropout, self.training)
 
     def _ln(self, x, name):
+        if getattr(self.config, "normalization", "layernorm") == "rmsnorm":
+            return F.rms_norm(x, (x.size(-1),), self.w(name + ".weight"), 1e-5)
         return F.layer_norm(x, (x.size(-1),), self.w(name + ".weight"), self.w(name + ".bias"),
                             1e-5)
 
@@ -81,9 +117,11 @@ class TorchGPT(torch.nn.Module):
         cfg = self.config
         B, T = idx.shape
         x = F.embedding(idx, self.w("transformer.wte.weight"))
-        pos = self.w("transformer.wpe.weight")[:T] if cfg.pos_encoding == "learned" \
-            else self.pe[:T]
-        x = F.dropout(x + pos, cfg.dropout, self.training)
+        if cfg.pos_encoding == "learned":
+            x = x + self.w("transformer.wpe.weight")[:T]
+        elif cfg.pos_encoding == "sinusoidal":
+            x = x + self.pe[:T]  # (rope rotates q and k in _attn instead)
+        x = F.dropout(x, cfg.dropout, self.training)
         for i in range(cfg.n_layer):
             h = f"transformer.h.{i}."
             if cfg.norm == "pre":

@@ -83,7 +83,12 @@ def test_initialisation_statistics():
     (dict(dropout=-0.1), r"dropout must be in \[0, 1\)"),
     (dict(activation="tanh"), "activation must be one of"),
     (dict(norm="mid"), "norm must be one of"),
-    (dict(pos_encoding="rope"), "pos_encoding must be one of"),
+    (dict(pos_encoding="alibi"), "pos_encoding must be one of"),
+    (dict(normalization="batchnorm"), "normalization must be one of"),
+    (dict(n_kv_head=3, n_head=2), "n_kv_head must be a positive divisor"),
+    (dict(n_kv_head=0), "n_kv_head must be a positive divisor"),
+    (dict(rope_base=1.0), "rope_base must be a number > 1"),
+    (dict(pos_encoding="rope", n_embd=6, n_head=2), "rope needs an even head size"),
     (dict(bias="yes"), "bias must be true or false"),
 ])
 def test_config_validation(kwargs, match):

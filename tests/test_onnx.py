@@ -24,6 +24,11 @@ from tinygrad_char.onnx_export import (OnnxModel, export_onnx, load_for_sampling
 
 VARIANTS = list(itertools.product(["learned", "sinusoidal"], ["pre", "post"],
                                   ["gelu", "relu"], [True, False], [True, False]))
+# the modern block's options, each crossed with pre/post norm and bias (tie on, GELU-free)
+MODERN = [dict(pos_encoding="rope"), dict(normalization="rmsnorm"),
+          dict(activation="swiglu"), dict(activation="gelu_exact"), dict(n_kv_head=1),
+          dict(pos_encoding="rope", normalization="rmsnorm", activation="swiglu", n_kv_head=1),
+          dict(pos_encoding="rope", n_kv_head=2, n_head=4, rope_base=500.0)]
 SHAPES = [(1, 1), (2, 1), (3, 5), (1, 8), (4, 8)]  # (B, T); block_size is 8
 V, BLOCK = 11, 8
 
@@ -35,7 +40,8 @@ def rel(a, b):
 
 
 def make_model(seed=0, **arch):
-    cfg = GPTConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=2, n_embd=16, **arch)
+    arch = {"n_head": 2, **arch}
+    cfg = GPTConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_embd=16, **arch)
     model = GPT(cfg, seed=seed).eval()
     rng = np.random.default_rng(seed + 100)
     for p in model.params.values():  # LayerNorm gains != 1 and biases != 0 show up
@@ -69,6 +75,28 @@ def test_onnxruntime_matches_numpy_forward(pos, norm, act, tie, bias):
                                      f"T={T}): max relative logits error {err:.2e}"
 
 
+@pytest.mark.parametrize("norm,bias", [("pre", True), ("post", False)])
+@pytest.mark.parametrize("arch", MODERN, ids=["-".join(f"{k}={v}" for k, v in a.items())
+                                              for a in MODERN])
+def test_onnxruntime_matches_numpy_forward_modern_block(arch, norm, bias):
+    """RoPE, RMSNorm, SwiGLU, the exact GELU and grouped-query attention: the graph is a
+    separate translation of the block, checked here against the model's forward."""
+    model = make_model(norm=norm, bias=bias, **arch)
+    proto = export_onnx(model)
+    onnx.checker.check_model(proto, full_check=True)
+    names = {init.name for init in proto.graph.initializer}
+    assert set(model.params) <= names, f"parameters missing: {set(model.params) - names}"
+    sess = session(proto)
+    rng = np.random.default_rng(1)
+    for B, T in SHAPES:
+        idx = rng.integers(0, V, size=(B, T))
+        ours, _ = model.forward(idx)
+        (theirs,) = sess.run(["logits"], {"idx": idx})
+        err = rel(theirs, ours)
+        assert err < TOL["float32"], f"{arch}-{norm}-bias={bias} (B={B}, T={T}): max " \
+                                     f"relative logits error {err:.2e}"
+
+
 def test_graph_declares_dynamic_axes_and_int64_input():
     proto = export_onnx(make_model())
     (inp,), (out,) = proto.graph.input, proto.graph.output
@@ -89,6 +117,12 @@ def test_longer_than_block_size_is_refused():
     wrapped = OnnxModel(sess, model.config)
     with pytest.raises(ValueError, match="exceeds block_size"):
         wrapped.forward(np.zeros((1, BLOCK + 1), dtype=np.int64))
+    # the limit is stated where a user of the raw file looks: metadata and input description
+    proto = export_onnx(model)
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["tinygrad_char.max_seq"] == str(BLOCK)
+    assert f"seq <= block_size = {BLOCK}" in proto.graph.input[0].doc_string
+    assert sess.get_modelmeta().custom_metadata_map["tinygrad_char.max_seq"] == str(BLOCK)
 
 
 def test_float64_model_exports_float32_with_the_same_logits():
@@ -121,6 +155,20 @@ def test_save_load_roundtrip_and_generation(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_generation_from_a_prompt_longer_than_block_size(tmp_path):
+    """The wrapper never hands onnxruntime more than block_size positions: generate crops
+    the context (no cache), as the NumPy model's no-cache path does."""
+    tokenizer = CharTokenizer("abcdefghij\n", unk=False)
+    model = make_model(seed=3, pos_encoding="rope", n_kv_head=1)
+    path = str(tmp_path / "m.onnx")
+    save_onnx(model, tokenizer, path)
+    onnx_model, tok, _ = load_onnx(path)
+    prompt = "abcdefghij" * 3  # 30 > BLOCK
+    ours = generate_text(model, tokenizer, prompt, 12, temperature=0, use_cache=False)
+    theirs = generate_text(onnx_model, tok, prompt, 12, temperature=0, use_cache=False)
+    assert theirs == ours
+
+
 def test_load_for_sampling_checks_the_checkpoint(tmp_path):
     tokenizer = CharTokenizer("abcdefghij\n", unk=False)
     model = make_model(seed=3)
@@ -133,6 +181,12 @@ def test_load_for_sampling_checks_the_checkpoint(tmp_path):
     assert isinstance(m, OnnxModel) and tok == tokenizer
     with pytest.raises(ValueError, match="was not exported from"):
         load_for_sampling(other, path)
+    # same config and vocabulary, other weights (a later step): the stored SHA-256 differs
+    later = str(tmp_path / "later.safetensors")
+    model.params["transformer.h.0.mlp.c_fc.weight"][0, 0] += 1e-3
+    save_checkpoint(later, model, tokenizer, step=2)
+    with pytest.raises(ValueError, match="weights differ"):
+        load_for_sampling(later, path)
     with pytest.raises(ValueError, match="does not apply"):
         load_for_sampling(ckpt, path, backend="cupy")
     with pytest.raises(ValueError, match="no such file"):
@@ -157,5 +211,5 @@ def test_export_script(tmp_path):
     save_checkpoint(ckpt, make_model(), CharTokenizer("abcdefghij", unk=True), step=2)
     assert script.main(["--checkpoint", ckpt, "--out", out]) == 0
     onnx.checker.check_model(onnx.load(out))
-    assert script.main(["--checkpoint", str(tmp_path / "nope.safetensors"),
-                        "--out", out]) == 2
+    assert script.run_cli(script.main, ["--checkpoint", str(tmp_path / "nope.safetensors"),
+                                        "--out", out]) == 2

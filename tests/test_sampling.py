@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tinygrad_char import GPT, GPTConfig
-from tinygrad_char.sampling import (KVCache, cached_attention_forward, forward_cached, generate,
-                                    generate_text, sample_next)
+from tinygrad_char.attention import cached_attention_forward
+from tinygrad_char.sampling import KVCache, generate, generate_text, sample_next
 from tinygrad_char.tokenizer import CharTokenizer
 
 from conftest import TOL, gpu, to_np
@@ -40,6 +40,11 @@ def random_model(tie=True, pos="learned", norm="pre", act="gelu", bias=True, dty
 
 def prompt_ids(B, T, V=13, seed=0):
     return np.random.default_rng(seed).integers(0, V, size=(B, T))
+
+
+def forward_cached(model, idx_new, cache):
+    """The logits of the model's own forward on only the new positions, given the cache."""
+    return model.forward(idx_new, kv_cache=cache)[0]
 
 
 # -- forward_cached == model.forward ---------------------------------------------------------
@@ -73,7 +78,7 @@ def test_cached_attention_with_empty_prefix_is_causal_attention():
     """Tq == Tk: the naive per-query loop over the visible keys."""
     rng = np.random.default_rng(0)
     q, k, v = (rng.normal(size=(2, 3, 5, 4)) for _ in range(3))
-    y = cached_attention_forward(q, k.transpose(0, 1, 3, 2).copy(), v)
+    y = cached_attention_forward(q, k.transpose(0, 1, 3, 2).copy(), v, 0, 0, window=5)
     for i in range(5):
         scores = q[:, :, i:i + 1] @ k[:, :, :i + 1].transpose(0, 1, 3, 2) / 2.0  # sqrt(hs=4)
         p = np.exp(scores - scores.max(axis=-1, keepdims=True))
@@ -93,7 +98,7 @@ def test_forward_cached_refuses_to_pass_the_window():
 
 # -- generate: cache == no cache -------------------------------------------------------------
 # seeds picked so that greedy decoding does not collapse onto one repeated token
-@pytest.mark.parametrize("pos,norm,seed", [("learned", "pre", 7), ("sinusoidal", "post", 2)])
+@pytest.mark.parametrize("pos,norm,seed", [("learned", "pre", 7), ("learned", "post", 5)])
 def test_greedy_cache_equals_no_cache_past_the_window(pos, norm, seed):
     model = random_model(pos=pos, norm=norm, seed=seed)
     idx = prompt_ids(3, 5)
@@ -105,6 +110,65 @@ def test_greedy_cache_equals_no_cache_past_the_window(pos, norm, seed):
         f"{np.flatnonzero((with_cache != without).any(axis=0))[0]}"
     past_window = with_cache[:, BLOCK + 1:]
     assert len(np.unique(past_window)) >= 3, "greedy output too trivial to test anything"
+
+
+# seeds picked so that greedy decoding does not collapse onto one or two tokens
+@pytest.mark.parametrize("pos,norm,kw,seed", [
+    ("sinusoidal", "post", {}, 2), ("sinusoidal", "pre", {}, 2),
+    ("rope", "pre", dict(normalization="rmsnorm", act="swiglu", n_kv_head=1), 2),
+    ("rope", "post", dict(act="gelu_exact", n_head=4, n_kv_head=2), 5)])
+def test_sliding_cache_past_the_window_equals_banded_attention_on_the_whole_sequence(
+        pos, norm, kw, seed):
+    """With sinusoidal or rope positions the cache slides (never rebuilt): every generated
+    token is the argmax of model.forward on the whole sequence so far, which runs
+    sliding-window attention with a banded mask (each position sees the block_size most
+    recent, itself included). A prompt longer than the window is prefilled whole."""
+    for T0 in (5, 2 * BLOCK + 3):
+        model = random_model(pos=pos, norm=norm, seed=seed, **kw)
+        idx = prompt_ids(2, T0, seed=seed)
+        out = to_np(generate(model, idx, 3 * BLOCK, temperature=0, use_cache=True))
+        assert out.shape == (2, T0 + 3 * BLOCK) and (out[:, :T0] == idx).all()
+        logits, _ = model.forward(out[:, :-1])  # the reference, one pass, banded mask
+        expected = logits[:, T0 - 1:].argmax(axis=-1)  # (B, 3 BLOCK)
+        assert (out[:, T0:] == expected).all(), f"{pos}-{norm}-{kw} T0={T0}: first " \
+            f"difference at {np.flatnonzero((out[:, T0:] != expected).any(axis=0))[0]}"
+        assert len(np.unique(out[:, T0 + BLOCK:])) >= 3, "greedy output too trivial"
+
+
+def test_sliding_cache_logits_equal_the_banded_reference_in_chunks():
+    """Chunks of several positions past the window (the prefill path) give the banded
+    reference's logits to float64 rounding, through more than one slide of the buffer."""
+    model = random_model(pos="rope", normalization="rmsnorm", act="swiglu", n_kv_head=1)
+    idx = prompt_ids(2, 5 * BLOCK + 3)
+    expected, _ = model.forward(idx)
+    cache = KVCache(model, 2)
+    got, t = [], 0
+    for n in (3, BLOCK, 1, 7, BLOCK, BLOCK, 5, BLOCK, 3):  # 83 = 5 BLOCK + 3 positions
+        got.append(forward_cached(model, idx[:, t:t + n], cache))
+        t += n
+    got = np.concatenate(got, axis=1)
+    assert t == idx.shape[1] and cache.length == t
+    err = np.abs(got - expected).max() / np.abs(expected).max()
+    assert err < TOL["float64"], f"sliding cache vs banded forward: {err:.2e}"
+    with pytest.raises(ValueError, match="chunks of at most"):
+        forward_cached(model, prompt_ids(2, BLOCK + 1), cache)
+
+
+def test_generation_never_emits_the_unknown_id():
+    """The reserved <unk> id has a row in the embedding but is masked to -inf before
+    sampling: even when the model puts almost all its mass on it."""
+    tokenizer = CharTokenizer("abc", unk=True)  # ids a b c, unk = 3
+    model = random_model(vocab_size=4, tie=False)
+    model.params["lm_head.weight"][:] = 0.0
+    model.params["lm_head.weight"][tokenizer.unk_id] = 50.0  # unk's logit dominates
+    assert int(model.forward(np.array([[0]]))[0][0, -1].argmax()) == tokenizer.unk_id
+    for temperature in (0, 1.0):
+        for use_cache in (True, False):
+            texts = generate_text(model, tokenizer, "ab", 30, temperature=temperature,
+                                  seed=0, num_samples=3, use_cache=use_cache)
+            assert all(set(t) <= set("abc") for t in texts), texts
+    out = generate(model, np.array([[0]]), 5, temperature=0)  # no tokenizer: not banned
+    assert int(to_np(out)[0, 1]) == tokenizer.unk_id
 
 
 def test_sampled_cache_equals_no_cache_with_the_same_seed():
@@ -310,7 +374,7 @@ def test_generate_text_streams_sample_0_and_returns_continuations():
     assert len(streamed) == 25 and all(len(s) == 1 for s in streamed)
     assert "".join(streamed) == texts[0]
     ids = generate(model, np.tile(tokenizer.encode("abc")[None], (3, 1)), 25, temperature=0.9,
-                   top_k=5, seed=2)
+                   top_k=5, seed=2, banned_ids=[tokenizer.unk_id])  # generate_text bans <unk>
     assert texts == [tokenizer.decode(row[3:]) for row in ids]
     no_cache = generate_text(model, tokenizer, "abc", 25, temperature=0.9, top_k=5, seed=2,
                              num_samples=3, use_cache=False)
@@ -343,3 +407,11 @@ def test_cupy_forward_cached_and_generate_match():
     b = generate(model, idx[:, :3], 40, temperature=0.8, top_p=0.9, seed=1, use_cache=False)
     assert type(a).__module__.startswith("cupy")
     assert (to_np(a) == to_np(b)).all()
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -0.5])
+def test_sampling_refuses_a_temperature_it_cannot_use(temperature):
+    from tinygrad_char.sampling import check_sampling_args
+
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        check_sampling_args(temperature, None, None)

@@ -1,4 +1,5 @@
-"""Elementwise activations: GELU (tanh approximation, as GPT-2) and ReLU."""
+"""Elementwise activations: GELU (tanh approximation, as GPT-2), ReLU, the exact (erf)
+GELU, and SwiGLU (the gated MLP activation of Llama)."""
 
 import math
 
@@ -76,3 +77,91 @@ def relu_forward(x):
 def relu_backward(dy, cache):
     """dx = dy where x > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
     return dy * (cache > 0)
+
+
+# -- exact GELU (erf) ----------------------------------------------------------------------
+
+SQRT_HALF = math.sqrt(0.5)  # 1/sqrt(2): Phi(x) = 0.5 (1 + erf(x / sqrt(2)))
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)  # phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+
+
+def erf(x):
+    """The error function, elementwise, to float64 rounding: scipy.special.erf on NumPy
+    arrays, cupyx.scipy.special.erf on CuPy arrays (NumPy has no erf). Same dtype as x."""
+    xp = get_array_module(x)
+    if xp.__name__ == "cupy":
+        from cupyx.scipy.special import erf as device_erf
+
+        return device_erf(x)
+    try:
+        from scipy.special import erf as host_erf
+    except ImportError as e:
+        raise ImportError(f"activation 'gelu_exact' needs scipy for erf ({e}); "
+                          f"pip install scipy, or use activation 'gelu'") from None
+    return host_erf(x).astype(x.dtype, copy=False)
+
+
+def gelu_exact_forward(x):
+    """y = x Phi(x),  Phi(x) = 0.5 (1 + erf(x / sqrt(2))): the exact GELU, as PyTorch's
+    default nn.GELU() (and nanoGPT).
+
+    Args: x, any shape, e.g. (B, T, F). Returns y (same shape) and cache (x, Phi).
+    """
+    cdf = erf(x * SQRT_HALF)
+    cdf += 1.0
+    cdf *= 0.5  # Phi(x)
+    return x * cdf, (x, cdf)
+
+
+def gelu_exact_backward(dy, cache):
+    """dy/dx of x Phi(x): the product rule, with Phi' = phi the standard normal density:
+
+        y' = Phi(x) + x phi(x),   phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
+    Returns dx (same shape as dy).
+    """
+    x, cdf = cache
+    xp = get_array_module(dy)
+    pdf = xp.exp(-0.5 * x * x)
+    pdf *= INV_SQRT_2PI  # phi(x)
+    dx = x * pdf
+    dx += cdf  # y'
+    dx *= dy
+    return dx
+
+
+# -- SwiGLU ----------------------------------------------------------------------------------
+
+def swiglu_forward(gate, up):
+    """y = silu(gate) * up,  silu(g) = g sigmoid(g)  (the gated MLP of Llama: gate is
+    c_gate(x), up is c_fc(x)).
+
+    sigmoid(g) is written 0.5 (1 + tanh(g / 2)): the same function, and it cannot
+    overflow for large |g| (1 / (1 + exp(-g)) overflows exp at g < -709).
+    Args: gate, up: the same shape, e.g. (B, T, F). Returns y and cache (gate, up, sig).
+    """
+    xp = get_array_module(gate)
+    sig = xp.tanh(0.5 * gate)
+    sig += 1.0
+    sig *= 0.5  # sigmoid(gate)
+    y = gate * sig
+    y *= up
+    return y, (gate, up, sig)
+
+
+def swiglu_backward(dy, cache):
+    """Gradients of y = silu(g) * u, s = sigmoid(g), s' = s (1 - s):
+
+        du = dy * silu(g) = dy * g s
+        dg = dy * u * silu'(g),   silu'(g) = s + g s (1 - s) = s (1 + g (1 - s))
+    Returns (dgate, dup), in the forward's input order.
+    """
+    gate, up, sig = cache
+    silu = gate * sig
+    dup = dy * silu
+    dsilu = 1.0 - sig
+    dsilu *= gate
+    dsilu += 1.0
+    dsilu *= sig  # silu'(g)
+    dgate = dy * up
+    dgate *= dsilu
+    return dgate, dup

@@ -1,4 +1,6 @@
-"""Causal multi-head self-attention on the packed q, k, v of `c_attn`, batched over heads.
+"""Causal multi-head self-attention on the packed q, k, v of `c_attn`, batched over heads;
+its grouped-query form (fewer key/value heads than query heads); and the forward of new
+queries over cached keys and values (generation).
 
 This op is the middle of the attention block: `c_attn` (a linear) produces qkv, this op
 mixes positions, `c_proj` (a linear) follows. The (B, NH, T, T) attention matrix is kept
@@ -28,7 +30,7 @@ def causal_mask_bias(T, xp, dtype):
     return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
 
 
-def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True, window=None):
     """y = merge_heads(softmax(mask(q k^T / sqrt(hs))) v)
 
     The probabilities are computed and kept transposed, P^T[s, t] = P[t, s] (key s, query
@@ -44,6 +46,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
         n_head: NH; head size hs = C / NH.
         dropout, rng, training: dropout on the attention probabilities (as nanoGPT's
             attn_dropout), with the model's seeded generator.
+        window: None (causal), or W: sliding-window attention, a banded mask where query t
+            sees the keys t - W < s <= t (the W most recent positions, itself included).
     Returns:
         y: (B, T, C)
         cache: (q * scale, k, v, P^T, mask^T, scale) for the backward: q, k, v are
@@ -64,6 +68,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     # the mask in the same transposed layout, built contiguous: adding a transposed view
     # instead took 1.2 ms against 0.25 ms at B=16, NH=6, T=128
     att_t += xp.tril(xp.full((T, T), -xp.inf, dtype=att_t.dtype), k=-1)  # key s > query t
+    if window is not None and window < T:
+        att_t += xp.triu(xp.full((T, T), -xp.inf, dtype=att_t.dtype), k=window)  # s <= t - W
     # stable softmax over the keys (axis -2): subtracting the max changes nothing
     # mathematically but keeps exp() from overflowing; a query always sees its own key,
     # so every max is finite.
@@ -116,3 +122,109 @@ def attention_backward(dy, cache):
     dq *= scale  # dq = dS k * s
     xp.matmul(dscores_t, q_scaled, out=dk)  # dk = dS^T (q * s)
     return dqkv.reshape(B, T, 3 * NH * hs)  # (B, T, 3C)
+
+
+# -- grouped-query attention -----------------------------------------------------------------
+
+def split_heads(qkv, n_head, n_kv_head):
+    """q, k, v of the packed qkv, as (B, H, T, hs) views (H = NH for q, NKV for k and v).
+
+    qkv: (B, T, (NH + 2 NKV) hs), its rows q (NH hs), then k (NKV hs), then v (NKV hs)."""
+    B, T, width = qkv.shape
+    hs = width // (n_head + 2 * n_kv_head)
+    heads = qkv.reshape(B, T, n_head + 2 * n_kv_head, hs).transpose(0, 2, 1, 3)  # (B,H,T,hs)
+    return (heads[:, :n_head], heads[:, n_head:n_head + n_kv_head],
+            heads[:, n_head + n_kv_head:])
+
+
+def gqa_attention_forward(qkv, n_head, n_kv_head, dropout=0.0, rng=None, training=True,
+                          window=None):
+    """Grouped-query attention: query head h reads key/value head h // G, G = NH / NKV.
+
+        k_h = k_{h // G},  v_h = v_{h // G},  then attention_forward on (q, k_h, v_h).
+    Written as that: the NKV key and value heads are repeated G times into the packed
+    (B, T, 3C) layout of multi-head attention, which runs unchanged. With NKV = NH the
+    repeat is the identity and this is exactly attention_forward.
+
+    Args:
+        qkv: (B, T, (NH + 2 NKV) hs): q (NH heads), k (NKV heads), v (NKV heads).
+        n_head: NH; n_kv_head: NKV, dividing NH. The rest as attention_forward.
+    Returns:
+        y: (B, T, C), C = NH hs
+        cache: (attention_forward's cache, n_kv_head)
+    """
+    xp = get_array_module(qkv)
+    B, T, width = qkv.shape
+    hs = width // (n_head + 2 * n_kv_head)
+    G = n_head // n_kv_head
+    C, Ckv = n_head * hs, n_kv_head * hs
+    packed = xp.empty((B, T, 3, n_kv_head, G, hs), dtype=qkv.dtype)  # the (B, T, 3C) layout
+    packed[:, :, 0] = qkv[:, :, :C].reshape(B, T, n_kv_head, G, hs)  # q: head h = j G + g
+    # k and v: kv head j, broadcast over the G query heads g of its group
+    packed[:, :, 1] = qkv[:, :, C:C + Ckv].reshape(B, T, n_kv_head, 1, hs)
+    packed[:, :, 2] = qkv[:, :, C + Ckv:].reshape(B, T, n_kv_head, 1, hs)
+    y, cache = attention_forward(packed.reshape(B, T, 3 * C), n_head, dropout, rng, training,
+                                 window)
+    return y, (cache, n_kv_head)
+
+
+def gqa_attention_backward(dy, cache):
+    """Gradients with respect to the grouped qkv.
+
+    The repeat k_h = k_{h // G} is a copy, so its backward is a sum: dk_j is the sum of
+    the multi-head dk_h over the G query heads h = j G .. j G + G - 1 of group j (v alike);
+    dq is attention_backward's. Args: dy (B, T, C). Returns dqkv (B, T, (NH + 2 NKV) hs).
+    """
+    mha_cache, n_kv_head = cache
+    xp = get_array_module(dy)
+    dpacked = attention_backward(dy, mha_cache)  # (B, T, 3C)
+    B, T, C3 = dpacked.shape
+    C = C3 // 3
+    n_head = mha_cache[0].shape[1]
+    hs, G = C // n_head, n_head // n_kv_head
+    dpacked = dpacked.reshape(B, T, 3, n_kv_head, G, hs)
+    dqkv = xp.empty((B, T, C + 2 * n_kv_head * hs), dtype=dy.dtype)
+    dqkv[:, :, :C] = dpacked[:, :, 0].reshape(B, T, C)
+    dqkv[:, :, C:] = dpacked[:, :, 1:].sum(axis=4).reshape(B, T, 2 * n_kv_head * hs)
+    return dqkv
+
+
+# -- new queries over cached keys (generation; forward only) ----------------------------------
+
+def cached_attention_forward(q, k_t, v, q_start, k_start, window):
+    """Attention of Tq new queries over Tk cached keys (the new ones included), grouped.
+
+        y = softmax(q k^T / sqrt(hs) + mask) v
+    Query i sits at absolute position q_start + i, key j at k_start + j; query t sees key s
+    when t - window < s <= t (causal, and at most the `window` most recent positions,
+    itself included: the banded mask of attention_forward's `window`). Query head h reads
+    key/value head h // G: the G query heads of a group are stacked as G Tq rows of one
+    matmul against their shared keys. Nothing is saved (no backward).
+
+    Args:
+        q: (B, NH, Tq, hs) queries of the new positions.
+        k_t: (B, NKV, hs, Tk) keys, transposed (C-contiguous rows for the matmul).
+        v: (B, NKV, Tk, hs) their values.
+        q_start, k_start: absolute positions of q's first row and k_t's first column.
+        window: W, the longest span a query sees.
+    Returns:
+        y: (B, NH, Tq, hs)
+    """
+    xp = get_array_module(q)
+    B, NH, Tq, hs = q.shape
+    NKV, Tk = k_t.shape[1], k_t.shape[3]
+    G = NH // NKV
+    att = q.reshape(B, NKV, G * Tq, hs) @ k_t  # (B, NKV, G Tq, Tk)
+    att *= 1.0 / math.sqrt(hs)
+    t = xp.arange(q_start, q_start + Tq)[:, None]  # (Tq, 1) query positions
+    s = xp.arange(k_start, k_start + Tk)[None, :]  # (1, Tk) key positions
+    visible = (s <= t) & (s > t - window)  # (Tq, Tk)
+    att = att.reshape(B, NKV, G, Tq, Tk)  # (B, NKV, G, Tq, Tk)
+    att += xp.where(visible, 0.0, -xp.inf).astype(att.dtype)  # broadcast over B, NKV, G
+    # stable softmax over the keys, as attention_forward: subtract the row max (finite,
+    # since each query sees at least its own key), exponentiate, normalise
+    att -= att.max(axis=-1, keepdims=True)
+    xp.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)
+    y = att.reshape(B, NKV, G * Tq, Tk) @ v  # (B, NKV, G Tq, hs)
+    return y.reshape(B, NH, Tq, hs)

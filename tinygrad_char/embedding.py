@@ -44,34 +44,37 @@ def embedding_backward(dout, cache):
     return onehot.T @ dout.reshape(-1, C)  # (V, C)
 
 
-def position_embedding_forward(W, T):
-    """out[t] = W[t] for t < T: the learned positions (`transformer.wpe.weight`).
+def position_embedding_forward(W, T, start=0):
+    """out[t] = W[start + t] for t < T: the learned positions (`transformer.wpe.weight`)
+    of absolute positions start .. start + T - 1 (start > 0: new positions after a cache).
 
-    Args: W (block_size, C), T <= block_size. Returns out (T, C) and cache (W.shape).
-    The caller broadcasts out over the batch.
+    Args: W (block_size, C), start + T <= block_size. Returns out (T, C) and cache
+    (W.shape, start). The caller broadcasts out over the batch.
     """
-    return W[:T], W.shape
+    return W[start:start + T], (W.shape, start)
 
 
 def position_embedding_backward(dout, cache):
-    """dW[t] = dout[t] for t < T, zero for the positions not used.
+    """dW[start + t] = dout[t] for t < T, zero for the positions not used.
 
     Args: dout (T, C), already summed over the batch by the caller. Returns dW (block_size, C).
     """
+    shape, start = cache
     xp = get_array_module(dout)
-    dW = xp.zeros(cache, dtype=dout.dtype)
-    dW[: dout.shape[0]] = dout
+    dW = xp.zeros(shape, dtype=dout.dtype)
+    dW[start:start + dout.shape[0]] = dout
     return dW
 
 
-def sinusoidal_encoding(T, C, xp, dtype="float32"):
+def sinusoidal_encoding(T, C, xp, dtype="float32", start=0):
     """Fixed positions of "Attention Is All You Need" (no parameters, so no backward):
 
         PE[t, 2i]   = sin(t / 10000^(2i/C))
         PE[t, 2i+1] = cos(t / 10000^(2i/C))
-    Returns (T, C). Odd C is allowed (the last column is a sine).
+    for t = start .. start + T - 1. Returns (T, C). Odd C is allowed (the last column is
+    a sine).
     """
-    pos = xp.arange(T, dtype="float64")[:, None]  # (T, 1)
+    pos = xp.arange(start, start + T, dtype="float64")[:, None]  # (T, 1)
     freq = xp.exp(-math.log(10000.0) * xp.arange(0, C, 2, dtype="float64") / C)  # (ceil(C/2),)
     angles = pos * freq  # (T, ceil(C/2))
     pe = xp.zeros((T, C), dtype="float64")

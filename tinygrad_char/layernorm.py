@@ -1,4 +1,5 @@
-"""Layer normalisation over the last axis (eps 1e-5), as `torch.nn.LayerNorm`."""
+"""Layer normalisation over the last axis (eps 1e-5), as `torch.nn.LayerNorm`, and RMSNorm
+(the same eps, no mean and no bias), as `torch.nn.RMSNorm`."""
 
 from .backend import get_array_module
 from .linear import sum_rows
@@ -76,3 +77,48 @@ def layernorm_backward(dy, cache):
     dx -= norm2 * mean_dnorm_norm
     dx *= rstd.reshape(-1, 1)
     return dx.reshape(dy.shape), dw, db
+
+
+def rmsnorm_forward(x, w, eps=LN_EPS):
+    """y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps), per row over the last axis
+    (RMSNorm, as Llama: no mean subtracted, no bias).
+
+    Args:
+        x: (..., C), e.g. (B, T, C).
+        w: (C,) gain (`ln_*.weight`).
+    Returns:
+        y: (..., C)
+        cache: (norm, rstd, w): norm = x * rstd, saved as LayerNorm saves it.
+    """
+    xp = get_array_module(x)
+    C = x.shape[-1]
+    ms = xp.einsum("...c,...c->...", x, x)[..., None]  # (..., 1) sum of squares
+    ms *= 1.0 / C
+    ms += eps
+    rstd = xp.sqrt(ms, out=ms)
+    xp.divide(1.0, rstd, out=rstd)  # (..., 1)
+    norm = x * rstd  # (..., C)
+    return norm * w, (norm, rstd, w)
+
+
+def rmsnorm_backward(dy, cache):
+    """Gradients of RMSNorm.
+
+    With n = x * rstd, rstd = (mean(x^2) + eps)^(-1/2) and dn = dy * w:
+        dw = sum over rows of dy * n
+        dx = rstd * (dn - n * mean(dn * n))
+    The last line: dn_i/dx_j = rstd (delta_ij - x_i x_j rstd^2 / C)
+    (d rstd / d x_j = -rstd^3 x_j / C), so dx_j = rstd dn_j - rstd n_j sum_i(dn_i n_i) / C.
+    LayerNorm's formula without its -mean(dn) term, since no mean is subtracted.
+    Returns (dx, dw), in the forward's input order.
+    """
+    norm, rstd, w = cache
+    C = dy.shape[-1]
+    dy2, norm2 = dy.reshape(-1, C), norm.reshape(-1, C)  # (N, C)
+    dy_norm = dy2 * norm2  # (N, C)
+    dw = sum_rows(dy_norm)  # (C,)
+    mean_dnorm_norm = (dy_norm @ (w / C))[:, None]  # (N, 1) mean(dn * n)
+    dx = dy2 * w  # dn (N, C)
+    dx -= norm2 * mean_dnorm_norm
+    dx *= rstd.reshape(-1, 1)
+    return dx.reshape(dy.shape), dw

@@ -11,26 +11,49 @@ PyTorch as a state dict). C = n_embd, V = vocab_size, F = mlp_ratio * C:
     transformer.h.{i}.attn.c_proj.weight (C, C),  .bias (C,)
     transformer.h.{i}.ln_2.weight/bias  (C,)
     transformer.h.{i}.mlp.c_fc.weight   (F, C),   .bias (F,)
+    transformer.h.{i}.mlp.c_gate.weight (F, C),   .bias (F,)    swiglu only
     transformer.h.{i}.mlp.c_proj.weight (C, F),   .bias (C,)
     transformer.ln_f.weight/bias        (C,)         pre-norm only
     lm_head.weight                      (V, C)       only when not tie_weights
 
-No `.bias` entries at all when bias=False. This is not a module system: the forward is
-straight-line code over this dict, and the backward is that code reversed.
+No `.bias` entries at all when bias=False; RMSNorm's `ln_*` have no `.bias` even with
+bias=True. With grouped-query attention (n_kv_head = NKV < NH) c_attn is
+((NH + 2 NKV) hs, C), its rows q (NH hs), then k (NKV hs), then v (NKV hs). RoPE has no
+parameters. This is not a module system: the forward is straight-line code over this
+dict, and the backward is that code reversed.
+
+One forward serves training and generation: `forward(idx, kv_cache=cache)` runs only the
+new positions (absolute positions offset by the cache's length) against the keys and
+values a `sampling.KVCache` holds, with the same block code.
+
+Fused kernels (kernels.select_ops) cover the GPT-2 block only. RMSNorm, RoPE, SwiGLU, the
+exact GELU, grouped-query attention (n_kv_head < n_head) and sliding-window attention
+(sequences past block_size) always run on the xp ops of this package; a model asked for
+other kernels logs which parts fall back, once (`xp_only_parts`).
 """
 
+import logging
 import math
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from . import attention, rope
 from .backend import get_backend
 from .embedding import sinusoidal_encoding
 from .kernels import select_ops
 
+log = logging.getLogger(__name__)
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
+
+
+# The values each string field of GPTConfig may take (config.py's flags list them too).
+MODEL_CHOICES = {"activation": ("gelu", "relu", "gelu_exact", "swiglu"),
+                 "pos_encoding": ("learned", "sinusoidal", "rope"), "norm": ("pre", "post"),
+                 "normalization": ("layernorm", "rmsnorm")}
 
 
 @dataclass
@@ -43,11 +66,16 @@ class GPTConfig:
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * C (GPT-2 uses 4)
     dropout: float = 0.0  # on embeddings, attention probabilities and both residual branches
     bias: bool = True  # biases in linears and LayerNorms (False: none at all, as nanoGPT)
-    activation: str = "gelu"  # "gelu" (tanh approximation, GPT-2) or "relu"
-    pos_encoding: str = "learned"  # "learned" (wpe table) or "sinusoidal" (fixed, no params)
+    activation: str = "gelu"  # "gelu" (tanh approximation, GPT-2), "relu", "gelu_exact"
+    #                           (erf, PyTorch's nn.GELU()), "swiglu" (Llama: adds c_gate)
+    pos_encoding: str = "learned"  # "learned" (wpe table), "sinusoidal" (fixed, no params)
+    #                                or "rope" (rotary, on q and k of every head)
     norm: str = "pre"  # "pre": GPT-2 (LayerNorm inside each branch, plus ln_f);
     #                    "post": original Transformer (LayerNorm after each residual add)
     tie_weights: bool = True  # output head shares wte (saves V*C params; nanoGPT does this)
+    normalization: str = "layernorm"  # "layernorm" or "rmsnorm" (no mean, no bias: Llama)
+    rope_base: float = 10000.0  # RoPE: theta_i = rope_base^(-2i/hs) (Llama's default)
+    n_kv_head: int = None  # NKV key/value heads (grouped-query attention); None = n_head
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
@@ -59,9 +87,7 @@ class GPTConfig:
                               f"({self.n_head}); change one of them")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"config: dropout must be in [0, 1), got {self.dropout!r}")
-        choices = {"activation": ("gelu", "relu"), "pos_encoding": ("learned", "sinusoidal"),
-                   "norm": ("pre", "post")}
-        for name, allowed in choices.items():
+        for name, allowed in MODEL_CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"config: {name} must be one of {allowed}, "
                                   f"got {getattr(self, name)!r}")
@@ -69,6 +95,22 @@ class GPTConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"config: {name} must be true or false, "
                                   f"got {getattr(self, name)!r}")
+        nkv = self.n_kv_head
+        if nkv is not None and (isinstance(nkv, bool) or not isinstance(nkv, (int, np.integer))
+                                or nkv < 1 or self.n_head % nkv != 0):
+            raise ConfigError(f"config: n_kv_head must be a positive divisor of n_head "
+                              f"({self.n_head}) or null, got {nkv!r}")
+        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) \
+                or not self.rope_base > 1.0:
+            raise ConfigError(f"config: rope_base must be a number > 1, got {self.rope_base!r}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"config: rope needs an even head size, got n_embd / n_head = "
+                              f"{self.n_embd // self.n_head}; change n_embd or n_head")
+
+    @property
+    def kv_heads(self):
+        """NKV: the key/value heads (n_head without grouped-query attention)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     def to_dict(self):
         return asdict(self)
@@ -86,21 +128,26 @@ class GPTConfig:
 def param_shapes(config):
     """The parameter table: name -> shape, in forward order."""
     C, V, F = config.n_embd, config.vocab_size, config.mlp_ratio * config.n_embd
+    QKV = C + 2 * config.kv_heads * (C // config.n_head)  # (NH + 2 NKV) hs; 3C without GQA
+    norm_bias = config.bias and config.normalization == "layernorm"  # RMSNorm: never
     shapes = {"transformer.wte.weight": (V, C)}
     if config.pos_encoding == "learned":
         shapes["transformer.wpe.weight"] = (config.block_size, C)
     for i in range(config.n_layer):
         h = f"transformer.h.{i}."
-        layer = [("ln_1", (C,), (C,)), ("attn.c_attn", (3 * C, C), (3 * C,)),
-                 ("attn.c_proj", (C, C), (C,)), ("ln_2", (C,), (C,)),
-                 ("mlp.c_fc", (F, C), (F,)), ("mlp.c_proj", (C, F), (C,))]
+        layer = [("ln_1", (C,), (C,) if norm_bias else None),
+                 ("attn.c_attn", (QKV, C), (QKV,)), ("attn.c_proj", (C, C), (C,)),
+                 ("ln_2", (C,), (C,) if norm_bias else None), ("mlp.c_fc", (F, C), (F,))]
+        if config.activation == "swiglu":
+            layer.append(("mlp.c_gate", (F, C), (F,)))
+        layer.append(("mlp.c_proj", (C, F), (C,)))
         for name, w_shape, b_shape in layer:
             shapes[h + name + ".weight"] = w_shape
-            if config.bias:
+            if config.bias and b_shape is not None:
                 shapes[h + name + ".bias"] = b_shape
     if config.norm == "pre":
         shapes["transformer.ln_f.weight"] = (C,)
-        if config.bias:
+        if norm_bias:
             shapes["transformer.ln_f.bias"] = (C,)
     if not config.tie_weights:
         shapes["lm_head.weight"] = (V, C)
@@ -112,7 +159,8 @@ def init_params(config, seed=0):
     and dtype starts from the same numbers for the same seed:
     normal(0, 0.02) for linear and embedding weights; the two c_proj weights
     normal(0, 0.02 / sqrt(2 L)) (each block adds two residual branches, so this keeps the
-    residual stream's variance from growing with depth); biases 0; LayerNorm w 1, b 0.
+    residual stream's variance from growing with depth); biases 0; LayerNorm w 1, b 0
+    (RMSNorm w 1); SwiGLU's c_gate as c_fc.
     """
     rng = np.random.default_rng(seed)
     params = {}
@@ -127,11 +175,28 @@ def init_params(config, seed=0):
     return params
 
 
+def xp_only_parts(config):
+    """The parts of this config that no fused kernel covers (they always run on the xp
+    ops); an empty list for GPT-2's block. Sliding-window attention (past block_size) is
+    not listed: it is a property of a call, not of the config."""
+    parts = []
+    if config.normalization == "rmsnorm":
+        parts.append("rmsnorm")
+    if config.pos_encoding == "rope":
+        parts.append("rope")
+    if config.activation in ("gelu_exact", "swiglu"):
+        parts.append(config.activation)
+    if config.kv_heads != config.n_head:
+        parts.append("grouped-query attention (n_kv_head < n_head)")
+    return parts
+
+
 class GPT:
     """A character-level GPT whose forward and backward are written out by hand.
 
         logits, loss = model.forward(idx, targets)   # idx, targets: (B, T) integer arrays
         grads = model.backward()                     # same keys as model.params
+        logits, _ = model.forward(idx_new, kv_cache=cache)  # generation (sampling.KVCache)
 
     `model.params` maps names to arrays of the backend (`model.xp`). The forward keeps
     the caches of its ops for one backward; call forward again before the next backward.
@@ -143,7 +208,7 @@ class GPT:
     embeddings, the residual stream, LayerNorm and the cross-entropy stay float32.
     """
 
-    def __init__(self, config, backend="numpy", dtype="float32", seed=0, kernels="xp",
+    def __init__(self, config, backend="numpy", dtype="float32", seed=0, kernels="auto",
                  compute_dtype=None):
         if dtype not in ("float32", "float64"):
             raise ConfigError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
@@ -167,11 +232,12 @@ class GPT:
                        for name, p in init_params(config, seed).items()}
         self.training = True
         self.rng = self.xp.random.default_rng(seed)  # dropout masks
-        self._pos_table = None
-        if config.pos_encoding == "sinusoidal":
-            self._pos_table = sinusoidal_encoding(config.block_size, config.n_embd, self.xp,
-                                                  dtype)
+        self._pos_table, self._pos_table_len = None, 0  # sinusoidal or rope (`_positions`)
         self._caches = None
+        fallback = xp_only_parts(config)
+        if self.ops.mode != "xp" and fallback:
+            log.info("kernels %r: no fused kernel for %s; those run on the xp ops",
+                        self.ops.mode, ", ".join(fallback))
 
     # -- modes -------------------------------------------------------------------------
     def train(self):
@@ -200,134 +266,228 @@ class GPT:
         """`a` in the compute dtype (a no-op without mixed precision)."""
         return a if self.compute_dtype is None else a.astype(self.compute_dtype, copy=False)
 
-    def _attn_forward(self, x, h):
-        """The attention branch: c_attn -> causal attention -> c_proj -> dropout. x (B, T, C)."""
+    def _positions(self, start, stop):
+        """The fixed position tables of absolute positions start .. stop - 1, from a table
+        grown on demand (past block_size too: sliding-window generation).
+        Sinusoidal: (T, C); rope: (cos, sin), each (T, hs/2); None for learned positions."""
+        cfg = self.config
+        if cfg.pos_encoding == "learned":
+            return None
+        if self._pos_table is None or self._pos_table_len < stop:
+            n = max(stop, 2 * (self._pos_table_len or 0), cfg.block_size)
+            if cfg.pos_encoding == "sinusoidal":
+                self._pos_table = sinusoidal_encoding(n, cfg.n_embd, self.xp, self.dtype)
+            else:
+                self._pos_table = rope.rope_tables(0, n, cfg.n_embd // cfg.n_head,
+                                                   cfg.rope_base, self.xp, self.dtype)
+            self._pos_table_len = n
+        if cfg.pos_encoding == "sinusoidal":
+            return self._pos_table[start:stop]
+        return tuple(t[start:stop] for t in self._pos_table)
+
+    def _attn_forward(self, x, h, pos, window, kv_cache, layer):
+        """The attention branch: c_attn -> [rope] -> causal attention -> c_proj -> dropout.
+
+        x (B, T, C); pos: rope's (cos, sin) of the T positions, else None; window: None,
+        or block_size for a sequence past it (sliding-window attention); kv_cache: None, or
+        the KVCache whose keys and values of layer `layer` the T new queries also attend to
+        (then nothing is kept for a backward)."""
         cfg, ops = self.config, self.ops
+        NH, NKV = cfg.n_head, cfg.kv_heads
         qkv, c_qkv = ops.linear_forward(x, self._p(h + "attn.c_attn.weight"),
-                                    self._p(h + "attn.c_attn.bias"))  # (B, T, 3C)
-        y, c_att = ops.attention_forward(qkv, cfg.n_head, cfg.dropout, self.rng, self.training)
+                                        self._p(h + "attn.c_attn.bias"))  # (B,T,(NH+2NKV)hs)
+        c_rope = None
+        if cfg.pos_encoding == "rope":
+            qkv, c_rope = ops.rope_forward(qkv, *pos, NH, NKV)  # q, k rotated
+        if kv_cache is not None:
+            q, k, v = attention.split_heads(qkv, NH, NKV)  # (B, NH|NKV, T, hs)
+            k_t, v, k_start = kv_cache.append(layer, k, v)  # every visible key and value
+            y = ops.cached_attention_forward(q, k_t, v, kv_cache.length, k_start,
+                                             cfg.block_size)  # (B, NH, T, hs)
+            B, T = x.shape[:2]
+            y, c_att = y.transpose(0, 2, 1, 3).reshape(B, T, cfg.n_embd), None  # (B, T, C)
+        elif NKV == NH and window is None:  # GPT-2's attention: a fused kernel may run it
+            y, c_att = ops.attention_forward(qkv, NH, cfg.dropout, self.rng, self.training)
+        else:  # grouped-query or sliding-window attention: the xp op
+            y, c_att = ops.gqa_attention_forward(qkv, NH, NKV, cfg.dropout, self.rng,
+                                                 self.training, window)
         out, c_proj = ops.linear_forward(y, self._p(h + "attn.c_proj.weight"),
-                                     self._p(h + "attn.c_proj.bias"))  # (B, T, C)
+                                         self._p(h + "attn.c_proj.bias"))  # (B, T, C)
         out, c_drop = ops.dropout_forward(out, cfg.dropout, self.rng, self.training)
-        return out, (c_qkv, c_att, c_proj, c_drop)
+        grouped = kv_cache is None and not (NKV == NH and window is None)
+        return out, (c_qkv, c_rope, grouped, c_att, c_proj, c_drop)
 
     def _attn_backward(self, dout, cache, h, grads):
         ops = self.ops
-        c_qkv, c_att, c_proj, c_drop = cache
+        c_qkv, c_rope, grouped, c_att, c_proj, c_drop = cache
         dout = ops.dropout_backward(dout, c_drop)
         dy, grads[h + "attn.c_proj.weight"], db = ops.linear_backward(dout, c_proj)
         if db is not None:
             grads[h + "attn.c_proj.bias"] = db
-        dqkv = ops.attention_backward(dy, c_att)
+        if grouped:  # the forward ran gqa_attention_forward
+            dqkv = ops.gqa_attention_backward(dy, c_att)
+        else:
+            dqkv = ops.attention_backward(dy, c_att)
+        if c_rope is not None:
+            dqkv = ops.rope_backward(dqkv, c_rope)
         dx, grads[h + "attn.c_attn.weight"], db = ops.linear_backward(dqkv, c_qkv)
         if db is not None:
             grads[h + "attn.c_attn.bias"] = db
         return dx
 
+    def _activation_ops(self):
+        """(forward, backward) of the elementwise activation (not swiglu)."""
+        ops, act = self.ops, self.config.activation
+        return {"gelu": (ops.gelu_forward, ops.gelu_backward),
+                "relu": (ops.relu_forward, ops.relu_backward),
+                "gelu_exact": (ops.gelu_exact_forward, ops.gelu_exact_backward)}[act]
+
     def _mlp_forward(self, x, h):
-        """The MLP branch: c_fc -> activation -> c_proj -> dropout. x (B, T, C)."""
+        """The MLP branch: c_fc -> activation -> c_proj -> dropout, or with swiglu
+        c_proj(silu(c_gate(x)) * c_fc(x)) -> dropout. x (B, T, C)."""
         cfg, ops = self.config, self.ops
         hid, c_fc = ops.linear_forward(x, self._p(h + "mlp.c_fc.weight"),
-                                   self._p(h + "mlp.c_fc.bias"))  # (B, T, F)
-        act_forward = ops.gelu_forward if cfg.activation == "gelu" else ops.relu_forward
-        hid, c_act = act_forward(hid)
+                                       self._p(h + "mlp.c_fc.bias"))  # (B, T, F)
+        c_gate = None
+        if cfg.activation == "swiglu":
+            gate, c_gate = ops.linear_forward(x, self._p(h + "mlp.c_gate.weight"),
+                                              self._p(h + "mlp.c_gate.bias"))  # (B, T, F)
+            hid, c_act = ops.swiglu_forward(gate, hid)
+        else:
+            hid, c_act = self._activation_ops()[0](hid)
         out, c_proj = ops.linear_forward(hid, self._p(h + "mlp.c_proj.weight"),
-                                     self._p(h + "mlp.c_proj.bias"))  # (B, T, C)
+                                         self._p(h + "mlp.c_proj.bias"))  # (B, T, C)
         out, c_drop = ops.dropout_forward(out, cfg.dropout, self.rng, self.training)
-        return out, (c_fc, c_act, c_proj, c_drop)
+        return out, (c_fc, c_gate, c_act, c_proj, c_drop)
 
     def _mlp_backward(self, dout, cache, h, grads):
         ops = self.ops
-        c_fc, c_act, c_proj, c_drop = cache
+        c_fc, c_gate, c_act, c_proj, c_drop = cache
         dout = ops.dropout_backward(dout, c_drop)
         dhid, grads[h + "mlp.c_proj.weight"], db = ops.linear_backward(dout, c_proj)
         if db is not None:
             grads[h + "mlp.c_proj.bias"] = db
-        act_backward = ops.gelu_backward if self.config.activation == "gelu" \
-            else ops.relu_backward
-        dhid = act_backward(dhid, c_act)
-        dx, grads[h + "mlp.c_fc.weight"], db = ops.linear_backward(dhid, c_fc)
+        dx = None
+        if c_gate is not None:
+            dgate, dhid = ops.swiglu_backward(dhid, c_act)
+            dx, grads[h + "mlp.c_gate.weight"], db = ops.linear_backward(dgate, c_gate)
+            if db is not None:
+                grads[h + "mlp.c_gate.bias"] = db
+        else:
+            dhid = self._activation_ops()[1](dhid, c_act)
+        dx_fc, grads[h + "mlp.c_fc.weight"], db = ops.linear_backward(dhid, c_fc)
         if db is not None:
             grads[h + "mlp.c_fc.bias"] = db
-        return dx
+        return dx_fc if dx is None else dx + dx_fc  # x feeds both c_gate and c_fc
 
     def _ln_forward(self, x, name):
-        """LayerNorm in the parameters' dtype (float32 in mixed precision too)."""
+        """LayerNorm or RMSNorm in the parameters' dtype (float32 in mixed precision too)."""
+        if self.config.normalization == "rmsnorm":
+            return self.ops.rmsnorm_forward(x, self.params[name + ".weight"])
         return self.ops.layernorm_forward(x, self.params[name + ".weight"],
                                           self.params.get(name + ".bias"))
 
     def _ln_backward(self, dy, cache, name, grads):
-        dx, grads[name + ".weight"], db = self.ops.layernorm_backward(
-            dy.astype(self.dtype, copy=False), cache)
+        dy = dy.astype(self.dtype, copy=False)
+        if self.config.normalization == "rmsnorm":
+            dx, grads[name + ".weight"] = self.ops.rmsnorm_backward(dy, cache)
+            return dx
+        dx, grads[name + ".weight"], db = self.ops.layernorm_backward(dy, cache)
         if db is not None:
             grads[name + ".bias"] = db
         return dx
 
     # -- forward -----------------------------------------------------------------------
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, kv_cache=None):
         """Args:
-            idx: (B, T) integer token ids, T <= block_size.
+            idx: (B, T) integer token ids. T <= block_size with learned positions; longer
+                sequences with sinusoidal or rope positions run sliding-window attention
+                (each position sees the block_size most recent, itself included).
             targets: (B, T) next-token ids (-1 = ignore), or None.
+            kv_cache: None, or a `sampling.KVCache`: then idx holds only the new positions
+                (absolute positions kv_cache.length .. + T - 1), their keys and values are
+                appended to the cache, and the forward runs in eval mode (no dropout)
+                whatever `training` says, keeping nothing for a backward. Its logits equal
+                those of a forward on the whole sequence, up to float rounding.
         Returns:
             logits: (B, T, V)
             loss: 0-d array (mean cross-entropy in nats), or None without targets.
         """
         cfg, p, ops = self.config, self.params, self.ops
+        if idx.ndim != 2:
+            raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        start = 0
+        if kv_cache is not None:
+            kv_cache.reserve(B, T)  # checks the batch and the window, makes room
+            start = kv_cache.length
+        elif T > cfg.block_size and cfg.pos_encoding == "learned":
+            raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}; "
+                             f"crop the input to its last {cfg.block_size} tokens")
+        window = cfg.block_size if start + T > cfg.block_size else None
+        training = self.training
+        self.training = training and kv_cache is None  # cached inference: eval semantics
         # the weights of the matmuls: the parameters themselves, or their float16 copies
         self._run_params = p if self.compute_dtype is None else {
             name: w.astype(self.compute_dtype) for name, w in p.items()
             if ".ln_" not in name and name != "transformer.wpe.weight"}
-        if idx.ndim != 2:
-            raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
-        B, T = idx.shape
-        if T > cfg.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}; "
-                             f"crop the input to its last {cfg.block_size} tokens")
-        caches = {}
-        tok, caches["wte"] = ops.embedding_forward(idx, p["transformer.wte.weight"])  # (B,T,C)
-        if cfg.pos_encoding == "learned":
-            pos, caches["wpe"] = ops.position_embedding_forward(p["transformer.wpe.weight"], T)
-        else:
-            pos = self._pos_table[:T]  # (T, C), fixed
-        x = tok + pos  # (B, T, C), pos broadcast over the batch
-        x, caches["drop"] = ops.dropout_forward(x, cfg.dropout, self.rng, self.training)
+        try:
+            caches = {}
+            tok, caches["wte"] = ops.embedding_forward(idx, p["transformer.wte.weight"])
+            rope_pos = None  # (B, T, C) above; rope's (cos, sin) of the T positions below
+            if cfg.pos_encoding == "learned":
+                pos, caches["wpe"] = ops.position_embedding_forward(
+                    p["transformer.wpe.weight"], T, start)
+                x = tok + pos  # (B, T, C), pos broadcast over the batch
+            elif cfg.pos_encoding == "sinusoidal":
+                x = tok + self._positions(start, start + T)  # (T, C), fixed
+            else:
+                x, rope_pos = tok, self._positions(start, start + T)  # rotates q, k instead
+            x, caches["drop"] = ops.dropout_forward(x, cfg.dropout, self.rng, self.training)
 
-        for i in range(cfg.n_layer):
-            h = f"transformer.h.{i}."
-            if cfg.norm == "pre":  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
-                a, c_ln1 = self._ln_forward(x, h + "ln_1")
-                a, c_attn = self._attn_forward(self._low(a), h)
-                x = x + a
-                m, c_ln2 = self._ln_forward(x, h + "ln_2")
-                m, c_mlp = self._mlp_forward(self._low(m), h)
-                x = x + m
-            else:  # x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))
-                a, c_attn = self._attn_forward(self._low(x), h)
-                x, c_ln1 = self._ln_forward(x + a, h + "ln_1")
-                m, c_mlp = self._mlp_forward(self._low(x), h)
-                x, c_ln2 = self._ln_forward(x + m, h + "ln_2")
-            caches[i] = (c_ln1, c_attn, c_ln2, c_mlp)
+            for i in range(cfg.n_layer):
+                h = f"transformer.h.{i}."
+                attn = (h, rope_pos, window, kv_cache, i)
+                if cfg.norm == "pre":  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
+                    a, c_ln1 = self._ln_forward(x, h + "ln_1")
+                    a, c_attn = self._attn_forward(self._low(a), *attn)
+                    x = x + a
+                    m, c_ln2 = self._ln_forward(x, h + "ln_2")
+                    m, c_mlp = self._mlp_forward(self._low(m), h)
+                    x = x + m
+                else:  # x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))
+                    a, c_attn = self._attn_forward(self._low(x), *attn)
+                    x, c_ln1 = self._ln_forward(x + a, h + "ln_1")
+                    m, c_mlp = self._mlp_forward(self._low(x), h)
+                    x, c_ln2 = self._ln_forward(x + m, h + "ln_2")
+                caches[i] = (c_ln1, c_attn, c_ln2, c_mlp)
+            if kv_cache is not None:
+                kv_cache.advance(T)
 
-        if cfg.norm == "pre":
-            x, caches["ln_f"] = self._ln_forward(x, "transformer.ln_f")
-        head = self._p("transformer.wte.weight" if cfg.tie_weights else "lm_head.weight")
-        logits, caches["head"] = ops.linear_forward(self._low(x), head)  # (B, T, V)
-        logits = logits.astype(self.dtype, copy=False)  # the softmax in float32
-        loss = None
-        if targets is not None:
-            loss, caches["loss"] = ops.cross_entropy_forward(logits, targets)
-        self._caches = caches
-        self._run_params = None
+            if cfg.norm == "pre":
+                x, caches["ln_f"] = self._ln_forward(x, "transformer.ln_f")
+            head = self._p("transformer.wte.weight" if cfg.tie_weights else "lm_head.weight")
+            logits, caches["head"] = ops.linear_forward(self._low(x), head)  # (B, T, V)
+            logits = logits.astype(self.dtype, copy=False)  # the softmax in float32
+            loss = None
+            if targets is not None:
+                loss, caches["loss"] = ops.cross_entropy_forward(logits, targets)
+        finally:
+            self.training = training
+            self._run_params = None
+        self._caches = caches if kv_cache is None else None
         return logits, loss
 
     # -- backward: the forward above, reversed ----------------------------------------
-    def backward(self, dlogits=None, loss_scale=1.0):
+    def backward(self, dlogits=None, loss_scale=1.0, layer_done=None):
         """Gradients of the last forward's loss (or of sum(logits * dlogits) when given).
 
         Returns a dict with the keys of `params`. The tied embedding gets the sum of its two
         uses (output head and input lookup). loss_scale multiplies the loss gradient (mixed
         precision, precision.LossScaler); in mixed precision the matmul weights' gradients
-        are float16, the others float32.
+        are float16, the others float32. layer_done(i, grads), when given, is called as soon
+        as block i's gradients (the keys "transformer.h.{i}.*") are final, so a caller can
+        start sending them while the earlier blocks' backward runs (distributed.py).
         """
         if self._caches is None:
             raise RuntimeError("backward() needs a forward() first (and each forward "
@@ -359,6 +519,8 @@ class GPT:
                 # x = ln_1(s), s = x + attn(x)
                 ds = self._ln_backward(dx, c_ln1, h + "ln_1", grads)
                 dx = ds + self._attn_backward(self._low(ds), c_attn, h, grads)
+            if layer_done is not None:
+                layer_done(i, grads)
 
         dx = ops.dropout_backward(dx, caches["drop"])  # (B, T, C)
         if cfg.pos_encoding == "learned":

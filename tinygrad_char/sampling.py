@@ -4,35 +4,27 @@
     texts = generate_text(model, tokenizer, "ROMEO:", 200, temperature=0.8, seed=0)
 
 `sample_next` turns the last position's logits into ids (greedy, temperature, top-k,
-nucleus/top-p). `forward_cached` runs the model on only the new positions, reading the
-keys and values of earlier positions from a `KVCache`, and gives the same logits as
-`model.forward` on the whole sequence. `generate` is nanoGPT's loop, with or without the
-cache; the two give identical greedy tokens.
+nucleus/top-p). A `KVCache` holds the keys and values of the positions already run;
+`model.forward(idx_new, kv_cache=cache)` runs only the new positions against it and gives
+the logits of `model.forward` on the whole sequence. `generate` is nanoGPT's loop, with or
+without the cache.
 
 What this file deliberately is not: a batched server (every row of a batch has the same
-length), a beam search, or a second copy of the model. The cached forward is written
-with the model's own op forwards (`layernorm_forward`, `linear_forward`, the
-activations); only the attention over cached keys is new here. It is inference only:
-no backward, no dropout (always eval semantics).
+length), a beam search, or a second copy of the model: the cached forward is the model's
+own forward (one block definition), this file only chooses tokens and keeps the cache.
 """
-
-import math
 
 import numpy as np
 
-from .activations import gelu_forward, relu_forward
-from .attention import causal_mask_bias
 from .backend import get_array_module
-from .embedding import embedding_forward
-from .layernorm import layernorm_forward
-from .linear import linear_forward
 
 
 # -- choosing the next token ---------------------------------------------------------------
 def check_sampling_args(temperature, top_k, top_p):
     """Raise a one-line ValueError for a temperature, top_k or top_p that cannot be used."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if not 0 <= temperature < float("inf"):  # also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), "
+                         f"got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -85,162 +77,123 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     return xp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]  # (B,)
 
 
-# -- the key/value cache and the cached forward --------------------------------------------
+# -- the key/value cache ---------------------------------------------------------------------
 class KVCache:
-    """Keys and values of the positions already run, per layer, preallocated.
+    """Keys and values of the positions already run, per layer, preallocated; the model's
+    forward reads and extends it (`model.forward(idx_new, kv_cache=cache)`).
 
-    k_t[i]: (B, NH, hs, block_size) keys of layer i, stored transposed so that q @ k^T is
+    k_t[i]: (B, NKV, hs, capacity) keys of layer i, stored transposed so that q @ k^T is
     a matmul of C-contiguous rows (NumPy's stacked matmul skips BLAS on transposed views);
-    v[i]: (B, NH, block_size, hs) values; in the model's array module and dtype;
-    positions [0, length) are filled. `forward_cached` appends to them; `reset` empties
-    the cache without freeing it (the positions are overwritten by the next prefill).
+    v[i]: (B, NKV, capacity, hs) values; in the model's array module and dtype. NKV is the
+    model's key/value heads (n_head without grouped-query attention).
+
+    `length` is the number of positions run so far (the absolute position of the next
+    token); slot j holds absolute position `start + j`. With learned positions the cache
+    stops at block_size (capacity block_size, start 0). With sinusoidal or rope positions
+    it slides: a query sees the block_size most recent positions (itself included), so
+    only the last block_size - 1 keys before a chunk are needed; when a chunk would run
+    past the end of the buffer (capacity 2 block_size) those are moved to its front, an
+    amortised copy of about one window every block_size tokens. `reset` empties the cache
+    without freeing it.
     """
 
     def __init__(self, model, batch_size):
         cfg = model.config
-        shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        self.slides = cfg.pos_encoding != "learned"
+        self.window = cfg.block_size
+        capacity = 2 * cfg.block_size if self.slides else cfg.block_size
+        shape = (batch_size, cfg.kv_heads, capacity, cfg.n_embd // cfg.n_head)
         shape_t = shape[:2] + (shape[3], shape[2])
         self.k_t = [model.xp.zeros(shape_t, dtype=model.dtype) for _ in range(cfg.n_layer)]
         self.v = [model.xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layer)]
         self.batch_size = batch_size
         self.block_size = cfg.block_size
+        self.capacity = capacity
         self.length = 0
+        self.start = 0
 
     def reset(self):
         self.length = 0
+        self.start = 0
 
+    def _oldest_needed(self):
+        """The absolute position of the oldest key the next chunk's queries can see."""
+        return max(0, self.length - self.window + 1)
 
-def cached_attention_forward(q, k_t, v):
-    """Attention of Tq new queries over Tk >= Tq keys, the last Tq of which are the new ones.
+    def reserve(self, batch_size, n_new):
+        """Check that n_new positions of this batch size fit, and make room for them."""
+        if batch_size != self.batch_size:
+            raise ValueError(f"idx has batch {batch_size}, but the cache was made for batch "
+                             f"{self.batch_size}")
+        if not self.slides and self.length + n_new > self.block_size:
+            raise ValueError(f"cache length {self.length} + {n_new} new positions exceeds "
+                             f"block_size {self.block_size}; reset the cache and prefill "
+                             f"the last {self.block_size} tokens")
+        if n_new > self.window:
+            raise ValueError(f"{n_new} new positions in one call exceed block_size "
+                             f"{self.window}; feed them in chunks of at most {self.window}")
+        if self.length + n_new - self.start > self.capacity:  # slide: keep what is visible
+            lo = self._oldest_needed()
+            keep = slice(lo - self.start, self.length - self.start)
+            for k_t, v in zip(self.k_t, self.v):
+                n = keep.stop - keep.start
+                k_t[:, :, :, :n] = k_t[:, :, :, keep].copy()  # copy: the ranges overlap
+                v[:, :, :n] = v[:, :, keep].copy()
+            self.start = lo
 
-        y = softmax(q k^T / sqrt(hs) + mask) v
-    Query i is at absolute position P + i, P = Tk - Tq (the cached length), and sees the
-    keys j <= P + i: every cached position, and the new chunk causally. The mask is
-    therefore the last Tq rows of the (Tk, Tk) causal mask. With P = 0 this is exactly
-    `attention_forward` (without dropout); forward only, nothing is saved.
+    def append(self, layer, k, v):
+        """Store the new positions' keys and values of `layer` (k, v: (B, NKV, Tn, hs)).
 
-    Args:
-        q: (B, NH, Tq, hs) queries of the new positions.
-        k_t: (B, NH, hs, Tk) keys of all positions so far (cached + new), transposed.
-        v: (B, NH, Tk, hs) their values.
-    Returns:
-        y: (B, NH, Tq, hs)
-    """
-    xp = get_array_module(q)
-    Tq, Tk, hs = q.shape[2], k_t.shape[3], q.shape[3]
-    att = q @ k_t  # (B, NH, Tq, Tk)
-    att *= 1.0 / math.sqrt(hs)
-    att += causal_mask_bias(Tk, xp, att.dtype)[Tk - Tq:]  # (Tq, Tk): the last Tq rows
-    # stable softmax over the keys, as attention_forward: subtract the row max (finite,
-    # since each query sees at least its own key), exponentiate, normalise
-    att -= att.max(axis=-1, keepdims=True)
-    xp.exp(att, out=att)
-    att /= att.sum(axis=-1, keepdims=True)
-    return att @ v  # (B, NH, Tq, hs)
+        Returns (k_t, v, k_start): views of every key and value the new queries may see,
+        (B, NKV, hs, Tk) and (B, NKV, Tk, hs), and the absolute position of the first."""
+        lo, stop = self._oldest_needed() - self.start, self.length + k.shape[2] - self.start
+        self.k_t[layer][:, :, :, self.length - self.start:stop] = k.transpose(0, 1, 3, 2)
+        self.v[layer][:, :, self.length - self.start:stop] = v
+        return (self.k_t[layer][:, :, :, lo:stop], self.v[layer][:, :, lo:stop],
+                self.start + lo)
 
-
-def _cached_attn_branch(model, x, h, layer, cache):
-    """c_attn -> append k, v to the cache -> cached attention -> c_proj. x (B, Tn, C)."""
-    p, NH = model.params, model.config.n_head
-    B, Tn, C = x.shape
-    start, stop = cache.length, cache.length + Tn
-    qkv, _ = linear_forward(x, p[h + "attn.c_attn.weight"], p.get(h + "attn.c_attn.bias"))
-    heads = qkv.reshape(B, Tn, 3, NH, C // NH).transpose(2, 0, 3, 1, 4)  # (3, B, NH, Tn, hs)
-    cache.k_t[layer][:, :, :, start:stop] = heads[1].transpose(0, 1, 3, 2)
-    cache.v[layer][:, :, start:stop] = heads[2]
-    y = cached_attention_forward(heads[0], cache.k_t[layer][:, :, :, :stop],
-                                 cache.v[layer][:, :, :stop])  # (B, NH, Tn, hs)
-    y = y.transpose(0, 2, 1, 3).reshape(B, Tn, C)  # (B, Tn, C)
-    out, _ = linear_forward(y, p[h + "attn.c_proj.weight"], p.get(h + "attn.c_proj.bias"))
-    return out
-
-
-def _mlp_branch(model, x, h):
-    """c_fc -> activation -> c_proj. x (B, Tn, C)."""
-    p = model.params
-    hid, _ = linear_forward(x, p[h + "mlp.c_fc.weight"], p.get(h + "mlp.c_fc.bias"))
-    act_forward = gelu_forward if model.config.activation == "gelu" else relu_forward
-    hid, _ = act_forward(hid)  # (B, Tn, F)
-    out, _ = linear_forward(hid, p[h + "mlp.c_proj.weight"], p.get(h + "mlp.c_proj.bias"))
-    return out
-
-
-def _ln(model, x, name):
-    """LayerNorm `name` of the model applied to x (..., C); the forward's cache is dropped."""
-    y, _ = layernorm_forward(x, model.params[name + ".weight"], model.params.get(name + ".bias"))
-    return y
-
-
-def forward_cached(model, idx_new, cache):
-    """The model's forward on only the new positions, given the cache of the earlier ones.
-
-    The new tokens sit at positions cache.length .. cache.length + Tn - 1; their keys and
-    values are appended to the cache (cache.length grows by Tn). Same straight-line code as
-    `GPT.forward` (pre- or post-norm, learned or sinusoidal positions, tied or separate
-    head) in eval mode: no dropout, whatever model.training says. Logits equal those of
-    `model.forward` on the whole sequence up to float rounding.
-
-    Args:
-        model: a GPT.
-        idx_new: (B, Tn) integer ids of the model's array module; cache.length + Tn must
-            not exceed block_size.
-        cache: a KVCache for this model and batch size B.
-    Returns:
-        logits: (B, Tn, V) of the new positions.
-    """
-    cfg, p = model.config, model.params
-    B, Tn = idx_new.shape
-    start, stop = cache.length, cache.length + Tn
-    if B != cache.batch_size:
-        raise ValueError(f"idx_new has batch {B}, but the cache was made for batch "
-                         f"{cache.batch_size}")
-    if stop > cfg.block_size:
-        raise ValueError(f"cache length {start} + {Tn} new positions exceeds block_size "
-                         f"{cfg.block_size}; reset the cache and prefill the last "
-                         f"{cfg.block_size} tokens")
-    tok, _ = embedding_forward(idx_new, p["transformer.wte.weight"])  # (B, Tn, C)
-    if cfg.pos_encoding == "learned":
-        pos = p["transformer.wpe.weight"][start:stop]  # (Tn, C): rows of the new positions
-    else:
-        pos = model._pos_table[start:stop]  # (Tn, C), fixed
-    x = tok + pos  # (B, Tn, C)
-
-    for i in range(cfg.n_layer):
-        h = f"transformer.h.{i}."
-        if cfg.norm == "pre":  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
-            x = x + _cached_attn_branch(model, _ln(model, x, h + "ln_1"), h, i, cache)
-            x = x + _mlp_branch(model, _ln(model, x, h + "ln_2"), h)
-        else:  # x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))
-            x = _ln(model, x + _cached_attn_branch(model, x, h, i, cache), h + "ln_1")
-            x = _ln(model, x + _mlp_branch(model, x, h), h + "ln_2")
-    cache.length = stop
-
-    if cfg.norm == "pre":
-        x = _ln(model, x, "transformer.ln_f")
-    head = p["transformer.wte.weight"] if cfg.tie_weights else p["lm_head.weight"]
-    logits, _ = linear_forward(x, head)  # (B, Tn, V)
-    return logits
+    def advance(self, n_new):
+        """After every layer has appended: the n_new positions are now cached."""
+        self.length += n_new
 
 
 # -- the generate loops ---------------------------------------------------------------------
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, rng=None,
-             seed=None, use_cache=True, on_token=None):
+             seed=None, use_cache=True, on_token=None, banned_ids=None):
     """Extend each row of idx by max_new_tokens sampled tokens (nanoGPT's `generate`).
 
-    Each step conditions on the last block_size tokens at most (the model has absolute
-    positions 0 .. block_size - 1) and samples with `sample_next`.
+    use_cache=False runs model.forward on the last block_size tokens every step (nanoGPT:
+    the context is cropped): O(block_size) positions per step.
 
-    use_cache=False runs model.forward on the cropped context every step: O(T) positions
-    per step.
-    use_cache=True prefills a KVCache with the (cropped) prompt, then runs one position
-    per step while the sequence fits in block_size. Once it passes the window, the context
-    slides by one token per step, which moves every kept token to a new absolute position
-    and so changes all of its keys and values in every layer: nothing cached stays valid.
-    To stay exact, the cache is then rebuilt every step by a prefill of the last
-    block_size tokens, so past the window a step costs as much as the no-cache path (a
-    full block_size forward); the cache only saves work for the first block_size tokens.
-    Greedy tokens of the two paths are identical (their logits agree to float rounding;
-    in float32 a near-tie between two logits could in principle break differently).
+    use_cache=True with learned positions prefills a KVCache with the (cropped) prompt,
+    then runs one position per step while the sequence fits in block_size: the same
+    tokens as use_cache=False. Past the window the cropped context slides by one token
+    per step, which moves every kept token to a new absolute position and changes all of
+    its keys and values: to stay exact the cache is rebuilt every step by a prefill of the
+    last block_size tokens, as slow as no cache.
+
+    use_cache=True with sinusoidal or rope positions never rebuilds: the whole prompt is
+    prefilled at its absolute positions (in chunks of block_size), then each step runs
+    one position against a sliding window of the last block_size cached keys and values
+    (KVCache), at cache speed however long the text. This is sliding-window attention:
+    each position sees the block_size most recent ones, itself included, exactly what
+    `model.forward` computes on the whole sequence (the reference); within block_size it
+    equals use_cache=False, past it the two differ (cropping forgets what the window
+    still carries through the layers). With rope the cached keys were rotated at their
+    absolute positions, which is consistent since scores depend only on t - s.
+
+    In float32 a near-tie between two logits could break differently between paths whose
+    logits agree only to rounding.
+
+    Args:
+        model: a GPT; put in eval mode for the call, its previous mode restored after.
+        idx: (B, T0) integer ids, T0 >= 1, NumPy or the model's module (copied to it).
+        max_new_tokens: number of tokens to append (>= 0).
+        temperature, top_k, top_p: as `sample_next`.
+        rng: a Generator of the model's array module; when None, one seeded with `seed`.
+        on_token: called as on_token(ids) with the (B,) ids after each new token.
+        banned_ids: ids never generated (their logits are set to -inf before sampling),
+            e.g. the tokenizer's reserved unknown id; None: none.
 
     Args:
         model: a GPT; put in eval mode for the call, its previous mode restored after.
@@ -271,6 +224,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     out[:, :T0] = idx
     cache = KVCache(model, B) if use_cache else None
     cache_offset = 0  # index in `out` of the token at cache position 0
+    banned = None if not banned_ids else xp.asarray(list(banned_ids), dtype=xp.int64)
 
     was_training = model.training
     model.eval()
@@ -279,15 +233,23 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
             window_start = max(0, n - block_size)
             if not use_cache:
                 logits, _ = model.forward(out[:, window_start:n])  # (B, Tw, V)
-            elif cache.length == 0 or window_start != cache_offset:
-                # first step, or the window slid: rebuild from the whole window
+            elif cache.length == 0 and cache.slides:
+                # first step of a sliding cache: the whole prompt, in chunks of block_size
+                for c in range(0, n, block_size):
+                    logits, _ = model.forward(out[:, c:min(c + block_size, n)], kv_cache=cache)
+            elif cache.length == 0 or (window_start != cache_offset and not cache.slides):
+                # first step, or the learned positions' window slid: rebuild from it
                 cache.reset()
                 cache_offset = window_start
-                logits = forward_cached(model, out[:, window_start:n], cache)  # (B, Tw, V)
+                logits, _ = model.forward(out[:, window_start:n], kv_cache=cache)  # (B,Tw,V)
             else:
-                # the cache holds out[:, cache_offset:n-1]: feed only last step's token
-                logits = forward_cached(model, out[:, n - 1:n], cache)  # (B, 1, V)
-            next_ids = sample_next(logits[:, -1, :], rng, temperature, top_k, top_p)  # (B,)
+                # the cache holds everything before n - 1: feed only last step's token
+                logits, _ = model.forward(out[:, n - 1:n], kv_cache=cache)  # (B, 1, V)
+            last = logits[:, -1, :]  # (B, V)
+            if banned is not None:
+                last = last.copy()
+                last[:, banned] = -xp.inf
+            next_ids = sample_next(last, rng, temperature, top_k, top_p)  # (B,)
             out[:, n] = next_ids
             if on_token is not None:
                 on_token(next_ids)
@@ -301,7 +263,8 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top
     """Continue `prompt` num_samples times; return the continuations (prompt not included).
 
     Args:
-        tokenizer: a CharTokenizer (`encode(text, errors="raise")`, `decode(ids)`).
+        tokenizer: a CharTokenizer (`encode(text, errors="raise")`, `decode(ids)`); its
+            reserved unknown id, if any, is never generated.
         prompt: str; characters outside the vocabulary raise ValueError naming them. An
             empty prompt starts from "\\n" when it is in the vocabulary, else from id 0.
         stream: optional callable receiving the text of sample 0 as it is produced, one
@@ -326,7 +289,8 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top
 
     on_token = stream_first_row if stream is not None else None
 
+    banned = [tokenizer.unk_id] if tokenizer.unk_id is not None else None  # never <unk>
     out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, seed=seed,
-                   use_cache=use_cache, on_token=on_token)
+                   use_cache=use_cache, on_token=on_token, banned_ids=banned)
     new_ids = model.backend.to_numpy(out)[:, idx.shape[1]:]  # (num_samples, max_new_tokens)
     return [tokenizer.decode([int(i) for i in row]) for row in new_ids]
