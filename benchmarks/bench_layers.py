@@ -14,7 +14,8 @@ Results: <out>/layers.jsonl (appended, one line per size x op x pass), <out>/lay
 <out>/layers.png (median ms per implementation, when matplotlib is installed).
 
 Not here: the model as a whole (bench_train_step.py), and kernel development (a kernel
-lab of numbered versions belongs in benchmarks/ too, but is a separate script). CuPy
+lab of numbered versions belongs in benchmarks/ too, but is a separate script). The numba
+CPU kernels (numpy-cpu) are timed for every op that has one (kernels.select_ops("cpu")). CuPy
 fused kernels are timed when `tinygrad_char.kernels` exists and exports a function named
 like the op's (`layernorm_forward`, ...), with the xp op's signature.
 """
@@ -34,17 +35,9 @@ from benchmarks.harness import (SPEED_VS_TORCH, add_run_args, append_jsonl,
                                 machine_info, machine_summary, pick, pyplot_or_none,
                                 save_figure, time_fn, to_numpy, torch_cuda_or_none,
                                 torch_or_none, write_markdown_table)  # noqa: E402
-from tinygrad_char.activations import (gelu_backward, gelu_forward,  # noqa: E402
-                                       relu_backward, relu_forward)
-from tinygrad_char.attention import attention_backward, attention_forward  # noqa: E402
 from tinygrad_char.backend import get_array_module  # noqa: E402
-from tinygrad_char.cross_entropy import (cross_entropy_backward,  # noqa: E402
-                                         cross_entropy_forward)
-from tinygrad_char.dropout import dropout_backward, dropout_forward  # noqa: E402
-from tinygrad_char.embedding import (embedding_backward, embedding_forward,  # noqa: E402
-                                     position_embedding_backward, position_embedding_forward)
-from tinygrad_char.layernorm import layernorm_backward, layernorm_forward  # noqa: E402
-from tinygrad_char.linear import linear_backward, linear_forward  # noqa: E402
+from tinygrad_char.cpu_kernels import numba_available  # noqa: E402
+from tinygrad_char.kernels import select_ops  # noqa: E402
 
 # B batch, T time, C channels, NH heads, V vocabulary
 SIZES = {
@@ -56,7 +49,8 @@ OPS = ["linear", "embedding", "position_embedding", "layernorm", "attention", "g
        "dropout", "cross_entropy"]
 RTOL = 1e-3  # float32 against another library: summation order differs
 DROPOUT_P = 0.1
-OURS_VS_TORCH = {"numpy": "torch", "cupy": "torch-cuda", "cupy-fused": "torch-cuda"}
+OURS_VS_TORCH = {"numpy": "torch", "numpy-cpu": "torch", "cupy": "torch-cuda",
+                 "cupy-fused": "torch-cuda"}
 
 
 @dataclass
@@ -80,8 +74,10 @@ class Case:
     unit: str  # "GFLOP/s" or "GB/s"
 
 
-def make_case(op, B, T, C, NH, V, seed=0):
-    """The inputs, our pair and its torch twin for `op` at these sizes (float32)."""
+def make_case(op, B, T, C, NH, V, seed=0, ops=None):
+    """The inputs, our pair and its torch twin for `op` at these sizes (float32). ops: the
+    op table our pair comes from (kernels.select_ops; default "xp", "cpu" for numpy-cpu)."""
+    ops = ops or select_ops("xp")
     torch = torch_or_none()
     F = torch.nn.functional if torch is not None else None  # only called with torch
 
@@ -94,29 +90,29 @@ def make_case(op, B, T, C, NH, V, seed=0):
     if op == "linear":  # the MLP's c_fc, the biggest linear: (B, T, C) -> (B, T, 4C)
         flops = 2.0 * N * C * F4
         return Case(op, {"x": randn(B, T, C), "W": randn(F4, C) * 0.02, "b": randn(F4)},
-                    ("x", "W", "b"), linear_forward, linear_backward,
+                    ("x", "W", "b"), ops.linear_forward, ops.linear_backward,
                     lambda x, W, b: F.linear(x, W, b),
                     flops, 2 * flops, "GFLOP/s")
     if op == "embedding":  # token lookup (V, C) -> (B, T, C); backward: one-hot matmul
         return Case(op, {"idx": rng.integers(0, V, size=(B, T)), "W": randn(V, C)}, ("W",),
-                    lambda idx, W: embedding_forward(idx, W),
-                    lambda d, cache: (embedding_backward(d, cache),),
+                    lambda idx, W: ops.embedding_forward(idx, W),
+                    lambda d, cache: (ops.embedding_backward(d, cache),),
                     lambda idx, W: F.embedding(idx, W),
                     2.0 * N * C * f32, (N * C + V * C) * f32, "GB/s")
     if op == "position_embedding":  # x = tok + wpe[:T]; backward sums dx over the batch
         def forward(tok, W):
-            pos, cache = position_embedding_forward(W, tok.shape[1])
+            pos, cache = ops.position_embedding_forward(W, tok.shape[1])
             return tok + pos, cache
 
         def backward(d, cache):
-            return (position_embedding_backward(d.sum(axis=0), cache),)
+            return (ops.position_embedding_backward(d.sum(axis=0), cache),)
 
         return Case(op, {"tok": randn(B, T, C), "W": randn(T, C)}, ("W",), forward, backward,
                     lambda tok, W: tok + W[: tok.shape[1]],
                     (2 * N * C + T * C) * f32, (N * C + T * C) * f32, "GB/s")
     if op == "layernorm":
         return Case(op, {"x": randn(B, T, C), "w": 1 + 0.1 * randn(C), "b": 0.1 * randn(C)},
-                    ("x", "w", "b"), layernorm_forward, layernorm_backward,
+                    ("x", "w", "b"), ops.layernorm_forward, ops.layernorm_backward,
                     lambda x, w, b: F.layer_norm(x, (C,), w, b, 1e-5),
                     2.0 * N * C * f32, 3.0 * N * C * f32, "GB/s")
     if op == "attention":  # causal, on the packed qkv of c_attn: (B, T, 3C) -> (B, T, C)
@@ -129,12 +125,12 @@ def make_case(op, B, T, C, NH, V, seed=0):
         # q k^T and att v, counted as full T x T products (the causal half is not skipped)
         flops = 4.0 * B * T * T * C
         return Case(op, {"qkv": randn(B, T, 3 * C)}, ("qkv",),
-                    lambda qkv: attention_forward(qkv, NH),
-                    lambda d, cache: (attention_backward(d, cache),),
+                    lambda qkv: ops.attention_forward(qkv, NH),
+                    lambda d, cache: (ops.attention_backward(d, cache),),
                     torch_attention, flops, 2 * flops, "GFLOP/s")
     if op in ("gelu", "relu"):  # on the MLP's hidden (B, T, 4C)
-        fwd, bwd = (gelu_forward, gelu_backward) if op == "gelu" else (relu_forward,
-                                                                       relu_backward)
+        fwd, bwd = (ops.gelu_forward, ops.gelu_backward) if op == "gelu" else (
+            ops.relu_forward, ops.relu_backward)
         tfwd = (lambda x: F.gelu(x, approximate="tanh")) if op == "gelu" else (
             lambda x: F.relu(x))
         n = N * F4
@@ -147,16 +143,16 @@ def make_case(op, B, T, C, NH, V, seed=0):
             xp = get_array_module(x)
             if xp.__name__ not in rngs:
                 rngs[xp.__name__] = xp.random.default_rng(0)
-            return dropout_forward(x, DROPOUT_P, rngs[xp.__name__])
+            return ops.dropout_forward(x, DROPOUT_P, rngs[xp.__name__])
 
         return Case(op, {"x": randn(B, T, C)}, ("x",), forward,
-                    lambda d, c: (dropout_backward(d, c),),
+                    lambda d, c: (ops.dropout_backward(d, c),),
                     lambda x: F.dropout(x, DROPOUT_P, training=True),
                     2.0 * N * C * f32, 3.0 * N * C * f32, "GB/s")
     if op == "cross_entropy":  # fused softmax + log-loss over (B, T, V)
         return Case(op, {"logits": randn(B, T, V) * 3, "targets": rng.integers(0, V, (B, T))},
-                    ("logits",), cross_entropy_forward,
-                    lambda d, c: (cross_entropy_backward(d, c),),
+                    ("logits",), ops.cross_entropy_forward,
+                    lambda d, c: (ops.cross_entropy_backward(d, c),),
                     lambda logits, targets: F.cross_entropy(logits.reshape(-1, V),
                                                             targets.reshape(-1)),
                     1.0 * N * V * f32, 2.0 * N * V * f32, "GB/s")
@@ -296,6 +292,23 @@ def with_fused(impls, kernels, op, notes):
     return {**impls, "cupy-fused": ("ours", impls["cupy"][1], pair)}
 
 
+def with_cpu_kernels(impls, op, shape, notes):
+    """impls plus "numpy-cpu" (the numba CPU kernels, kernels.select_ops("cpu")) when op has
+    a CPU kernel for its forward or backward; the case is rebuilt on that op table, so its
+    pair has the xp case's signature."""
+    if not numba_available():
+        note = "numpy-cpu skipped: numba does not import"
+        if note not in notes:
+            notes.append(note)
+        return impls
+    cpu, xp = select_ops("cpu"), select_ops("xp")
+    if all(getattr(cpu, n, None) is getattr(xp, n, None)
+           for n in (f"{op}_forward", f"{op}_backward")):
+        return impls
+    case = make_case(op, **shape, ops=cpu)
+    return {**impls, "numpy-cpu": ("ours", np, (case.forward, case.backward))}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -334,7 +347,8 @@ def main(argv=None):
                 print(f"{size} {op}: skipped (the check needs torch)")
                 continue
             case = make_case(op, **shape)
-            times = bench_case(case, with_fused(impls, kernels, op, notes), args)
+            times = bench_case(case, with_cpu_kernels(with_fused(impls, kernels, op, notes),
+                                                      op, shape, notes), args)
             for pass_name, by_impl in times.items():
                 work = case.work_fwd if pass_name == "forward" else case.work_bwd
                 row = {"size": size, "op": op, "pass": pass_name, "unit": case.unit}
@@ -359,7 +373,8 @@ def main(argv=None):
                 f"{impl} {times['forward'][impl].median:.3f}/"
                 f"{times['backward'][impl].median:.3f} ms" for impl in times["forward"]))
 
-    names = list(impls) + (["cupy-fused"] if any("cupy-fused ms" in r for r in rows) else [])
+    names = list(impls) + [n for n in ("numpy-cpu", "cupy-fused")
+                           if any(f"{n} ms" in r for r in rows)]
     columns = ["size", "op", "pass"] + [(f"{n} ms", f"{n} ms") for n in names]
     columns += [(f"{n} speed", f"{n}: speed vs {OURS_VS_TORCH[n]}") for n in names
                 if OURS_VS_TORCH.get(n) in names]

@@ -3,6 +3,7 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python benchmarks/bench_train_step.py --threads 2
     python benchmarks/bench_train_step.py --steps-memory 1000     # RSS does not grow
+    python benchmarks/bench_train_step.py --profile --impls numpy,numpy-cpu   # per-op ms
     python benchmarks/bench_train_step.py --configs gpu-preset,gpu-large \
         --impls cupy,torch-cuda,torch-compile --precisions float32,tf32,float16   # a GPU
 
@@ -49,7 +50,7 @@ from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_
                                 named_config, pick, pyplot_or_none, rel_error, rss_mib,
                                 save_figure, time_fn, torch_cuda_or_none, torch_or_none,
                                 write_markdown_table)  # noqa: E402
-from tinygrad_char import GPT, AdamW  # noqa: E402
+from tinygrad_char import GPT  # noqa: E402
 from tinygrad_char.train import clip_and_step  # noqa: E402
 from tinygrad_char.model import init_params, param_shapes  # noqa: E402
 from tinygrad_char.parallel import DataParallel  # noqa: E402
@@ -57,22 +58,30 @@ from tinygrad_char.precision import LossScaler, dtypes, set_tf32  # noqa: E402
 
 LOSS_RTOL = 1e-4  # float32 loss of two libraries on the same batch and weights
 ADAM_EPS = 1e-8
-# numpy-dp: the batch split over --threads processes (--workers); cupy-fused: --kernels fused
-OURS = ("numpy", "numpy-dp", "cupy", "cupy-fused")
-TORCH_TWIN = {"numpy": "torch", "numpy-dp": "torch", "cupy": "torch-cuda",
+# numpy: the xp ops; numpy-cpu: --kernels cpu (the numba kernels); numpy-dp, numpy-cpu-dp:
+# the same with the batch split over --threads processes (--workers); cupy-fused: --kernels
+# fused
+OURS = ("numpy", "numpy-cpu", "numpy-dp", "numpy-cpu-dp", "cupy", "cupy-fused")
+TORCH_TWIN = {"numpy": "torch", "numpy-cpu": "torch", "numpy-dp": "torch",
+              "numpy-cpu-dp": "torch", "cupy": "torch-cuda",
               "cupy-fused": "torch-cuda"}  # the reference of "speed vs torch"
+DATA_PARALLEL = ("numpy-dp", "numpy-cpu-dp")
+IMPL_MODEL = {"numpy": ("numpy", "xp"), "numpy-cpu": ("numpy", "cpu"),
+              "numpy-dp": ("numpy", "xp"), "numpy-cpu-dp": ("numpy", "cpu"),
+              "cupy": ("cupy", "xp"), "cupy-fused": ("cupy", "fused")}  # backend, kernels
+
+
 def ours_model(impl, model_cfg, compute_dtype=None):
-    """Our GPT for one of OURS: numpy-dp is the NumPy model (split by the caller),
-    cupy-fused the CuPy model with kernels="fused"."""
-    backend, kernels = {"numpy-dp": ("numpy", "xp"),
-                        "cupy-fused": ("cupy", "fused")}.get(impl, (impl, "xp"))
+    """Our GPT for one of OURS (IMPL_MODEL: its backend and kernels mode); the -dp ones
+    are the NumPy model, split over processes by the caller."""
+    backend, kernels = IMPL_MODEL[impl]
     return GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype,
                kernels=kernels)
 
 
-ALL_IMPLS = ["numpy", "numpy-dp", "torch", "cupy", "cupy-fused", "torch-cuda",
-             "torch-compile"]
-CPU_IMPLS = ("numpy", "numpy-dp", "torch")
+ALL_IMPLS = ["numpy", "numpy-cpu", "numpy-dp", "numpy-cpu-dp", "torch", "cupy", "cupy-fused",
+             "torch-cuda", "torch-compile"]
+CPU_IMPLS = ("numpy", "numpy-dp", "torch", "numpy-cpu", "numpy-cpu-dp")
 PRECISIONS = ("float32", "tf32", "float16")
 GPU_ONLY_CONFIGS = ("gpu-preset", "gpu-large")
 
@@ -123,17 +132,18 @@ def torch_update(torch, model, opt, scaler, grad_clip):
 
 def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float32",
              workers=2):
-    """Time warmup + repeat steps of our GPT (impl "numpy", "numpy-dp", "cupy" or
-    "cupy-fused"); returns ({phase: [ms]}, memory dict). numpy-dp: the batch split over
-    `workers` processes of one BLAS thread each (the training loop's --workers); its forward
-    and backward run together and are timed as "forward", "backward" is 0. float16: the
-    training loop's mixed-precision step (scaled backward, float32 unscale, clip, AdamW
-    unless the gradients overflowed); tf32 must be set by the caller."""
+    """Time warmup + repeat steps of our GPT (one of OURS); returns ({phase: [ms]},
+    memory dict). The optimizer is the model's (model.ops.AdamW: optim.AdamW for xp, the
+    fused one of its kernels mode otherwise), as the training loop makes it. -dp: the batch
+    split over `workers` processes of one BLAS thread each (the training loop's --workers);
+    its forward and backward run together and are timed as "forward", "backward" is 0.
+    float16: the training loop's mixed-precision step (scaled backward, float32 unscale,
+    clip, AdamW unless the gradients overflowed); tf32 must be set by the caller."""
     _, compute_dtype = dtypes(precision)
     model = ours_model(impl, model_cfg, compute_dtype)
-    parallel = DataParallel(model, workers) if impl == "numpy-dp" else None
+    parallel = DataParallel(model, workers) if impl in DATA_PARALLEL else None
     scaler = LossScaler() if compute_dtype else None
-    opt = AdamW(model.params, lr=train_cfg.learning_rate,
+    opt = model.ops.AdamW(model.params, lr=train_cfg.learning_rate,
                 betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
                 weight_decay=train_cfg.weight_decay)
     xp, sync = model.xp, model.backend.synchronize
@@ -270,7 +280,7 @@ def check_losses(model_cfg, batch, impls, torch):
 
     cfg = replace(model_cfg, dropout=0.0)
     losses = {}
-    for impl in [b for b in OURS if b in impls and b != "numpy-dp"]:  # dp: numpy's loss
+    for impl in [b for b in OURS if b in impls and b not in DATA_PARALLEL]:  # dp: numpy's
         model = ours_model(impl, cfg)
         xp = model.xp
         _, loss = model.forward(xp.asarray(batch[0]), xp.asarray(batch[1]))
@@ -285,8 +295,8 @@ def check_losses(model_cfg, batch, impls, torch):
                 _, loss = twin(torch.as_tensor(batch[0], device=device),
                                torch.as_tensor(batch[1], device=device))
             losses[impl] = float(loss)
-    pairs = [("numpy", "torch"), ("cupy", "torch-cuda"), ("cupy", "numpy"),
-             ("cupy-fused", "cupy")]
+    pairs = [("numpy", "torch"), ("numpy-cpu", "torch"), ("numpy-cpu", "numpy"),
+             ("cupy", "torch-cuda"), ("cupy", "numpy"), ("cupy-fused", "cupy")]
     for ours, ref in pairs:
         if ours in losses and ref in losses:
             err = rel_error(losses[ours], losses[ref])
@@ -299,6 +309,102 @@ def check_losses(model_cfg, batch, impls, torch):
     return losses
 
 
+# -- the per-op profile mode ----------------------------------------------------------------
+
+def profile_ops(impl, model_cfg, train_cfg, batch, warmup, repeat):
+    """Where each millisecond of a step goes: every op of model.ops (forward and backward
+    separately), the clip and the optimizer step, timed inside `repeat` steps after
+    `warmup`, as ms per step (the mean over the timed steps: per-op times are too short
+    for a median to mean much). "rest of the step" is the step's time minus the ops' (the
+    model's own array work: residual adds, the position table's batch sum, Python).
+    NumPy impls only (no device synchronisation). Returns {name: ms per step}."""
+    import collections
+    from types import SimpleNamespace
+
+    from tinygrad_char.optim import clip_grad_norm
+
+    model = ours_model(impl, model_cfg)
+    opt = model.ops.AdamW(model.params, lr=train_cfg.learning_rate,
+                          betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
+                          weight_decay=train_cfg.weight_decay)
+    spent = collections.defaultdict(float)
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            spent[name] += time.perf_counter() - t0
+            return result
+        return run
+
+    ops = model.ops
+    model.ops = SimpleNamespace(**{name: timed(name, fn) if callable(fn) and name != "AdamW"
+                                   else fn for name, fn in vars(ops).items()})
+    idx, targets = batch
+    step_total = 0.0
+    for step in range(warmup + repeat):
+        if step == warmup:
+            spent.clear()
+            step_total = 0.0
+        t0 = time.perf_counter()
+        _, loss = model.forward(idx, targets)
+        grads = model.backward()
+        t1 = time.perf_counter()
+        clip_grad_norm(grads, train_cfg.grad_clip)
+        t2 = time.perf_counter()
+        opt.step(grads)
+        t3 = time.perf_counter()
+        spent["clip_grad_norm"] += t2 - t1
+        spent["AdamW.step"] += t3 - t2
+        step_total += t3 - t0
+    result = {name: 1e3 * t / repeat for name, t in sorted(spent.items(), key=lambda kv: -kv[1])}
+    result["rest of the step"] = 1e3 * step_total / repeat - sum(result.values())
+    result["step"] = 1e3 * step_total / repeat
+    return result
+
+
+def write_profile(args, configs, impls, machine, out_dir):
+    """--profile: per-op profiles of the NumPy impls on each config, side by side, to
+    <out>/step_profile.md and step_profile.jsonl."""
+    wanted = [i for i in impls if i in ("numpy", "numpy-cpu")]
+    if not wanted:
+        print("--profile: needs --impls numpy and/or numpy-cpu")
+        return []
+    rows = []
+    for name, train_cfg, model_cfg in available_named_configs(configs, args.vocab_size, []):
+        if name in GPU_ONLY_CONFIGS and not args.include_gpu_preset_on_cpu:
+            continue
+        batch = make_batch(model_cfg, train_cfg.batch_size)
+        profiles = {impl: profile_ops(impl, model_cfg, train_cfg, batch, args.warmup,
+                                      args.repeat) for impl in wanted}
+        names = list(dict.fromkeys(n for p in profiles.values() for n in p))
+        for op in names:
+            row = {"config": name, "op": op}
+            for impl, prof in profiles.items():
+                row[f"{impl} ms"] = prof.get(op, 0.0)
+                row[f"{impl} %"] = 100.0 * prof.get(op, 0.0) / prof["step"]
+            rows.append(row)
+        append_jsonl(out_dir / "step_profile.jsonl",
+                     {"bench": "step_profile", "config": name, "model": model_cfg.to_dict(),
+                      "batch_size": train_cfg.batch_size, "threads": args.threads,
+                      "repeat": args.repeat, "warmup": args.warmup, "profiles": profiles},
+                     machine)
+        for impl, prof in profiles.items():
+            print(f"{name} {impl}: " + ", ".join(f"{k} {v:.2f}" for k, v in prof.items()))
+    columns = ["config", "op"] + [(f"{i} {u}", f"{i} {u}") for i in wanted for u in ("ms", "%")]
+    header = [machine_summary(machine),
+              f"ms per step, the mean over {args.repeat} steps after {args.warmup} warm-up "
+              f"steps, {args.threads} threads; each op of model.ops timed where the model "
+              "calls it (forward and backward separately), linear = the matmuls and their "
+              "bias adds; 'rest of the step' = step - the ops listed (residual adds, "
+              "Python). numpy = the xp ops, numpy-cpu = --kernels cpu."]
+    text = write_markdown_table(out_dir / "step_profile.md", rows, columns,
+                                "Where a training step's time goes", header)
+    print()
+    print(text)
+    return rows
+
+
 # -- the memory-growth mode ----------------------------------------------------------------
 
 def steps_memory(args, name, model_cfg, train_cfg, backend, machine, out_dir):
@@ -307,7 +413,7 @@ def steps_memory(args, name, model_cfg, train_cfg, backend, machine, out_dir):
     n = args.steps_memory
     checkpoints = sorted({min(10, n), n // 2, n} - {0})
     model = GPT(model_cfg, backend=backend, seed=0)
-    opt = AdamW(model.params, lr=train_cfg.learning_rate,
+    opt = model.ops.AdamW(model.params, lr=train_cfg.learning_rate,
                 betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
                 weight_decay=train_cfg.weight_decay)
     batch = make_batch(model_cfg, train_cfg.batch_size)
@@ -359,6 +465,9 @@ def main(argv=None):
     p.add_argument("--steps-memory", type=int, default=0, metavar="N",
                    help="instead: run N steps of ours on the first config, report RSS at "
                         "steps 10, N/2 and N")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: time every op inside the step (numpy and numpy-cpu) and "
+                        "write step_profile.md / .jsonl")
     args = p.parse_args(argv)
     configs = pick(p, args.configs, NAMED_CONFIGS, "config")
     wanted = pick(p, args.impls, ALL_IMPLS, "implementation")
@@ -367,12 +476,19 @@ def main(argv=None):
     torch = torch_or_none() if any(i.startswith("torch") for i in wanted) else None
     cupy, cupy_why = cupy_or_none()
     torch_cuda = torch_cuda_or_none(torch)
-    available = {"numpy": True, "numpy-dp": args.threads >= 2, "torch": torch is not None,
+    from tinygrad_char.cpu_kernels import numba_available
+
+    available = {"numpy": True, "numpy-cpu": numba_available(),
+                 "numpy-dp": args.threads >= 2,
+                 "numpy-cpu-dp": args.threads >= 2 and numba_available(),
+                 "torch": torch is not None,
                  "cupy": cupy is not None,
                  "cupy-fused": cupy is not None, "torch-cuda": torch_cuda is not None,
                  "torch-compile": torch_cuda is not None}
     no_cuda = "torch not installed" if torch is None else "no CUDA device for torch"
     reasons = {"numpy-dp": "one process per thread: needs --threads 2 or more",
+               "numpy-cpu": "numba does not import (the CPU kernels need it)",
+               "numpy-cpu-dp": "needs numba and --threads 2 or more",
                "torch": "torch not installed", "cupy": cupy_why and cupy_why.split(";")[0],
                "cupy-fused": cupy_why and cupy_why.split(";")[0],
                "torch-cuda": no_cuda,
@@ -390,6 +506,8 @@ def main(argv=None):
     for note in notes:
         print(note)
 
+    if args.profile:
+        return write_profile(args, configs, impls, machine, out_dir)
     if args.steps_memory:
         loaded = named_config(configs[0], args.vocab_size)
         if loaded is None:
@@ -493,9 +611,11 @@ def main(argv=None):
               f"Median over {args.repeat} steps after {args.warmup} warm-up steps, "
               f"{args.threads} threads. Step = forward + backward + clip + AdamW. "
               f"speed vs torch = {SPEED_RULE}, against torch eager on the same device. "
-              f"numpy-dp = ours on NumPy with the batch split over {args.threads} processes "
-              "of one BLAS thread each (--workers); its forward and backward run together, "
-              "in the forward column. "
+              "numpy = ours on NumPy with the xp ops, numpy-cpu with the numba CPU kernels "
+              "(--kernels cpu); "
+              f"numpy-dp and numpy-cpu-dp = the same with the batch split over {args.threads} "
+              "processes of one BLAS thread each (--workers); their forward and backward run "
+              "together, in the forward column. "
               f"Peak RSS is the process's high-water mark so far (run one --impls at a time "
               f"for a clean figure).",
               "Configs: " + "; ".join(shapes),

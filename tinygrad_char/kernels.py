@@ -1,5 +1,7 @@
 """The fused CUDA kernels of `kernels/*.cu`, wrapped as drop-in twins of the xp ops, and
-`select_ops`, the one place that decides which implementation of each op runs.
+`select_ops`, the one place that decides which implementation of each op runs (the xp
+ops, these CUDA kernels, or the numba CPU kernels of `tinygrad_char/cpu_kernels/`, which
+follow the same conventions with a `cpu_kernels.CpuCache`).
 
 Each wrapper has the signature and return convention of the xp op it replaces (its twin,
 and its oracle in tests/test_kernels.py):
@@ -41,7 +43,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import activations, attention, cross_entropy, dropout, embedding, layernorm, linear, optim
+from . import (activations, attention, cross_entropy, dropout, embedding, layernorm, linear,
+               optim, rope)
 from .backend import BackendError, get_array_module
 
 FIX = "use --kernels xp"
@@ -491,7 +494,8 @@ class FusedAdamW(optim.AdamW):
 
 # -- dispatch ---------------------------------------------------------------------------
 
-KERNEL_MODES = ("xp", "fused")
+KERNEL_MODES = ("auto", "xp", "fused", "cpu")
+CPU_FIX = 'install numba (pip install numba, or reinstall tinygrad-char), or use --kernels xp'
 
 
 def _xp_ops():
@@ -504,14 +508,25 @@ def _xp_ops():
         linear_backward=linear.linear_backward,
         layernorm_forward=layernorm.layernorm_forward,
         layernorm_backward=layernorm.layernorm_backward,
+        rmsnorm_forward=layernorm.rmsnorm_forward,
+        rmsnorm_backward=layernorm.rmsnorm_backward,
+        rope_forward=rope.rope_forward,
+        rope_backward=rope.rope_backward,
         attention_forward=attention.attention_forward,
         attention_backward=attention.attention_backward,
+        gqa_attention_forward=attention.gqa_attention_forward,
+        gqa_attention_backward=attention.gqa_attention_backward,
+        cached_attention_forward=attention.cached_attention_forward,
         gelu_forward=activations.gelu_forward,
         gelu_backward=activations.gelu_backward,
         gelu_bias_forward=gelu_bias_forward_xp,
         gelu_bias_backward=gelu_bias_backward_xp,
         relu_forward=activations.relu_forward,
         relu_backward=activations.relu_backward,
+        gelu_exact_forward=activations.gelu_exact_forward,
+        gelu_exact_backward=activations.gelu_exact_backward,
+        swiglu_forward=activations.swiglu_forward,
+        swiglu_backward=activations.swiglu_backward,
         dropout_forward=dropout.dropout_forward,
         dropout_backward=dropout.dropout_backward,
         cross_entropy_forward=cross_entropy.cross_entropy_forward,
@@ -538,14 +553,67 @@ def _fused_ops():
     )
 
 
-def select_ops(mode):
-    """The op functions for kernels mode "xp" or "fused", as a namespace with the same
-    attribute names in both modes (ops.layernorm_forward, ..., ops.AdamW).
+def _cpu_ops():
+    """The numba CPU kernels (tinygrad_char/cpu_kernels/) by the names of their twins;
+    empty when numba does not import."""
+    from . import cpu_kernels
 
-    This is the one place dispatch is decided. "xp": the tinygrad_char op modules, on
-    NumPy or CuPy. "fused": the wrappers of this module where a kernel exists, the xp ops
-    elsewhere (linear: cuBLAS through CuPy already; dropout, embedding forward, ReLU);
-    it needs CuPy and a working GPU and raises BackendError saying so otherwise.
+    return cpu_kernels.ops() if cpu_kernels.numba_available() else {}
+
+
+def _first_array(obj):
+    """The first array in obj: obj itself, or the first array inside a cache (a dict, or a
+    tuple), or None (a Python number)."""
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        for item in obj:
+            found = _first_array(item)
+            if found is not None:
+                return found
+        return None
+    return obj if hasattr(obj, "dtype") and hasattr(obj, "shape") else None
+
+
+def _by_array_type(cpu_op, gpu_op):
+    """One op that runs `gpu_op` on CuPy arrays and `cpu_op` otherwise, deciding on the
+    first array among its arguments (x, qkv, logits, dy; for cross_entropy_backward, whose
+    first argument is the number dloss, the cache's)."""
+    def op(*args, **kwargs):
+        return (gpu_op if _on_device(_first_array(args)) else cpu_op)(*args, **kwargs)
+
+    op.__name__ = getattr(cpu_op, "__name__", "op")
+    op.__doc__ = f"auto: {gpu_op.__module__}.{gpu_op.__name__} on CuPy arrays, " \
+                 f"{cpu_op.__module__}.{cpu_op.__name__} otherwise."
+    return op
+
+
+def _auto_adamw(cpu_cls, gpu_cls):
+    def make(params, *args, **kwargs):
+        first = next(iter(params.values()), None)
+        cls = gpu_cls if first is not None and _on_device(first) else cpu_cls
+        return cls(params, *args, **kwargs)
+
+    make.__doc__ = f"auto: {gpu_cls.__name__} for CuPy parameters, {cpu_cls.__name__} otherwise."
+    return make
+
+
+def select_ops(mode):
+    """The op functions for a kernels mode, as a namespace with the same attribute names
+    in every mode (ops.layernorm_forward, ..., ops.AdamW).
+
+    This is the one place dispatch is decided:
+    - "xp": the tinygrad_char op modules, on NumPy or CuPy (the readable reference).
+    - "fused": the CUDA wrappers of this module where a kernel exists, the xp ops elsewhere
+      (linear: cuBLAS through CuPy already; dropout, embedding forward, ReLU); needs CuPy
+      and a working GPU, and raises BackendError saying so otherwise.
+    - "cpu": the numba kernels of cpu_kernels/ where one exists, the xp ops elsewhere
+      (linear: NumPy's BLAS already; dropout, embedding forward); needs numba, and raises
+      BackendError naming the fix otherwise.
+    - "auto" (the default): per call, by the arrays' type: the CUDA kernels on CuPy arrays,
+      the numba kernels on NumPy arrays when numba imports, the xp ops otherwise. Every
+      wrapper also falls back to its twin for inputs its kernel does not take (float16,
+      float64 where a kernel is float32 only), so "auto" runs wherever "xp" does.
     """
     if mode == "xp":
         return SimpleNamespace(mode="xp", **_xp_ops())
@@ -558,4 +626,22 @@ def select_ops(mode):
             raise BackendError(f"kernels 'fused' need a CUDA GPU with CuPy ({e}); "
                                f"or {FIX}") from None
         return SimpleNamespace(mode="fused", **{**_xp_ops(), **_fused_ops()})
+    if mode == "cpu":
+        cpu = _cpu_ops()
+        if not cpu:
+            raise BackendError(f"kernels 'cpu' need numba, which does not import here; "
+                               f"{CPU_FIX}")
+        return SimpleNamespace(mode="cpu", **{**_xp_ops(), **cpu})
+    if mode == "auto":
+        cpu = {**_xp_ops(), **_cpu_ops()}  # numba kernels where they exist, else xp
+        gpu = {**_xp_ops(), **_fused_ops()}
+        ops = {}
+        for name, cpu_op in cpu.items():
+            if name == "AdamW":
+                ops[name] = _auto_adamw(cpu_op, gpu[name])
+            elif cpu_op is gpu[name]:
+                ops[name] = cpu_op  # one implementation for both (linear, dropout, ...)
+            else:
+                ops[name] = _by_array_type(cpu_op, gpu[name])
+        return SimpleNamespace(mode="auto", **ops)
     raise ValueError(f"unknown kernels mode {mode!r}: choose one of {KERNEL_MODES}")

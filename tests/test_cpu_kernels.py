@@ -1,0 +1,446 @@
+"""The numba CPU kernels (tinygrad_char/cpu_kernels/) against their xp twins, the dispatch
+of kernels.select_ops for modes "cpu" and "auto", and the package without numba.
+
+Every kernel runs on awkward shapes (T = 1, T = block_size, C not a multiple of the 8-float
+vector width, V = 1 and a large V, ignored targets, logits near +-1000), forward and
+backward. Errors are measured normwise, max|got - want| / max|want|, so that entries
+near zero (masked probabilities, far-off classes) do not need an absolute tolerance:
+
+- float32: 1e-5. The kernels sum in another order than NumPy/BLAS and use the
+  approximations of cpu_kernels/_jit.py (exp 3e-7, tanh 3e-7 worst error); measured errors
+  are 1e-7 to 3e-6 (GELU's backward is the largest: h (1 - h) amplifies tanh's error).
+- float64 (LayerNorm, ReLU, embedding, AdamW): 1e-12, the same math in another order.
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tinygrad_char import activations, attention, cross_entropy, embedding, kernels, layernorm
+from tinygrad_char import optim
+from tinygrad_char.cpu_kernels import CpuCache, numba_available
+from tinygrad_char.model import GPT, GPTConfig
+
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(not numba_available(),
+                                reason="numba does not import here (the CPU kernels need it)")
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+BLOCK_SIZE = 64  # the T = block_size case of the tests below
+
+
+def cpu():
+    from tinygrad_char.cpu_kernels import _jit, adamw, attention as k_att  # noqa: F401
+    from tinygrad_char.cpu_kernels import cross_entropy as k_ce, embedding as k_emb
+    from tinygrad_char.cpu_kernels import gelu as k_gelu, layernorm as k_ln
+    return _jit, adamw, k_att, k_ce, k_emb, k_gelu, k_ln
+
+
+def assert_close(name, got, want, dtype=np.float32, floor=1e-30):
+    """Normwise: max|got - want| <= TOL * max(max|want|, floor); floor for results that
+    are zero in exact arithmetic (LayerNorm's dx when C = 1)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}"
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, expected {want.dtype}"
+    assert np.all(np.isfinite(got)), f"{name}: non-finite values"
+    err = float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0))
+    scale = max(float(np.max(np.abs(want), initial=0.0)), floor)
+    assert err <= TOL[dtype] * scale, \
+        f"{name}: max abs error {err:.3e} is {err / scale:.2e} of max |want| " \
+        f"{scale:.3e} (tolerance {TOL[dtype]:g})"
+
+
+def randn(rng, shape, dtype=np.float32, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+# == the vectorised math =======================================================================
+
+def test_tanh_approximation_worst_error_is_as_stated():
+    _jit = cpu()[0]
+    x = np.linspace(-20.0, 20.0, 400_001, dtype=np.float32)
+    x = np.concatenate([x, np.float32([0.0, -0.0, 1e-30, _jit.TANH_CLAMP, -_jit.TANH_CLAMP])])
+    out = np.empty_like(x)
+    _jit.tanh_array(x, out)
+    err = np.abs(out.astype(np.float64) - np.tanh(x.astype(np.float64)))
+    worst = float(err.max())
+    assert worst <= _jit.TANH_MAX_ABS_ERROR, \
+        f"tanh_approx: worst abs error {worst:.3e} at x={x[err.argmax()]}, stated " \
+        f"{_jit.TANH_MAX_ABS_ERROR:.1e}"
+    assert np.all(np.abs(out) <= 1.0), "tanh_approx: |tanh| exceeds 1"
+    assert out[x >= _jit.TANH_CLAMP].min() == 1.0, "tanh_approx: not exactly 1 when saturated"
+    # near 0 the error is relative (tanh x ~ x): GELU's small activations keep their digits
+    small = (np.abs(x) < 0.1) & (x != 0)
+    rel = err[small] / np.abs(np.tanh(x[small].astype(np.float64)))
+    assert rel.max() < 1e-6, f"tanh_approx: relative error {rel.max():.2e} near 0"
+
+
+def test_exp_approximation_error():
+    _jit = cpu()[0]
+    x = np.linspace(-87.0, 0.0, 400_001, dtype=np.float32)
+    out = np.empty_like(x)
+    _jit.exp_array(x, out)
+    want = np.exp(x.astype(np.float64))
+    rel = float((np.abs(out - want) / want).max())
+    assert rel < 5e-7, f"exp_into: worst relative error {rel:.2e} on [-87, 0]"
+    special = np.float32([-np.inf, -1000.0, -88.0, 0.0])
+    _jit.exp_array(special, out[:4])
+    assert list(out[:4]) == [0.0, 0.0, 0.0, 1.0], f"exp_into at -inf/-1000/-88/0: {out[:4]}"
+
+
+# == LayerNorm =================================================================================
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1, 5), (2, BLOCK_SIZE, 33), (3, 7, 128), (4, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_layernorm_kernel(shape, bias, dtype):
+    k_ln = cpu()[6]
+    rng = np.random.default_rng(1)
+    C = shape[-1]
+    x = randn(rng, shape, dtype, 3.0) + dtype(2.0)
+    w, b = randn(rng, (C,), dtype), (randn(rng, (C,), dtype) if bias else None)
+    dy = randn(rng, shape, dtype)
+    x0 = x.copy()
+    y, cache = k_ln.layernorm_forward(x, w, b)
+    assert isinstance(cache, CpuCache)
+    y0, cache0 = layernorm.layernorm_forward(x, w, b)
+    assert_close("layernorm y", y, y0, dtype)
+    dx, dw, db = k_ln.layernorm_backward(dy, cache)
+    dx0, dw0, db0 = layernorm.layernorm_backward(dy, cache0)
+    assert_close("layernorm dx", dx, dx0, dtype, floor=1.0 if C == 1 else 1e-30)
+    assert_close("layernorm dw", dw, dw0, dtype)
+    assert (db is None) == (not bias)
+    if bias:
+        assert_close("layernorm db", db, db0, dtype)
+    np.testing.assert_array_equal(x, x0, err_msg="layernorm_forward modified its input")
+
+
+def test_layernorm_kernel_takes_a_non_contiguous_input():
+    k_ln = cpu()[6]
+    rng = np.random.default_rng(2)
+    x = randn(rng, (3, 10, 8)).transpose(1, 0, 2)  # (10, 3, 8), not contiguous
+    w, b = randn(rng, (8,)), randn(rng, (8,))
+    y, cache = k_ln.layernorm_forward(x, w, b)
+    assert_close("layernorm y (strided x)", y, layernorm.layernorm_forward(x, w, b)[0])
+
+
+# == attention =================================================================================
+
+@pytest.mark.parametrize("B, T, NH, hs", [(2, 1, 2, 4), (1, 5, 1, 3), (3, 17, 2, 5),
+                                          (2, BLOCK_SIZE, 4, 32)])
+@pytest.mark.parametrize("dropout, training", [(0.0, True), (0.25, True), (0.25, False)])
+def test_attention_kernel(B, T, NH, hs, dropout, training):
+    k_att = cpu()[2]
+    rng = np.random.default_rng(3)
+    qkv = randn(rng, (B, T, 3 * NH * hs), scale=2.0)
+    dy = randn(rng, (B, T, NH * hs))
+    qkv0 = qkv.copy()
+    # the same seed for both: the kernel must draw (and apply) the twin's dropout mask
+    y, cache = k_att.attention_forward(qkv, NH, dropout, np.random.default_rng(7), training)
+    assert isinstance(cache, CpuCache)
+    y0, cache0 = attention.attention_forward(qkv, NH, dropout, np.random.default_rng(7),
+                                             training)
+    assert_close(f"attention y (dropout {dropout}, training {training})", y, y0)
+    assert_close("attention dqkv", k_att.attention_backward(dy, cache),
+                 attention.attention_backward(dy, cache0))
+    np.testing.assert_array_equal(qkv, qkv0, err_msg="attention_forward modified its input")
+
+
+def test_attention_kernel_probabilities_are_causal_and_stable():
+    k_att = cpu()[2]
+    rng = np.random.default_rng(4)
+    qkv = randn(rng, (1, 9, 3 * 8), scale=300.0)  # scores in the thousands: exp must not overflow
+    y, cache = k_att.attention_forward(qkv, 2)
+    P = cache["P"]
+    assert np.all(np.isfinite(y)), "attention with huge scores gave non-finite y"
+    assert np.all(np.triu(P[0, 0], k=1) == 0.0), "attention: a query saw a future key"
+    np.testing.assert_allclose(P.sum(axis=-1), 1.0, rtol=1e-6, err_msg="rows do not sum to 1")
+    assert_close("attention y, huge scores", y, attention.attention_forward(qkv, 2)[0])
+
+
+# == GELU, GELU + bias, ReLU ===================================================================
+
+SHAPES = [(1, 1, 7), (3, 5, 33), (2, BLOCK_SIZE, 512)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gelu_kernel(shape):
+    k_gelu = cpu()[5]
+    rng = np.random.default_rng(5)
+    x = randn(rng, shape, scale=4.0)
+    x.reshape(-1)[:3] = [20.0, -20.0, 0.0]  # saturated both ways, and 0
+    dy = randn(rng, shape)
+    y, cache = k_gelu.gelu_forward(x)
+    y0, cache0 = activations.gelu_forward(x)
+    assert_close("gelu y", y, y0)
+    assert_close("gelu dx", k_gelu.gelu_backward(dy, cache), activations.gelu_backward(dy, cache0))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gelu_bias_kernel(shape):
+    k_gelu = cpu()[5]
+    rng = np.random.default_rng(6)
+    x, b, dy = randn(rng, shape, scale=3.0), randn(rng, shape[-1:]), randn(rng, shape)
+    y, cache = k_gelu.gelu_bias_forward(x, b)
+    y0, cache0 = kernels.gelu_bias_forward_xp(x, b)
+    assert_close("gelu+bias y", y, y0)
+    (dx, db), (dx0, db0) = k_gelu.gelu_bias_backward(dy, cache), \
+        kernels.gelu_bias_backward_xp(dy, cache0)
+    assert_close("gelu+bias dx", dx, dx0)
+    assert_close("gelu+bias db", db, db0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernel(dtype):
+    k_gelu = cpu()[5]
+    rng = np.random.default_rng(7)
+    x, dy = randn(rng, (3, 5, 33), dtype), randn(rng, (3, 5, 33), dtype)
+    x.reshape(-1)[0] = 0.0
+    y, cache = k_gelu.relu_forward(x)
+    y0, cache0 = activations.relu_forward(x)
+    np.testing.assert_array_equal(y, y0, err_msg="relu y")
+    np.testing.assert_array_equal(k_gelu.relu_backward(dy, cache),
+                                  activations.relu_backward(dy, cache0), err_msg="relu dx")
+
+
+# == cross-entropy =============================================================================
+
+@pytest.mark.parametrize("N, V", [(1, 1), (7, 1), (5, 65), (2 * BLOCK_SIZE, 65), (3, 50_000)])
+@pytest.mark.parametrize("dloss", [1.0, 0.5])
+def test_cross_entropy_kernel(N, V, dloss):
+    k_ce = cpu()[3]
+    rng = np.random.default_rng(8)
+    logits = randn(rng, (N, V), scale=4.0)
+    targets = rng.integers(0, V, size=N)
+    if N > 2:
+        targets[1] = -1  # ignored
+    y, cache = k_ce.cross_entropy_forward(logits, targets)
+    y0, cache0 = cross_entropy.cross_entropy_forward(logits, targets)
+    assert_close(f"cross-entropy loss N={N} V={V}", y, y0)
+    assert_close("cross-entropy dlogits", k_ce.cross_entropy_backward(dloss, cache),
+                 cross_entropy.cross_entropy_backward(dloss, cache0))
+
+
+def test_cross_entropy_kernel_extremes():
+    k_ce = cpu()[3]
+    logits = np.float32([[-1000.0, 1.0, 1000.0], [1000.0, 1000.0, -1000.0],
+                         [0.0, 0.0, 0.0], [5.0, -1000.0, 2.0]]).reshape(2, 2, 3)
+    for targets in (np.array([[0, 2], [1, -1]]), np.array([[2, 0], [-1, 1]]),
+                    np.full((2, 2), -1)):
+        y, cache = k_ce.cross_entropy_forward(logits, targets)
+        y0, cache0 = cross_entropy.cross_entropy_forward(logits, targets)
+        assert_close(f"cross-entropy loss, logits +-1000, targets {targets.tolist()}", y, y0)
+        assert_close("cross-entropy dlogits, logits +-1000",
+                     k_ce.cross_entropy_backward(1.0, cache),
+                     cross_entropy.cross_entropy_backward(1.0, cache0))
+
+
+def test_cross_entropy_kernel_rejects_out_of_range_targets():
+    k_ce = cpu()[3]
+    with pytest.raises(IndexError, match=r"targets must be in \[0, 4\)"):
+        k_ce.cross_entropy_forward(np.zeros((2, 4), np.float32), np.array([0, 4]))
+
+
+# == embedding backward ========================================================================
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, T, V, C", [(1, 1, 1, 5), (2, BLOCK_SIZE, 65, 33), (3, 9, 300, 16)])
+def test_embedding_backward_kernel(B, T, V, C, dtype):
+    k_emb = cpu()[4]
+    rng = np.random.default_rng(9)
+    idx = rng.integers(0, min(V, 4), size=(B, T))  # few ids: many repeats
+    dout = randn(rng, (B, T, C), dtype)
+    got = k_emb.embedding_backward(dout, (idx, V))
+    assert_close("embedding dW", got, embedding.embedding_backward(dout, (idx, V)), dtype)
+    np.testing.assert_array_equal(got, k_emb.embedding_backward(dout, (idx, V)),
+                                  err_msg="embedding backward is not bit-reproducible")
+
+
+# == AdamW =====================================================================================
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_cpu_adamw_matches_optim_adamw(dtype, weight_decay):
+    adamw = cpu()[1]
+    rng = np.random.default_rng(10)
+    shapes = {"w": (33, 7), "b": (7,), "e": (1, 1)}
+    mine = {k: randn(rng, s, dtype) for k, s in shapes.items()}
+    ref = {k: v.copy() for k, v in mine.items()}
+    opt = adamw.CpuAdamW(mine, 3e-2, (0.9, 0.99), weight_decay=weight_decay)
+    opt0 = optim.AdamW(ref, 3e-2, (0.9, 0.99), weight_decay=weight_decay)
+    for step in range(4):
+        grads = {k: randn(rng, s, dtype) for k, s in shapes.items()}
+        grads0 = {k: g.copy() for k, g in grads.items()}
+        opt.step(grads, lr=None if step < 2 else 1e-2)
+        opt0.step(grads0, lr=None if step < 2 else 1e-2)
+        np.testing.assert_array_equal(grads["w"], grads0["w"], err_msg="step modified grads")
+    for k in shapes:
+        assert_close(f"AdamW param {k}", mine[k], ref[k], dtype)
+        assert_close(f"AdamW m {k}", opt.m[k], opt0.m[k], dtype)
+        assert_close(f"AdamW v {k}", opt.v[k], opt0.v[k], dtype)
+    # the state round-trips through optim.AdamW's format (what checkpoints hold)
+    state = opt.state_dict()
+    again = adamw.CpuAdamW({k: v.copy() for k, v in mine.items()}, 3e-2, (0.9, 0.99),
+                           weight_decay=weight_decay)
+    again.load_state_dict(state)
+    assert again.step_count == 4
+    for k in shapes:
+        np.testing.assert_array_equal(again.m[k], opt.m[k], err_msg=f"restored m {k}")
+
+
+# == dispatch ==================================================================================
+
+def test_select_ops_cpu_uses_the_kernels():
+    from tinygrad_char import cpu_kernels
+
+    ops = kernels.select_ops("cpu")
+    assert ops.mode == "cpu"
+    for name, op in cpu_kernels.ops().items():
+        assert getattr(ops, name) is op, f"select_ops('cpu').{name} is not the CPU kernel"
+    assert ops.linear_forward is kernels.select_ops("xp").linear_forward
+
+
+def test_select_ops_auto_runs_cpu_kernels_on_numpy():
+    ops = kernels.select_ops("auto")
+    assert ops.mode == "auto"
+    x = np.ones((2, 3, 8), np.float32)
+    _, cache = ops.layernorm_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
+    assert isinstance(cache, CpuCache), "auto on NumPy float32 did not run the CPU kernel"
+    _, cache = ops.cross_entropy_forward(np.zeros((3, 5), np.float32), np.array([0, 1, -1]))
+    assert ops.cross_entropy_backward(1.0, cache).shape == (3, 5)
+    # float16 (mixed precision) has no kernel: the twin runs
+    _, cache = ops.gelu_forward(np.ones((2, 4), np.float16))
+    assert isinstance(cache, tuple)
+    from tinygrad_char.cpu_kernels.adamw import CpuAdamW
+
+    assert isinstance(ops.AdamW({"w": np.ones((2, 2), np.float32)}), CpuAdamW)
+
+
+def test_select_ops_rejects_unknown_mode_listing_the_choices():
+    with pytest.raises(ValueError, match="auto.*xp.*fused.*cpu"):
+        kernels.select_ops("numba")
+
+
+def test_train_config_defaults_to_auto_and_accepts_cpu():
+    from tinygrad_char.config import TrainConfig
+    from tinygrad_char.model import ConfigError
+
+    assert TrainConfig().kernels == "auto"
+    TrainConfig(kernels="cpu").validate()
+    with pytest.raises(ConfigError, match="kernels"):
+        TrainConfig(kernels="numba").validate()
+
+
+# == the whole model ===========================================================================
+
+@pytest.mark.parametrize("variant", [dict(), dict(dropout=0.2), dict(bias=False, tie_weights=False),
+                                     dict(activation="relu", norm="post")])
+def test_model_gradients_with_default_kernels_match_xp(variant):
+    cfg = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=20, **variant)
+    rng = np.random.default_rng(11)
+    idx, targets = rng.integers(0, 11, (3, 16)), rng.integers(0, 11, (3, 16))
+    targets[0, :4] = -1
+    results = {}
+    for mode in ("xp", None):  # None: GPT's default, "auto"
+        model = GPT(cfg, seed=5) if mode is None else GPT(cfg, seed=5, kernels=mode)
+        logits, loss = model.forward(idx, targets)
+        results[model.ops.mode] = (logits, loss, model.backward())
+    assert set(results) == {"xp", "auto"}, f"GPT's default kernels: {set(results)}"
+    (lx, lossx, gx), (la, lossa, ga) = results["xp"], results["auto"]
+    assert_close(f"model logits {variant}", la, lx)
+    assert_close(f"model loss {variant}", lossa, lossx)
+    for name in gx:
+        assert_close(f"model grad {name} {variant}", ga[name], gx[name])
+
+
+def test_model_trains_the_same_with_cpu_kernels():
+    from tinygrad_char.train import clip_and_step
+
+    cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1)
+    rng = np.random.default_rng(12)
+    idx, targets = rng.integers(0, 13, (4, 8)), rng.integers(0, 13, (4, 8))
+    losses = {}
+    for mode in ("xp", "cpu"):
+        model = GPT(cfg, seed=1, kernels=mode)
+        opt = model.ops.AdamW(model.params, 1e-2, (0.9, 0.99), weight_decay=0.1)
+        for step in range(5):
+            model.seed_dropout(step)
+            _, loss = model.forward(idx, targets)
+            clip_and_step(model.backward(), opt, None, 1.0)
+        losses[mode] = float(loss)
+    assert abs(losses["cpu"] - losses["xp"]) < 1e-4 * abs(losses["xp"]), losses
+
+
+# == without numba =============================================================================
+
+HIDE_NUMBA = """
+import sys
+sys.modules["numba"] = None  # import numba now raises ImportError
+import numpy as np
+import tinygrad_char
+from tinygrad_char import kernels
+from tinygrad_char.backend import BackendError
+from tinygrad_char.model import GPT, GPTConfig
+from tinygrad_char.train import clip_and_step
+ops = kernels.select_ops("auto")
+assert ops.layernorm_forward(np.ones((2, 4), np.float32), np.ones(4, np.float32))[1].__class__ \
+    is tuple, "auto without numba must run the xp ops"
+try:
+    kernels.select_ops("cpu")
+    raise SystemExit("select_ops('cpu') without numba did not raise")
+except BackendError as e:
+    assert "numba" in str(e) and "--kernels xp" in str(e), str(e)
+model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8))
+opt = model.ops.AdamW(model.params, 1e-2)
+first = None
+for step in range(5):
+    _, loss = model.forward(np.arange(16).reshape(2, 8) % 7, (np.arange(16).reshape(2, 8) + 1) % 7)
+    first = float(loss) if first is None else first
+    clip_and_step(model.backward(), opt, None, 1.0)
+assert float(loss) < first, (first, float(loss))
+assert "numba" not in [m for m in sys.modules if sys.modules[m] is not None]
+print("ok", model.ops.mode)
+"""
+
+
+def test_package_imports_and_trains_without_numba():
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", HIDE_NUMBA], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=REPO)
+    assert done.returncode == 0 and "ok auto" in done.stdout, \
+        f"without numba: rc {done.returncode}\n{done.stdout}\n{done.stderr[-2000:]}"
+
+
+# == the PyTorch oracle, on both CPU modes =======================================================
+
+@pytest.mark.parametrize("kernels_mode", ["xp", "cpu"])
+@pytest.mark.parametrize("variant", [dict(), dict(activation="relu", norm="post", bias=False),
+                                     dict(tie_weights=False, pos_encoding="sinusoidal")])
+def test_matches_pytorch_autograd_in_both_modes(kernels_mode, variant):
+    torch = pytest.importorskip("torch", reason="torch not installed: the oracle needs it")
+    sys.path.insert(0, str(REPO))
+    from benchmarks.torch_gpt import TorchGPT
+
+    cfg = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=32, **variant)
+    ours = GPT(cfg, seed=5, kernels=kernels_mode)
+    rng = np.random.default_rng(1)
+    for p in ours.params.values():  # break the symmetric init of LayerNorm and biases
+        p += (rng.standard_normal(p.shape) * 0.05).astype(p.dtype)
+    idx, targets = rng.integers(0, 13, size=(3, 16)), rng.integers(0, 13, size=(3, 16))
+    targets[0, :4] = -1
+    logits, loss = ours.forward(idx, targets)
+    grads = ours.backward()
+    twin = TorchGPT(cfg, ours.params, dtype=torch.float32)
+    t_logits, t_loss = twin(torch.as_tensor(idx), torch.as_tensor(targets))
+    t_loss.backward()
+    tol = 1e-4  # conftest.TOL["float32"]: two libraries, another summation order
+    assert float(np.abs(logits - t_logits.detach().numpy()).max()) <= \
+        tol * float(np.abs(t_logits.detach().numpy()).max()), f"{kernels_mode}: logits"
+    assert abs(float(loss) - t_loss.item()) <= tol * abs(t_loss.item()), f"{kernels_mode}: loss"
+    for name, g in twin.named_grads().items():
+        err = float(np.abs(grads[name] - g.numpy()).max()) / float(np.abs(g.numpy()).max())
+        assert err <= tol, f"{kernels_mode}: grad {name} off by {err:.2e} of its max"

@@ -1,0 +1,163 @@
+"""How every CPU kernel is compiled, and the vectorisable math they share.
+
+    @kernel
+    def f(...): ...     # numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH,
+                        #            parallel=PARALLEL)
+
+- cache=True: compiled machine code is kept on disk beside the source (__pycache__), so
+  only the first run of a checkout pays the compile (about 3 s for every kernel in float32
+  on a 2-core EPYC; a warm start 0.3 to 0.6 s: kernels/README.md has the figures).
+- error_model="numpy": a division by zero gives inf/nan as NumPy does instead of raising;
+  numba's default error model checks every division, which stops loops vectorising.
+- FASTMATH: only the flags that let LLVM vectorise reductions and fuse multiply-adds
+  (reassociation, contraction, reciprocals, signed zeros). Not "nnan"/"ninf": the causal
+  mask and overflow checks rely on inf and NaN behaving as IEEE says, and a NaN gradient
+  must stay NaN so that the training loop's divergence check sees it. Not "afn"
+  (approximate library functions): the one approximation used is `tanh_approx`, stated.
+- PARALLEL = False: kernels are written with `prange` over rows (heads, chunks), but
+  compiled serial. On the 2-core machines measured, NumPy's BLAS runs the matmuls on both
+  cores; numba's OpenMP threads spinning between kernels took a step from 45 to ~300 ms,
+  the workqueue layer was slower than serial (50 vs 45 ms). Setting
+  TINYGRAD_CHAR_CPU_PARALLEL=1 before the kernels are imported compiles them parallel
+  (with the workqueue layer unless NUMBA_THREADING_LAYER says otherwise; numba.set_num_threads
+  or cpu_kernels.set_threads sets how many), for machines with cores to spare.
+- The disk cache is keyed on each kernel's own source file: after editing this file, delete
+  tinygrad_char/cpu_kernels/__pycache__/*.nb[ci] (or set NUMBA_CACHE_DIR to a fresh folder),
+  or kernels that inline `exp_poly`/`tanh_approx` keep their old machine code.
+
+No SVML on the machines measured, so `np.exp`/`np.tanh` inside a numba loop are scalar
+library calls: `exp_into` and `tanh_approx` below are written to vectorise.
+"""
+
+import os
+
+import numba
+import numpy as np
+
+PARALLEL = os.environ.get("TINYGRAD_CHAR_CPU_PARALLEL", "0") == "1"
+if PARALLEL and "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's default picks OpenMP where it finds it, whose idle threads spin against
+    # OpenBLAS's; the workqueue layer's threads sleep between kernels
+    numba.config.THREADING_LAYER = "workqueue"
+FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+prange = numba.prange
+
+
+def kernel(fn):
+    """Compile `fn` as a CPU kernel (see the module docstring for the options)."""
+    return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH,
+                      parallel=PARALLEL)(fn)
+
+
+def serial_kernel(fn):
+    """Compile `fn` as a CPU kernel that is serial by design (no prange: a scatter-add whose
+    order must be fixed), with the options of `kernel` but never parallel."""
+    return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH)(fn)
+
+
+def helper(fn):
+    """Compile a small function called from kernels (inlined by LLVM)."""
+    return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")(fn)
+
+
+# -- exp: exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln 2 / 2 --------------------------
+# exp(r) by its Taylor polynomial to degree 7 (|error| < 2e-8 relative on |r| <= 0.347, below
+# float32 rounding), 2^k built in the exponent bits of an int32 buffer viewed as float32.
+# Inputs below EXP_MIN (exp < smallest normal float32) give 0, -inf included; inputs above
+# EXP_MAX are clamped to it (no caller exceeds 0: every use subtracts the row max first).
+LOG2E = 1.4426950408889634
+LN2_HI = 0.693145751953125  # ln 2 split so that k * LN2_HI is exact for |k| < 2^11
+LN2_LO = 1.428606765330187e-06
+EXP_MIN = -87.33
+EXP_MAX = 88.0
+
+
+@helper
+def exp_poly(r):
+    """exp(r) for |r| <= ln 2 / 2, float32: Taylor to degree 7 in Horner form."""
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    return p * r + np.float32(1.0)
+
+
+@helper
+def exp_into(x, out, bits):
+    """out[i] = exp(x[i]) for float32 1-d x, out (may be x itself); bits: int32 scratch of
+    at least x.size. Worst relative error 3e-7 against float64 exp (measured on [-87, 0],
+    and tested)."""
+    n = x.size
+    scale = bits[:n].view(np.float32)
+    for i in range(n):
+        xi = x[i]
+        xi = xi if xi > np.float32(EXP_MIN) else np.float32(EXP_MIN)  # also maps -inf
+        xi = xi if xi < np.float32(EXP_MAX) else np.float32(EXP_MAX)
+        k = np.floor(xi * np.float32(LOG2E) + np.float32(0.5))
+        r = xi - k * np.float32(LN2_HI) - k * np.float32(LN2_LO)
+        bits[i] = (np.int32(k) + np.int32(127)) << 23
+        out[i] = exp_poly(r) if x[i] > np.float32(EXP_MIN) else np.float32(0.0)
+    for i in range(n):
+        out[i] *= scale[i]
+
+
+# -- tanh: Eigen's rational approximation (generic_fast_tanh_float), as PyTorch's CPU ops use
+# tanh(x) ~ x P(x^2) / Q(x^2) on |x| <= TANH_CLAMP (beyond it tanh is 1 in float32).
+# Worst error against np.tanh in float32: TANH_MAX_ABS_ERROR (measured and asserted by
+# tests/test_cpu_kernels.py over a dense grid).
+TANH_CLAMP = 7.90531110763549805
+TANH_MAX_ABS_ERROR = 5e-7  # measured 3.0e-7 on [-20, 20]
+_A1 = 4.89352455891786e-03
+_A3 = 6.37261928875436e-04
+_A5 = 1.48572235717979e-05
+_A7 = 5.12229709037114e-08
+_A9 = -8.60467152213735e-11
+_A11 = 2.00018790482477e-13
+_A13 = -2.76076847742355e-16
+_B0 = 4.89352518554385e-03
+_B2 = 2.26843463243900e-03
+_B4 = 1.18534705686654e-04
+_B6 = 1.19825839466702e-06
+
+
+@helper
+def tanh_approx(x):
+    """tanh of a float32 scalar by the rational approximation above (vectorises); exactly
+    +-1 beyond +-TANH_CLAMP, so that GELU's h (1 - h) is exactly 0 where it saturates."""
+    big = x >= np.float32(TANH_CLAMP)
+    small = x <= np.float32(-TANH_CLAMP)
+    x = x if x < np.float32(TANH_CLAMP) else np.float32(TANH_CLAMP)
+    x = x if x > np.float32(-TANH_CLAMP) else np.float32(-TANH_CLAMP)
+    x2 = x * x
+    p = np.float32(_A13)
+    p = p * x2 + np.float32(_A11)
+    p = p * x2 + np.float32(_A9)
+    p = p * x2 + np.float32(_A7)
+    p = p * x2 + np.float32(_A5)
+    p = p * x2 + np.float32(_A3)
+    p = p * x2 + np.float32(_A1)
+    p = p * x
+    q = np.float32(_B6)
+    q = q * x2 + np.float32(_B4)
+    q = q * x2 + np.float32(_B2)
+    q = q * x2 + np.float32(_B0)
+    t = p / q
+    t = np.float32(1.0) if big else t
+    return np.float32(-1.0) if small else t
+
+
+@kernel
+def exp_array(x, out):
+    """exp_into over a whole 1-d float32 array (for tests and benchmarks)."""
+    bits = np.empty(x.size, np.int32)
+    exp_into(x, out, bits)
+
+
+@kernel
+def tanh_array(x, out):
+    """tanh_approx over a whole 1-d float32 array (for tests and benchmarks)."""
+    for i in range(x.size):
+        out[i] = tanh_approx(x[i])
