@@ -10,30 +10,30 @@ onnxruntime (when installed) and prints the largest relative logits difference f
 Every error is one line "error: ..." on stderr and exit status 2.
 """
 
-import argparse
 import sys
 
 import numpy as np
 
 from tinygrad_char.backend import BackendError
-from tinygrad_char.checkpoint import CheckpointError, load_checkpoint
+from tinygrad_char.checkpoint import load_checkpoint
+from tinygrad_char.cli import Parser, UsageError, check_output_path, run_cli
 from tinygrad_char.onnx_export import OnnxModel, save_onnx
 
 TOLERANCE = 1e-4  # float32 forward vs onnxruntime, relative to the largest logit
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="a .safetensors checkpoint written by training")
     p.add_argument("--out", required=True, metavar="MODEL.onnx", help="file to write")
     args = p.parse_args(argv)
+    check_output_path("--out", args.out)  # before the (slower) load and export
     try:
         model, tokenizer, meta = load_checkpoint(args.checkpoint, dtype="float32")
         proto = save_onnx(model.eval(), tokenizer, args.out, step=meta["step"])
-    except (BackendError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the library's checks: one line each (CheckpointError too)
+        raise UsageError(str(e)) from None
     print(f"wrote {args.out}: opset {proto.opset_import[0].version}, "
           f"{model.num_params():,} parameters, {len(proto.graph.node)} nodes, onnx.checker ok")
 
@@ -58,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -6,32 +6,31 @@
 Each sample is printed as the prompt followed by its continuation. Sample 0 streams to
 stdout as it is generated; with --num-samples N the others follow it, each after a line
 of dashes. --temperature 0 is greedy decoding; --no-cache recomputes the whole context
-every step instead of using the key/value cache (same greedy text, slower).
+every step instead of using the key/value cache (same greedy text, slower). Past the
+context (block_size characters), a model with rope or sinusoidal positions keeps a sliding
+window of cached keys and values (sliding-window attention, at cache speed), while
+--no-cache crops the context to its last block_size characters, so their texts differ there.
 
 A thin script over tinygrad_char.checkpoint and tinygrad_char.sampling: it parses
-arguments, checks them before any output, and prints. No sampling logic lives here.
-Every error is one line "error: ..." on stderr and exit status 2.
+arguments, checks them before any output (the memory the samples need included), and
+prints. No sampling logic lives here. Every error is one line "error: ..." on stderr and
+exit status 2.
 """
 
-import argparse
 import sys
 
-from tinygrad_char.backend import BackendError
-from tinygrad_char.checkpoint import CheckpointError
+import numpy as np
+
+from tinygrad_char.cli import MAX_SEED, Parser, UsageError, float_arg, int_arg, run_cli
+from tinygrad_char.config import check_memory, generation_memory_bytes
 from tinygrad_char.onnx_export import load_for_sampling
 from tinygrad_char.sampling import check_sampling_args, generate_text
 
 SEPARATOR = "-" * 40  # printed on its own line between samples
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # one line, like every other error of this script (argparse adds a usage block)
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def build_parser():
-    p = _Parser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--onnx", metavar="MODEL.onnx", help="sample from this exported model on "
                    "onnxruntime (no KV cache); --checkpoint, if given, must match it")
     p.add_argument("--checkpoint", metavar="PATH",
@@ -41,15 +40,20 @@ def build_parser():
                         help='text to continue (default: "", which starts from a newline)')
     prompt.add_argument("--prompt-file", metavar="FILE",
                         help="read the prompt from this UTF-8 file (for long prompts)")
-    p.add_argument("--max-new-tokens", type=int, default=500,
-                   help="characters generated per sample (default: 500)")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help="< 1 sharpens, > 1 flattens, 0 is greedy (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="keep the K most likely characters")
-    p.add_argument("--top-p", type=float, default=None,
-                   help="keep the most likely characters up to probability mass P")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same text")
-    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: 1)")
+    p.add_argument("--max-new-tokens", type=int_arg(0), default=500, metavar="N",
+                   help="characters generated per sample, >= 0 (default: 500)")
+    p.add_argument("--temperature", type=float_arg(0.0, hint=" (0 means greedy)"),
+                   default=0.8, metavar="T",
+                   help=">= 0: < 1 sharpens, > 1 flattens, 0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int_arg(1), default=None, metavar="K",
+                   help="keep the K >= 1 most likely characters (default: all)")
+    p.add_argument("--top-p", type=float_arg(0.0, 1.0, low_open=True), default=None,
+                   metavar="P", help="keep the most likely characters up to probability mass "
+                                     "P, in (0, 1] (default: all)")
+    p.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0,
+                   help="0 .. 2**63 - 1: the same seed gives the same text (default: 0)")
+    p.add_argument("--num-samples", type=int_arg(1), default=1, metavar="N",
+                   help="samples to draw, >= 1 (default: 1)")
     p.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="numpy",
                    help="numpy (default), cupy (needs a CUDA GPU) or auto")
     p.add_argument("--no-cache", action="store_true",
@@ -76,21 +80,28 @@ def write(text):
     sys.stdout.flush()
 
 
+def check_fits(model, args, prompt):
+    """Refuse (one line) samples whose ids and text cannot fit in memory."""
+    dtype = np.dtype(getattr(model, "dtype", np.float32)).name
+    length = max(len(prompt), 1) + args.max_new_tokens
+    need = generation_memory_bytes(model.config, args.num_samples, length,
+                                   dtype if dtype == "float64" else "float32")
+    check_memory(need, f"--max-new-tokens {args.max_new_tokens} with --num-samples "
+                       f"{args.num_samples} ({length:,} characters a sample)",
+                 "ask for fewer tokens or samples", args.backend)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # everything that can fail is checked before the first character is printed
     try:
-        if args.max_new_tokens < 0:
-            raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-        if args.num_samples < 1:
-            raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
         check_sampling_args(args.temperature, args.top_k, args.top_p)
         prompt = read_prompt(args)
         model, tokenizer, _ = load_for_sampling(args.checkpoint, args.onnx, args.backend)
         tokenizer.encode(prompt, errors="raise", what="prompt")
-    except (BackendError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the library's checks: one line each (CheckpointError too)
+        raise UsageError(str(e)) from None
+    check_fits(model, args, prompt)
 
     write(prompt)
     try:
@@ -110,4 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -15,27 +15,44 @@ and throughput drops (measured 53 vs 130 requests/s at 16 concurrent on 2 cores)
 A thin script over tinygrad_char.serve.create_app; see docs/serving.md.
 """
 
-import argparse
+import os
+import socket
 import sys
 
-from tinygrad_char.backend import BackendError
-from tinygrad_char.checkpoint import CheckpointError
+from tinygrad_char.cli import Parser, UsageError, int_arg, run_cli
+from tinygrad_char.config import check_memory, generation_memory_bytes
 from tinygrad_char.onnx_export import load_for_sampling
 
 
+def bind(host, port):
+    """A listening socket on (host, port), or a one-line UsageError (port taken, unknown
+    host, no permission): checked before the model loads."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except socket.gaierror as e:
+        raise UsageError(f"--host {host}: not an address of this machine ({e.strerror}); "
+                         f"use 127.0.0.1, or 0.0.0.0 for every interface") from None
+    except OSError as e:
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise UsageError(f"--port {port} on --host {host}: cannot listen ({reason}); "
+                         f"choose another --port") from None
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", metavar="PATH",
                    help="a .safetensors checkpoint (required unless --onnx is given)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=int_arg(1, 65535), default=8000,
+                   help="TCP port, 1 .. 65535 (default 8000)")
     p.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="numpy",
                    help="where the checkpoint runs (default numpy)")
-    p.add_argument("--max-new-tokens-limit", type=int, default=2000,
-                   help="largest max_new_tokens a request may ask for (default 2000)")
-    p.add_argument("--blas-threads", type=int, default=1,
-                   help="BLAS threads per matmul (default 1: requests already run in "
+    p.add_argument("--max-new-tokens-limit", type=int_arg(1), default=2000, metavar="N",
+                   help="largest max_new_tokens a request may ask for, >= 1 (default 2000)")
+    p.add_argument("--blas-threads", type=int_arg(1), default=1, metavar="N",
+                   help="BLAS threads per matmul, >= 1 (default 1: requests already run in "
                         "parallel; needs threadpoolctl)")
     p.add_argument("--onnx", metavar="MODEL.onnx",
                    help="serve this exported model on onnxruntime instead")
@@ -46,22 +63,27 @@ def main(argv=None):
 
         from tinygrad_char.serve import create_app
     except ImportError as e:
-        print(f'error: {e}; install the serving extra: pip install "tinygrad-char[serve]"',
-              file=sys.stderr)
-        return 2
+        raise UsageError(f'{e}; install the serving extra: pip install '
+                         f'"tinygrad-char[serve]"') from None
     try:
         model, tokenizer, meta = load_for_sampling(args.checkpoint, args.onnx, args.backend)
         app = create_app(model, tokenizer, max_new_tokens_limit=args.max_new_tokens_limit)
-    except (BackendError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the library's checks: one line each (CheckpointError too)
+        raise UsageError(str(e)) from None
+    # one request of the largest size must fit (prompt window + limit, one sample)
+    length = model.config.block_size + args.max_new_tokens_limit
+    check_memory(generation_memory_bytes(model.config, 1, length),
+                 f"--max-new-tokens-limit {args.max_new_tokens_limit} (one request)",
+                 "lower it", args.backend)
+    sock = bind(args.host, args.port)
     threadpool_limits(limits=args.blas_threads, user_api="blas")  # for the whole process
     source = args.onnx or args.checkpoint
     print(f"serving {source} (step {meta['step']}, {model.num_params():,} parameters) on "
           f"http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    server.run(sockets=[sock])  # Ctrl-C: uvicorn finishes the requests in flight and returns
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

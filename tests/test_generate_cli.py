@@ -138,11 +138,13 @@ def test_missing_or_corrupt_checkpoint(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--temperature", "-1"], "temperature must be >= 0"),
-    (["--top-k", "0"], "top_k must be >= 1"),
-    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--num-samples", "0"], "--num-samples must be >= 1"),
-    (["--max-new-tokens", "-3"], "--max-new-tokens must be >= 0"),
+    (["--temperature", "-1"], "--temperature: must be >= 0"),
+    (["--temperature", "nan"], "--temperature: must be a finite number >= 0"),
+    (["--top-k", "0"], "--top-k: must be >= 1"),
+    (["--top-p", "1.5"], "--top-p: must be in (0, 1]"),
+    (["--num-samples", "0"], "--num-samples: must be >= 1"),
+    (["--max-new-tokens", "-3"], "--max-new-tokens: must be >= 0"),
+    (["--seed", "-1"], "--seed: must be in [0, 2**63 - 1]"),
     (["--top-k", "many"], "invalid int value"),  # argparse's own errors are one line too
 ])
 def test_bad_sampling_arguments(ckpt, args, fragment):

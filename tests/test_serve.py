@@ -1,14 +1,17 @@
 """The HTTP endpoint, over real HTTP: a uvicorn server on a free 127.0.0.1 port in a
 thread (and examples/serve.py in a subprocess), called with urllib (httpx's sync client
 added ~40 ms to every request here, which would hide the server's own latency). Happy
-path, every kind of bad input (each a 422 naming the field, the server serving on), the
-OpenAPI schema, and a bounded load run (200 requests, 16 at a time) whose texts must
-equal the same seeds generated alone. Skipped with the reason without fastapi or uvicorn
-(pip install "tinygrad-char[serve]")."""
+path, every kind of bad input (each a 422 naming the field, the server serving on; bodies
+that are not UTF-8 or nested 100,000 deep included), the OpenAPI schema (exact integer
+bounds, the vocabulary, the 422 shape), a bounded load run (200 requests, 16 at a time)
+whose texts must equal the same seeds generated alone, and a schemathesis run (its CLI,
+every check, a fixed seed) against a real server that must find 0 failures. Skipped with
+the reason without fastapi or uvicorn (pip install "tinygrad-char[serve]")."""
 
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -352,3 +355,82 @@ def test_package_imports_without_fastapi():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+
+# -- bodies that do not parse, the exact schema, schema fuzzing ---------------------------------
+
+@pytest.mark.parametrize("raw, words", [
+    (b'{"prompt": "\xff\xfe"}', "not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"prompt": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_001, "nested too deeply"),
+])
+def test_unparseable_body_is_the_documented_422(served, raw, words):
+    client, _, _ = served
+    status, body = client.post("/generate", raw=raw)
+    assert status == 422, (status, body)
+    assert body["error"].startswith("body: ") and words in body["error"], body
+    assert body["detail"] == [{"loc": ["body"], "msg": body["error"][len("body: "):],
+                               "type": "json_invalid"}]
+    assert client.get("/health")[0] == 200  # still serving
+
+
+def test_other_http_errors_keep_their_status(served):
+    client, _, _ = served
+    assert client.get("/no-such-path")[0] == 404
+    assert client.get("/generate")[0] == 405
+
+
+def test_schema_publishes_exact_integer_bounds_and_the_vocabulary(served):
+    client, _, tokenizer = served
+    raw = urllib.request.urlopen(client.url + "/openapi.json", timeout=30).read().decode()
+    assert "9.223372036854776e" not in raw  # the float 2**63, out of range itself
+    schema = json.loads(raw)
+    props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
+    seed = [s for s in props["seed"]["anyOf"] if s.get("type") == "integer"][0]
+    assert seed["maximum"] == 2**63 - 1 and type(seed["maximum"]) is int
+    assert seed["minimum"] == 0 and type(seed["minimum"]) is int
+    assert type(props["max_new_tokens"]["maximum"]) is int
+    pattern = re.compile(props["prompt"]["pattern"])
+    assert pattern.fullmatch(CHARS) and not pattern.fullmatch("caf\u00e9")
+    error_schema = schema["paths"]["/generate"]["post"]["responses"]["422"]
+    assert error_schema["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ErrorResponse")
+    assert set(schema["components"]["schemas"]["ErrorResponse"]["required"]) == \
+        {"error", "detail"}
+
+
+def test_largest_seed_and_integral_numbers_are_accepted(served):
+    client, _, _ = served
+    status, body = client.post("/generate", {"prompt": "a", "max_new_tokens": 3.0,
+                                             "seed": 2**63 - 1})
+    assert status == 200 and body["num_chars"] == 3 and body["seed"] == 2**63 - 1, body
+    assert client.post("/generate", {"seed": 2**63})[0] == 422
+
+
+FUZZ_EXAMPLES = 60  # per operation and generation mode (valid and invalid data): ~11 s here
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_failures(tmp_path):
+    """schemathesis (the CLI, every check, valid and invalid requests, a fixed seed) against
+    a real server on an ephemeral 127.0.0.1 port: every answer is a documented one (no
+    5xx, status codes, content types and bodies as the schema says, the 422 shape
+    included; valid requests accepted, invalid ones refused)."""
+    pytest.importorskip("schemathesis", reason="schemathesis not installed (the dev extra)")
+    model, tokenizer = make_model()
+    server = Server(create_app(model, tokenizer, max_new_tokens_limit=8)).start()
+    try:
+        with blas_threads(1):
+            proc = subprocess.run(
+                [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
+                 "--checks", "all", "--max-examples", str(FUZZ_EXAMPLES), "--seed", "0",
+                 "--workers", "1", "--no-color", "--report-dir", str(tmp_path)],
+                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    finally:
+        server.stop()
+    summary = proc.stdout[-3000:]
+    assert proc.returncode == 0, summary
+    assert "No issues found" in proc.stdout, summary
+    generated = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
+    assert generated and int(generated.group(1)) >= FUZZ_EXAMPLES, summary

@@ -12,9 +12,11 @@
 Validation happens before the model is touched: pydantic checks every field's type and
 bounds (the OpenAPI schema at /openapi.json documents them), and the prompt's characters
 against the vocabulary; anything wrong is a 422 whose `error` line names the field and
-the problem. An empty prompt starts from "\\n" (as `generate_text`); a prompt longer
-than block_size is cropped to its last block_size characters (one character = one
-token), which is all the model can see anyway.
+the problem, a body that does not even parse (not UTF-8, nested too deeply) included.
+The schema publishes what is checked: exact integer bounds, the vocabulary as the
+prompt's `pattern`, and the 422 shape (`ErrorResponse`). An empty prompt starts from
+"\\n" (as `generate_text`); a prompt longer than block_size is cropped to its last
+block_size characters (one character = one token), which is all the model can see anyway.
 
 Concurrency: requests run in FastAPI's thread pool with no lock. `sampling.generate`
 writes to the model object (it calls model.eval() and restores model.training after),
@@ -34,11 +36,37 @@ import copy
 import secrets
 import time
 
+from .cli import MAX_SEED  # 2**63 - 1: fits a signed 64-bit integer, every client sends it
 from .sampling import generate_text
 
 MAX_PROMPT_CHARS = 100_000  # longer bodies are refused: only block_size of them is used
-MAX_SEED = 2**63 - 1  # fits a signed 64-bit integer, so every client can send it
 MAX_TEMPERATURE = 100.0  # far past uniform sampling already; bounds a meaningless input
+
+
+def _body_error(exc):
+    """The (where, message, type) of a body FastAPI could not even parse: it raises a bare
+    400 "There was an error parsing the body" from the decoding error, kept as __cause__."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return (f"body: not UTF-8 ({cause.reason} at byte {cause.start}); send JSON encoded "
+                f"as UTF-8", "json_invalid")
+    if isinstance(cause, RecursionError):
+        return "body: JSON nested too deeply; send one flat object of fields", "json_invalid"
+    return f"body: could not be parsed ({type(cause).__name__}); send a JSON object", \
+        "json_invalid"
+
+
+def _vocabulary_pattern(chars):
+    """A regular expression (JSON Schema's ECMA-262 dialect) matching the strings made of
+    `chars` only: the prompt's vocabulary, published in the schema."""
+    def escape(c):
+        if c in "\\]^-[":
+            return "\\" + c
+        if not c.isprintable() and ord(c) <= 0xFFFF:
+            return f"\\u{ord(c):04x}"  # "\n" and friends, readable in the schema
+        return c
+
+    return "^[" + "".join(escape(c) for c in chars) + "]*$"
 
 
 def _error_line(errors):
@@ -72,8 +100,10 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         fastapi.FastAPI
     """
     from fastapi import FastAPI, Request
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 
     if isinstance(max_new_tokens_limit, bool) or not isinstance(max_new_tokens_limit, int) \
@@ -97,8 +127,10 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
 
         prompt: str = Field(
             "", max_length=MAX_PROMPT_CHARS, strict=True,
+            json_schema_extra={"pattern": _vocabulary_pattern(tokenizer.chars)},
             description="Text to continue. Every character must be in the model's "
-                        "vocabulary. Empty: start from a newline. Longer than the "
+                        "vocabulary (the pattern lists them; checked with a message "
+                        "naming the others). Empty: start from a newline. Longer than the "
                         f"context window ({block_size}): only the last {block_size} "
                         "characters are used.")
         max_new_tokens: int = Field(
@@ -123,6 +155,15 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
                         "fields give the same text. Null: a fresh seed, returned in the "
                         "response.")
 
+        @field_validator("max_new_tokens", "top_k", "seed", mode="before")
+        @classmethod
+        def _integral_number(cls, value):
+            # JSON Schema counts 5.0 as an integer (a number with no fraction); strict
+            # pydantic would refuse it. Strings and booleans stay refused.
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return value
+
         @field_validator("prompt")
         @classmethod
         def _in_vocabulary(cls, prompt):
@@ -139,6 +180,18 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
                         "an empty prompt counts its starting newline as 0).")
         prompt_cropped: bool = Field(
             description="True when the prompt was longer than the window and cropped.")
+
+    class ErrorDetail(BaseModel):
+        loc: list[str | int] = Field(description='Where: e.g. ["body", "temperature"].')
+        msg: str = Field(description="What is wrong there.")
+        type: str = Field(description='pydantic\'s error type, e.g. "greater_than_equal".')
+
+    class ErrorResponse(BaseModel):
+        """Every rejected request (422): one line, and the same as a list."""
+        error: str = Field(description='One line naming each failing field and its problem, '
+                                       'e.g. "temperature: Input should be greater than or '
+                                       'equal to 0".')
+        detail: list[ErrorDetail] = Field(description="One entry per problem.")
 
     class HealthResponse(BaseModel):
         status: str = Field(description='"ok" while the server is up.')
@@ -159,6 +212,30 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         return JSONResponse(status_code=422,
                             content={"error": _error_line(errors), "detail": detail})
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        if exc.status_code != 400:  # 404, 405, ...: FastAPI's own answer
+            return await http_exception_handler(request, exc)
+        line, kind = _body_error(exc)  # 400 is only raised for a body that does not parse
+        return JSONResponse(status_code=422, content={
+            "error": line, "detail": [{"loc": ["body"], "msg": line.removeprefix("body: "),
+                                       "type": kind}]})
+
+    original_openapi = app.openapi
+
+    def openapi():
+        # FastAPI's OpenAPI model stores numeric bounds as floats, which turns the seed's
+        # 2**63 - 1 into 9.223372036854776e18 (2**63, itself out of range); publish the
+        # request schema as pydantic writes it, with exact integer bounds
+        if app.openapi_schema is None:
+            schema = original_openapi()
+            exact = GenerateRequest.model_json_schema(ref_template="#/components/schemas/"
+                                                                   "{model}")
+            schema["components"]["schemas"]["GenerateRequest"] = exact
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     @app.get("/health", response_model=HealthResponse)
     def health():
         """The model's config, parameter count and backend."""
@@ -168,7 +245,9 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
 
     # a plain `def`: FastAPI runs it in its thread pool, so slow sampling does not block
     # the event loop, and NumPy's matmuls (which release the GIL) can overlap
-    @app.post("/generate", response_model=GenerateResponse)
+    @app.post("/generate", response_model=GenerateResponse,
+              responses={422: {"model": ErrorResponse, "description": "The request cannot "
+                               "be used: `error` says which field and why."}})
     def generate(req: GenerateRequest):
         """Continue the prompt; the response carries the text, its length and the time."""
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)

@@ -1,0 +1,152 @@
+"""What every command-line entry point shares: a parser whose errors are one line, argument
+types that refuse out-of-range and non-finite numbers, and `run_cli`, which turns a bad
+input into one line "error: ..." and exit status 2 instead of a traceback.
+
+    def main(argv=None):
+        p = Parser(description="...")
+        p.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0)
+        args = p.parse_args(argv)
+        ...                                   # raise UsageError("--x 5: ...; use ...")
+
+    if __name__ == "__main__":
+        sys.exit(run_cli(main))
+
+What this file deliberately is not: the flags of any one script (each example declares its
+own), or a place that hides bugs: only the error classes that mean "this input cannot be
+used" become one line; anything else still shows its traceback, so it gets reported.
+"""
+
+import argparse
+import math
+import numbers
+import os
+import sys
+
+MAX_SEED = 2**63 - 1  # the largest seed anywhere (flags, configs, the server): fits int64
+
+
+class UsageError(ValueError):
+    """A command-line value cannot be used; the message names the flag, the value, the fix."""
+
+
+def _user_errors():
+    """The exception classes that mean bad input rather than a bug (imported on use, so
+    this module imports nothing heavy)."""
+    from .backend import BackendError
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .kernels import KernelError
+    from .model import ConfigError
+
+    return (UsageError, ConfigError, DataError, CheckpointError, BackendError, KernelError)
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
+
+
+def run_cli(main, argv=None):
+    """Run `main(argv)` and return its exit status (None counts as 0).
+
+    A known bad-input error becomes "error: <message>" on stderr and status 2; Ctrl-C
+    outside any handler of main's own becomes "interrupted" and 130 (128 + SIGINT); a
+    closed stdout (`... | head`) ends quietly; an OSError (a path that cannot be read
+    or written) becomes one line naming the file.
+    """
+    try:
+        status = main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away: stop writing, and keep Python's exit flush from raising
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (e.g. captured in a test)
+            pass
+        return 0
+    except _user_errors() as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory: ask for smaller sizes (fewer layers, a narrower "
+              "model, a shorter context, a smaller batch)", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
+        return 2
+    return 0 if status is None else status
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with every error on one line "error: ... (see --help)" and status 2
+    (argparse's own prints a usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {_one_line(message)} (see --help)\n")
+
+
+def describe_range(low=None, high=None, low_open=False, high_open=False):
+    """'>= 1', '> 0', '<= 5' or 'in [0, 1)': the allowed values, for messages and --help."""
+    def show(x):
+        return "2**63 - 1" if x == MAX_SEED else f"{x:g}" if isinstance(x, float) else str(x)
+
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{show(low)}, {show(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {show(low)}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {show(high)}"
+    return "any value"
+
+
+def range_error(value, low=None, high=None, low_open=False, high_open=False):
+    """None when `value` (an int or float) is allowed, else what is wrong with it.
+    Floats must also be finite: NaN passes every comparison test by failing it."""
+    if not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return f"must be a finite number {describe_range(low, high, low_open, high_open)}"
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        return f"must be {describe_range(low, high, low_open, high_open)}"
+    return None
+
+
+def _number_arg(kind, low, high, low_open, high_open, hint):
+    def parse(text):
+        value = kind(text)  # ValueError: argparse says "invalid int value: 'x'"
+        problem = range_error(value, low, high, low_open, high_open)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}{hint}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def int_arg(low=None, high=None, hint=""):
+    """An argparse `type=` for an integer in [low, high]; `hint` is appended to the error
+    (e.g. "; 0 disables it")."""
+    return _number_arg(int, low, high, False, False, hint)
+
+
+def float_arg(low=None, high=None, low_open=False, high_open=False, hint=""):
+    """An argparse `type=` for a finite float within the bounds (NaN and inf refused)."""
+    return _number_arg(float, low, high, low_open, high_open, hint)
+
+
+def check_output_path(flag, path):
+    """Raise UsageError unless `path` is a file name that can be written: not empty, not
+    a folder, in a folder that exists."""
+    if not path:
+        raise UsageError(f"{flag} is empty: give a file name")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a folder: give a file name inside it")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it "
+                         f"first (mkdir -p {folder})")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: the folder {folder} is not writable; choose "
+                         f"another place")
