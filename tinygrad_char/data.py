@@ -1,10 +1,16 @@
-"""Text in, id arrays and batches out: WikiText-2 (raw, character level) or any text file.
+"""Text in, id arrays and batches out: WikiText-2 (raw, character level), any text file,
+or the small sample text shipped in the package.
 
 Loading: `load_wikitext2` reads wiki.{train,valid,test}.raw from a folder (the `data_dir`
 argument, else $TINYGRAD_CHAR_DATA_DIR), else downloads wikitext-2-raw-v1 with Hugging
-Face `datasets`; `load_text` reads one file. Both return the text exactly as stored.
-Preparing: `prepare_wikitext2` and `prepare_text` build the tokenizer from the training
-text only and encode each split into int64 ids (`CharData`).
+Face `datasets`; `load_text` reads one file; `load_sample_text` the packaged sample
+(seven Shakespeare tragedies, public domain: sample_data/SOURCE.md). All return the text
+exactly as stored.
+Preparing: `prepare_wikitext2`, `prepare_text` and `prepare_sample_text` build the
+tokenizer from the training text only and encode each split into int64 ids (`CharData`).
+When no data folder is given and the hub cannot give WikiText-2, `prepare_wikitext2`
+falls back to the sample text (unless told not to), prints one line saying so, and names
+it in `CharData.description`, so no figure measured on it passes for WikiText-2's.
 Batching: `get_batch` draws random training windows; `eval_batches` walks a whole split
 once, so every (input, next character) pair is scored exactly once.
 
@@ -13,9 +19,11 @@ of encoded ids. The arrays are NumPy, on the host; the training loop copies batc
 the device.
 """
 
+import gzip
 import os
 import socket
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,10 +40,20 @@ WIKITEXT2_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw",
 HUB_HOST = "huggingface.co"
 HUB_PROBE_TIMEOUT_S = 3.0  # the hub probe gives up after this; `datasets` itself retries ~25 s
 HELD_OUT_FRACTION = 0.1  # the tail of a split held out for validation when it also trains
+SAMPLE_FILE = "shakespeare_tragedies.txt.gz"  # in sample_data/; source and licence: SOURCE.md
+SAMPLE_NAME = "the packaged sample text, seven Shakespeare tragedies"
 
 
 class DataError(ValueError):
     """Data cannot be loaded or batched; the message says what is wrong and how to fix it."""
+
+
+class HubUnavailable(DataError):
+    """WikiText-2 cannot come from the hub; `reason` says why in a few words."""
+
+    def __init__(self, message, reason):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _data_fix():
@@ -51,6 +69,12 @@ def _read_utf8(path):
             return f.read()
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _check_max_lines(max_lines):
+    if max_lines is not None and (isinstance(max_lines, bool) or
+                                  not isinstance(max_lines, int) or max_lines < 1):
+        raise DataError(f"max_lines must be a positive integer, got {max_lines!r}")
 
 
 def _first_lines(text, max_lines):
@@ -105,8 +129,9 @@ def _load_wikitext2_from_hub():
     offline = any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
                   for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if not offline and not _hub_reachable():
-        raise DataError(f"cannot load WikiText-2: no local data folder given and "
-                        f"{HUB_HOST} is unreachable; {_data_fix()}")
+        raise HubUnavailable(f"cannot load WikiText-2: no local data folder given and "
+                             f"{HUB_HOST} is unreachable; {_data_fix()}",
+                             reason=f"{HUB_HOST} is unreachable")
     try:
         import datasets
 
@@ -115,8 +140,8 @@ def _load_wikitext2_from_hub():
         return {split: "".join(hub[split]["text"]) for split in WIKITEXT2_FILES if split in hub}
     except Exception as e:  # network, cache and parsing errors all end the same way
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot load WikiText-2 from the Hugging Face hub ({reason}); "
-                        f"{_data_fix()}") from None
+        raise HubUnavailable(f"cannot load WikiText-2 from the Hugging Face hub ({reason}); "
+                             f"{_data_fix()}", reason=reason) from None
 
 
 def load_wikitext2(data_dir=None, max_lines=None, verbose=True):
@@ -125,11 +150,10 @@ def load_wikitext2(data_dir=None, max_lines=None, verbose=True):
     Looks in `data_dir`, else $TINYGRAD_CHAR_DATA_DIR, else the Hugging Face hub. From a
     folder, loads whichever of wiki.{train,valid,test}.raw exist and, with verbose, prints
     one line naming the missing ones. `max_lines=N` keeps the first N lines of each split.
-    Raises DataError naming both fixes when nothing can be loaded.
+    Raises DataError naming both fixes when nothing can be loaded (HubUnavailable, a
+    DataError, when it was the hub that failed).
     """
-    if max_lines is not None and (isinstance(max_lines, bool) or
-                                  not isinstance(max_lines, int) or max_lines < 1):
-        raise DataError(f"max_lines must be a positive integer, got {max_lines!r}")
+    _check_max_lines(max_lines)
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV) or None
     if data_dir is not None:
         splits = _load_wikitext2_from_dir(data_dir, verbose)
@@ -152,6 +176,21 @@ def load_text(path):
     return text
 
 
+def load_sample_text():
+    """Return the packaged sample text: seven Shakespeare tragedies, 993,274 ASCII characters.
+
+    Public domain; where it comes from and why it is free to use: sample_data/SOURCE.md.
+    Stored gzip-compressed inside the package (found with importlib.resources, so it works
+    from a wheel as well as from a source checkout).
+    """
+    resource = resources.files(__package__) / "sample_data" / SAMPLE_FILE
+    try:
+        return gzip.decompress(resource.read_bytes()).decode("utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # missing or damaged installation
+        raise DataError(f"the packaged sample text sample_data/{SAMPLE_FILE} cannot be read "
+                        f"({e}); reinstall tinygrad-char, or pass --data-dir DIR") from None
+
+
 @dataclass
 class CharData:
     """A corpus ready to train on: the tokenizer and each split as int64 ids (n,)."""
@@ -160,7 +199,9 @@ class CharData:
     train_ids: np.ndarray  # (n_train,) int64
     val_ids: np.ndarray  # (n_val,) int64
     test_ids: np.ndarray | None  # (n_test,) int64, or None when there is no test set
-    description: str  # e.g. "trained on the WikiText-2 train split; ..." for logs and reports
+    # names the data set and how it is split ("trained on the WikiText-2 train split; ..."),
+    # for logs, results and checkpoints: the sample text's says so, never WikiText-2
+    description: str
     unknown_counts: dict  # evaluation split -> characters mapped to <unk> (outside the vocab)
 
 
@@ -184,7 +225,53 @@ def _encode_splits(train_text, eval_texts, description, verbose):
                     description=description, unknown_counts=unknown_counts)
 
 
-def prepare_wikitext2(data_dir=None, train_split="train", max_lines=None, verbose=True):
+def _check_val_fraction(val_fraction):
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
+
+
+def _prepare_one_text(text, what, name, val_fraction, verbose):
+    """CharData of one text: the first 1 - val_fraction trains, the rest validates.
+
+    what: the text in an error message ("text file a.txt"); name: in the description.
+    """
+    train_text, val_text = _split_tail(text, val_fraction)
+    if len(train_text) < 2 or len(val_text) < 2:
+        raise DataError(f"{what} is too short ({len(text)} characters) to split into "
+                        f"training and validation parts of 2 or more characters")
+    train_pct = round(100 * (1 - val_fraction))
+    description = f"trained on {name} (first {train_pct}%); validated on the " \
+                  f"last {100 - train_pct}%"
+    return _encode_splits(train_text, {"validation": val_text}, description, verbose)
+
+
+def prepare_text(path, val_fraction=0.1, verbose=True):
+    """Any UTF-8 text file: train on the first 1 - val_fraction, validate on the rest."""
+    _check_val_fraction(val_fraction)
+    text = load_text(path)
+    return _prepare_one_text(text, f"text file {path}", Path(path).name, val_fraction, verbose)
+
+
+def prepare_sample_text(val_fraction=0.1, max_lines=None, verbose=True):
+    """The packaged sample text (`load_sample_text`), split like `prepare_text`.
+
+    `max_lines=N` keeps its first N lines. The description starts "trained on the packaged
+    sample text, seven Shakespeare tragedies, not WikiText-2".
+    """
+    _check_val_fraction(val_fraction)
+    _check_max_lines(max_lines)
+    text = load_sample_text()
+    name = f"{SAMPLE_NAME}, not WikiText-2"
+    if max_lines is not None:
+        text = _first_lines(text, max_lines)
+        name += f", first {max_lines} lines only"
+    data = _prepare_one_text(text, SAMPLE_NAME, name, val_fraction, verbose)
+    data.description += "; no test set"
+    return data
+
+
+def prepare_wikitext2(data_dir=None, train_split="train", max_lines=None, verbose=True,
+                      fallback=True):
     """Load WikiText-2, build the tokenizer from the training text, and encode every split.
 
     Validation is the "validation" split, except when that split is not there or is itself
@@ -192,12 +279,34 @@ def prepare_wikitext2(data_dir=None, train_split="train", max_lines=None, verbos
     validation and the model trains on its first 90%. Test is the "test" split unless it
     trains (then test_ids is None). With verbose, prints which files are missing and one
     line per evaluation split counting the characters outside the training vocabulary.
+
+    Fallback: with no data folder (neither `data_dir` nor $TINYGRAD_CHAR_DATA_DIR) and the
+    hub unable to give WikiText-2, `fallback=True` returns `prepare_sample_text(max_lines)`
+    instead and, with verbose, prints one line saying so; its description names the sample
+    text. `fallback=False` raises the DataError. A data folder that fails never falls back.
     """
-    splits = load_wikitext2(data_dir, max_lines=max_lines, verbose=verbose)
+    if train_split not in WIKITEXT2_FILES:
+        raise DataError(f"cannot train on split {train_split!r}: it is not a WikiText-2 "
+                        f"split; use one of {', '.join(WIKITEXT2_FILES)}")
+    _check_max_lines(max_lines)
+    try:
+        splits = load_wikitext2(data_dir, max_lines=max_lines, verbose=verbose)
+    except HubUnavailable as e:  # only the hub raises it: a given folder never falls back
+        if not fallback:
+            raise
+        if verbose:
+            ignored = f" (--train-split {train_split} does not apply to it)" \
+                if train_split != "train" else ""
+            print(f"*** WikiText-2 unavailable ({e.reason}): training on {SAMPLE_NAME}, "
+                  f"instead{ignored}; its figures are NOT WikiText-2's. For WikiText-2 pass "
+                  f"--data-dir DIR or go online; --data-fallback false makes this an error "
+                  f"***")
+        return prepare_sample_text(max_lines=max_lines, verbose=verbose)
     if train_split not in splits:
-        why = "is not loaded" if train_split in WIKITEXT2_FILES else "is not a WikiText-2 split"
-        raise DataError(f"cannot train on split {train_split!r}: it {why}; available splits: "
-                        f"{', '.join(splits)}")
+        other = "validation" if "validation" in splits else next(iter(splits))
+        raise DataError(f"cannot train on split {train_split!r}: it is not loaded; available "
+                        f"splits: {', '.join(splits)}; pass --train-split {other} to train on "
+                        f"the first 90% of the {other} split (its last 10% validates)")
     text = splits[train_split]
     lines = f" (first {max_lines} lines of each split)" if max_lines else ""
     if train_split == "train" and "validation" in splits:
@@ -216,21 +325,6 @@ def prepare_wikitext2(data_dir=None, train_split="train", max_lines=None, verbos
         description += "; no test set (the test split " \
                        f"{'trains' if train_split == 'test' else 'is missing'})"
     return _encode_splits(train_text, eval_texts, description, verbose)
-
-
-def prepare_text(path, val_fraction=0.1, verbose=True):
-    """Any UTF-8 text file: train on the first 1 - val_fraction, validate on the rest."""
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
-    text = load_text(path)
-    train_text, val_text = _split_tail(text, val_fraction)
-    if len(train_text) < 2 or len(val_text) < 2:
-        raise DataError(f"text file {path} is too short ({len(text)} characters) to split "
-                        f"into training and validation parts of 2 or more characters")
-    train_pct = round(100 * (1 - val_fraction))
-    description = f"trained on {Path(path).name} (first {train_pct}%); validated on the " \
-                  f"last {100 - train_pct}%"
-    return _encode_splits(train_text, {"validation": val_text}, description, verbose)
 
 
 def _check_positive(**values):
