@@ -1,8 +1,8 @@
-"""CPU data parallelism (tinygrad_char.parallel): the split batch gives the whole batch's
-loss and gradients, dropout shares are seeded per rank, training with workers resumes
-exactly, and misuse is a clear error. Each DataParallel starts a spawned process (~1 s)."""
+"""CPU data parallelism (tinygrad_char.parallel, kept for bench_train_step.py's numpy-dp):
+the split batch gives the whole batch's loss and gradients, dropout shares are seeded per
+rank, and misuse is a clear error; the training loop's --workers is retired (mpiexec -n N
+instead, tests/test_distributed.py). Each DataParallel starts a spawned process (~1 s)."""
 
-import json
 from dataclasses import replace
 
 import numpy as np
@@ -11,11 +11,7 @@ import pytest
 from tinygrad_char import GPT
 from tinygrad_char.model import ConfigError, GPTConfig
 from tinygrad_char.parallel import DataParallel, SharedArrays, share_seed
-from tinygrad_char.checkpoint import train_state_path
 from tinygrad_char.config import TrainConfig
-from tinygrad_char.train import train
-
-from conftest import interrupt_at, quiet, read_safetensors, tiny_train_config
 
 CFG = GPTConfig(vocab_size=29, block_size=12, n_layer=2, n_head=2, n_embd=16)
 
@@ -108,43 +104,8 @@ def test_misuse_is_a_clear_error():
             parallel.forward_backward(*batch(B=1), seed=0)
 
 
-@pytest.mark.parametrize("values, message", [
-    (dict(workers=5, batch_size=4), r"workers \(5\) must not exceed batch_size \(4\)"),
-    (dict(workers=0), "workers must be >= 1"),
-])
-def test_bad_worker_settings_are_config_errors(values, message):
-    with pytest.raises(ConfigError, match=message):
-        TrainConfig(**values).validate()
-
-
-def test_training_with_two_workers_resumes_bit_identically(shakespeare_20k, tmp_path):
-    """2N steps with workers=2 == N steps, Ctrl-C, resume to 2N (dropout on): parameters,
-    AdamW moments and logged losses identical; and close to the one-process run."""
-    N = 7
-    cfg = tiny_train_config(tmp_path / "full", batch_size=5, max_steps=2 * N,
-                            log_interval=2, eval_interval=4, dropout=0.2, workers=2)
-    whole = train(cfg, shakespeare_20k, progress=False, out=quiet)
-    cut = replace(cfg, out_dir=str(tmp_path / "cut"))
-    with pytest.MonkeyPatch.context() as mp:
-        interrupt_at(mp, N)
-        first = train(cut, shakespeare_20k, progress=False, out=quiet)
-    assert first["step"] == N
-    second = train(cut, shakespeare_20k, resume=first["checkpoint"], progress=False, out=quiet)
-    full, cut = (str(tmp_path / run / "ckpt.safetensors") for run in ("full", "cut"))
-    for name, other in ((full, cut), (train_state_path(full), train_state_path(cut))):
-        expected, _ = read_safetensors(name)
-        got, _ = read_safetensors(other)
-        for key in expected:
-            assert np.array_equal(got[key], expected[key]), f"{name}: {key}"
-    assert second["val_loss"] == whole["val_loss"]
-
-    def losses(run):
-        with open(tmp_path / run / "metrics.jsonl") as f:
-            return [json.loads(line).get("train_loss") for line in f]
-
-    assert losses("cut") == losses("full")
-    one = train(replace(cfg, workers=1, dropout=0.0, out_dir=str(tmp_path / "one")),
-                shakespeare_20k, progress=False, out=quiet)
-    two = train(replace(cfg, dropout=0.0, out_dir=str(tmp_path / "two")), shakespeare_20k,
-                progress=False, out=quiet)
-    assert abs(one["val_loss"] - two["val_loss"]) < 1e-4  # the same math, summed in parts
+@pytest.mark.parametrize("workers", [0, 2, 5])
+def test_workers_is_retired_with_a_pointer_to_mpiexec(workers):
+    with pytest.raises(ConfigError, match=(r"workers must be|--workers was replaced by MPI "
+                                           r"ranks.*mpiexec -n")):
+        TrainConfig(workers=workers).validate()

@@ -343,3 +343,158 @@ def test_each_step_trains_on_get_batch_of_its_step_seed(shakespeare, tmp_path, m
         want = get_batch(shakespeare.train_ids, cfg.batch_size, cfg.block_size,
                          np.random.default_rng(step_seed(cfg.seed, step)))
         assert np.array_equal(x, want[0]) and np.array_equal(y, want[1]), step
+
+
+# -- a second Ctrl-C, finished and extended runs, warm-up, evaluation ---------------------
+
+def test_a_second_ctrl_c_stops_at_once_and_what_is_on_disk_resumes(shakespeare, tmp_path,
+                                                                   monkeypatch):
+    """Ctrl-C at step 3, and again while that step's checkpoint is being written: one line
+    naming the last step fully saved (2, an evaluation step), no KeyboardInterrupt, and the
+    checkpoint on disk loads and resumes."""
+    cfg = tiny_train_config(tmp_path, max_steps=20, eval_interval=2)
+    real_save = train_module.save_checkpoint
+    saves = []
+
+    def save_then_ctrl_c(*args, **kwargs):
+        saves.append(args[3])  # the step
+        if args[3] == 3:
+            signal.raise_signal(signal.SIGINT)  # the second Ctrl-C, inside the save
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_ctrl_c)
+    interrupt_at(monkeypatch, 3)
+    printed = []
+    result = train(cfg, shakespeare, progress=False, out=printed.append)
+    assert saves == [2, 3]
+    assert printed[-1] == "interrupted again: stopping now, last saved step 2", printed
+    assert result == {"interrupted": True, "step": 2,
+                      "checkpoint": str(tmp_path / "ckpt.safetensors")}
+    monkeypatch.undo()
+    model, _, meta = load_checkpoint(result["checkpoint"])
+    assert meta["step"] == 2
+    resumed = train(replace(cfg, max_steps=4), shakespeare, resume=result["checkpoint"],
+                    progress=False, out=quiet)
+    assert resumed["step"] == 4
+
+
+def test_resuming_a_finished_run_says_so_and_stops(shakespeare, short_run, tmp_path,
+                                                   monkeypatch):
+    cfg, ckpt = short_run
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **k: pytest.fail("evaluated"))
+    printed = []
+    result = train(replace(cfg, out_dir=str(tmp_path)), shakespeare, resume=ckpt,
+                   progress=False, out=printed.append)
+    assert result == {"step": 3, "checkpoint": ckpt, "already_done": True}
+    assert any(f"{ckpt} is already at step 3, --max-steps is 3: nothing to train; pass a "
+               "larger --max-steps" in line for line in printed), printed
+
+
+def test_extending_a_run_redraws_the_cosine_and_says_so(shakespeare, tmp_path):
+    """The schedule is a function of the step and this run's --max-steps: resuming a
+    10-step run at step 10 with --max-steps 20 continues at cosine_lr(10, ..., 20)."""
+    from tinygrad_char.optim import cosine_lr
+
+    cfg = tiny_train_config(tmp_path, max_steps=10, eval_interval=10)
+    first = train(cfg, shakespeare, progress=False, out=quiet)
+    longer = replace(cfg, max_steps=20)
+    printed = []
+    train(longer, shakespeare, resume=first["checkpoint"], progress=False,
+          out=printed.append)
+    new = cosine_lr(10, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, 20)
+    old = cosine_lr(10, cfg.learning_rate, cfg.min_lr, cfg.warmup_steps, 10)
+    assert old == cfg.min_lr and new > 2 * old
+    assert (f"schedule: the checkpoint's run had --max-steps 10, this one 20: the cosine is "
+            f"redrawn over the new length, so at step 10 the learning rate is {new:.3g} "
+            f"(it was {old:.3g})") in printed, printed
+    step_11 = [r for r in read_log(tmp_path) if r["step"] == 11][0]
+    assert step_11["lr"] == new
+
+
+def test_a_run_shorter_than_its_warm_up_is_warned_about(shakespeare, tmp_path):
+    printed = []
+    train(tiny_train_config(tmp_path, max_steps=3, warmup_steps=5, eval_interval=3),
+          shakespeare, progress=False, out=printed.append)
+    warnings = [line for line in printed if line.startswith("warning: --max-steps 3 <= "
+                                                            "--warmup-steps 5")]
+    assert len(warnings) == 1 and "never leaves warm-up" in warnings[0], printed
+    printed.clear()
+    train(tiny_train_config(tmp_path, max_steps=6, warmup_steps=5, eval_interval=6),
+          shakespeare, progress=False, out=printed.append)
+    assert not any(line.startswith("warning:") for line in printed)
+
+
+class _HalfWorld:
+    """Rank `rank` of a 2-rank world whose reductions are the identity (the test adds the
+    two ranks' sums itself)."""
+    world_size = 2
+
+    def __init__(self, rank):
+        self.rank = rank
+
+    def allreduce_sum(self, values):
+        return values
+
+
+def test_evaluation_split_over_ranks_adds_up_to_the_whole(shakespeare, eval_model):
+    """Rank r scores batches r, r + 2, ...: the two ranks' sums are the whole split's."""
+    ids = shakespeare.val_ids[:300]
+    loss, count = evaluate(eval_model, ids, block_size=8, batch_size=3)
+    parts = [evaluate(eval_model, ids, 8, 3, world=_HalfWorld(r)) for r in (0, 1)]
+    assert parts[0][1] + parts[1][1] == count == 299 and parts[1][1] > 0
+    total = sum(part_loss * n for part_loss, n in parts)
+    assert abs(total / count - loss) <= TOL["float64"] * loss
+
+
+def test_evaluations_show_a_progress_bar_and_their_time(shakespeare, tmp_path, capsys):
+    printed = []
+    train(tiny_train_config(tmp_path, max_steps=2, eval_interval=2), shakespeare,
+          progress=True, out=printed.append)
+    shown = capsys.readouterr().out
+    assert "validation (whole split)" in shown and "batch" in shown
+    final = [line for line in printed if line.startswith("validation (whole split, ")]
+    assert len(final) == 1 and " s): loss " in final[0], printed
+    record = read_log(tmp_path)[-1]
+    assert record["final"] and record["val_seconds"] >= 0
+
+
+def test_two_quick_ctrl_cs_on_the_command_line_leave_no_traceback(tmp_path):
+    """The real script and real signals: Ctrl-C twice 5 ms apart ends the run with status
+    130, no traceback, and the checkpoint on disk resumes."""
+    import os
+    import subprocess
+    import time
+
+    from conftest import REPO, SHAKESPEARE
+
+    text = tmp_path / "text.txt"
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    cmd = [sys.executable, str(REPO / "examples" / "train_text.py"), "--text", str(text),
+           "--out-dir", str(tmp_path / "run"), "--no-progress", "--n-layer", "1", "--n-head",
+           "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--max-steps",
+           "1000000", "--eval-interval", "3", "--eval-batches", "1", "--log-interval", "1",
+           "--sample-chars", "0"]
+    env = dict(os.environ, TINYGRAD_CHAR_MPI="0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        ckpt = tmp_path / "run" / "ckpt.safetensors"
+        deadline = time.monotonic() + 60
+        while not ckpt.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err + out, err
+    lines = [line for line in (out + err).splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1, out + err
+    model, _, meta = load_checkpoint(ckpt)
+    assert load_training_state(ckpt, AdamW(model.params))["step"] == meta["step"] >= 3

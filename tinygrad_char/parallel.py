@@ -1,5 +1,10 @@
 """Data parallelism on the CPU: the batch split over processes, one core each.
 
+Retired from the training loop: `mpiexec -n N` (distributed.py) splits each batch the
+same way and measured as fast or faster on 2 cores (docs/scaling.md), so `--workers N` is
+now a one-line error pointing there. This module remains only for the `numpy-dp`
+implementations of benchmarks/bench_train_step.py and goes when they do.
+
 NumPy runs each ufunc on one core, and Python threads cannot share the interpreter's lock
 finely enough to run the many small array passes of a step side by side (measured here:
 two threads, each on half a batch, made the tiny-cpu step slower, 48 -> 52 ms). Processes
@@ -27,11 +32,9 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from .backend import BackendError
+from .distributed import share_seed  # noqa: F401 (the same seeds as the MPI ranks)
 
 
-def share_seed(seed, rank):
-    """The dropout seed of share `rank` of a step whose seed is `seed`."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 class SharedArrays:

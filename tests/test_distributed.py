@@ -1,0 +1,375 @@
+"""Data-parallel training (tinygrad_char.distributed) on real `mpiexec -n 2` runs over
+loopback: two ranks train the same parameters as one process on the same global batches
+(float64, 1e-10 relative), --grad-accum equals the unsplit batch, a run resumes exactly on
+2 ranks and on 1, rank 0 alone writes the metrics, a killed rank ends the job within
+seconds, Ctrl-C on the launcher saves an agreed step, and ranks with another config are
+refused. Plus the transport's pieces without MPI (launcher detection, the row split).
+
+Every MPI run is a 1-layer, 16-wide model on 30,000 characters of Tiny Shakespeare (about
+2 s each, bounded by a timeout); they are skipped, with the reason, when mpi4py or mpiexec
+is missing.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SHAKESPEARE, quiet, read_safetensors, tiny_train_config
+from tinygrad_char.checkpoint import load_checkpoint, load_training_state, train_state_path
+from tinygrad_char.data import prepare_text
+from tinygrad_char.distributed import SingleProcess, connect, launched_world, split_rows
+from tinygrad_char.model import ConfigError
+from tinygrad_char.optim import AdamW
+from tinygrad_char.train import train
+
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
+                       + os.environ.get("PATH", ""))
+try:
+    import mpi4py  # noqa: F401
+
+    MPI_MISSING = None if MPIEXEC else "mpiexec is not on PATH (pip install mpich)"
+except ImportError:
+    MPI_MISSING = "mpi4py is not installed (pip install 'tinygrad-char[mpi]')"
+needs_mpi = pytest.mark.skipif(MPI_MISSING is not None, reason=f"needs MPI: {MPI_MISSING}")
+
+SCRIPT = str(REPO / "examples" / "train_text.py")
+TIMEOUT = 120  # seconds for one mpiexec run: each takes a few
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "shakespeare_30k.txt"
+    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(text):
+    return prepare_text(text, verbose=False)
+
+
+# the run every test uses: constant learning rate (min_lr = learning_rate, no warm-up) so
+# that a run cut at step N and resumed to 2N follows the same schedule as one of 2N steps
+BASE = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=6, learning_rate=3e-3,
+            min_lr=3e-3, warmup_steps=0, log_interval=1, eval_interval=3, eval_batches=2,
+            eval_batch_size=8, sample_chars=0, seed=7, dtype="float64")
+
+
+def flags(**values):
+    args = []
+    for key, value in {**BASE, **values}.items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    return args
+
+
+def mpirun(text, out_dir, n=2, extra=(), timeout=TIMEOUT, **values):
+    """Run examples/train_text.py on n ranks; returns the CompletedProcess."""
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, SCRIPT, "--text", str(text), "--out-dir",
+           str(out_dir), "--no-progress", *flags(**values), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=_env())
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TINYGRAD_CHAR_MPI", None)
+    return env
+
+
+def params_of(out_dir):
+    return read_safetensors(os.path.join(out_dir, "ckpt.safetensors"))[0]
+
+
+def assert_close(got, expected, rel=1e-10, what=""):
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        scale = max(np.abs(expected[name]).max(), 1e-30)
+        err = np.abs(got[name] - expected[name]).max() / scale
+        assert err <= rel, f"{what}{name}: relative difference {err:.1e} > {rel:.0e}"
+
+
+def one_process(data, out_dir, **values):
+    cfg = tiny_train_config(out_dir, **{**BASE, **values})
+    return train(cfg, data, progress=False, out=quiet, world=SingleProcess())
+
+
+def metrics(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# -- without MPI --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, (1, 0)),
+    ({"PMI_SIZE": "4", "PMI_RANK": "2"}, (4, 2)),
+    ({"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "1"}, (3, 1)),
+    ({"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_STEP_ID": "0"}, (8, 5)),
+    ({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}, (1, 0)),  # an sbatch script: one process
+    ({"PMI_SIZE": "1", "PMI_RANK": "0"}, (1, 0)),  # mpiexec -n 1: no MPI needed
+    ({"PMI_SIZE": "4", "PMI_RANK": "2", "TINYGRAD_CHAR_MPI": "0"}, (1, 0)),
+])
+def test_the_launcher_is_detected_from_its_environment(monkeypatch, env, expected):
+    for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                "SLURM_NTASKS", "SLURM_PROCID", "SLURM_STEP_ID", "TINYGRAD_CHAR_MPI"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert launched_world() == expected
+
+
+def test_outside_a_launcher_one_process_and_no_mpi(monkeypatch):
+    monkeypatch.delenv("PMI_SIZE", raising=False)
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE", raising=False)
+    assert type(connect()) is SingleProcess
+
+
+def test_rows_split_over_ranks_then_micro_batches():
+    rows = split_rows(7, 2, 2)
+    assert [[list(m) for m in r] for r in rows] == [[[0, 1], [2, 3]], [[4, 5], [6]]]
+    with pytest.raises(ConfigError, match=r"--batch-size 3 is smaller than the ranks \(2\) "
+                                          r"times --grad-accum \(2\)"):
+        split_rows(3, 2, 2)
+
+
+class _Rank(SingleProcess):
+    """Rank `rank` of a 2-rank world whose all-reduce is left to the test."""
+    world_size = 2
+
+    def __init__(self, rank):
+        super().__init__()
+        self.rank = rank
+
+
+def test_each_rank_and_micro_batch_draws_its_own_dropout_masks():
+    """With dropout, rank r's micro-batch m is seeded share_seed(step seed, r * K + m): the
+    ranks' weighted gradients add up to running those shares by hand."""
+    from tinygrad_char import GPT, GPTConfig
+    from tinygrad_char.distributed import share_seed
+    from tinygrad_char.train import forward_backward
+
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.3)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (6, 8)), rng.integers(0, 11, (6, 8))
+    model = GPT(cfg, dtype="float64", seed=1)
+    total = None
+    for rank in (0, 1):
+        rows = split_rows(6, 2, 2)[rank]
+        grads, loss, stop = forward_backward(model, _Rank(rank), x, y, rows, seed=5)
+        total = grads if total is None else {n: total[n] + g for n, g in grads.items()}
+        assert stop is False
+    expected = None
+    for share, rows in enumerate([slice(0, 2), slice(2, 3), slice(3, 5), slice(5, 6)]):
+        model.seed_dropout(share_seed(5, share))
+        model.forward(x[rows], y[rows])
+        g = model.backward(loss_scale=(rows.stop - rows.start) / 6)
+        expected = g if expected is None else {n: expected[n] + v for n, v in g.items()}
+    assert_close(total, expected, rel=1e-12)
+    assert len({share_seed(5, k) for k in range(4)}) == 4
+
+
+def test_grad_accum_in_one_process_equals_the_unsplit_batch(data, tmp_path):
+    """K = 3 micro-batches of 2 rows, gradients summed, == one batch of 6 (float64)."""
+    one_process(data, tmp_path / "whole", max_steps=6)
+    one_process(data, tmp_path / "accum", max_steps=6, grad_accum=3)
+    assert_close(params_of(tmp_path / "accum"), params_of(tmp_path / "whole"),
+                 what="--grad-accum 3: ")
+    losses = [[r["train_loss"] for r in metrics(tmp_path / run) if "train_loss" in r]
+              for run in ("whole", "accum")]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-12)
+
+
+# -- mpiexec -n 2 ---------------------------------------------------------------------------
+
+@needs_mpi
+@pytest.mark.slow
+def test_two_ranks_train_what_one_process_trains(text, data, tmp_path):
+    """mpiexec -n 2, and -n 2 with --grad-accum 2: the parameters after 6 steps equal one
+    process on the same global batches to 1e-10; rank 0 alone wrote each metrics record,
+    and the run recorded world_size 2 in the metrics and in the checkpoint."""
+    one_process(data, tmp_path / "one", max_steps=6)
+    for run, extra in (("two", {}), ("two_accum", {"grad_accum": 2})):
+        done = mpirun(text, tmp_path / run, max_steps=6, **extra)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert_close(params_of(tmp_path / run), params_of(tmp_path / "one"), what=f"{run}: ")
+        records = metrics(tmp_path / run)
+        steps = [r["step"] for r in records if not r.get("final")]
+        assert steps == [1, 2, 3, 4, 5, 6], "each record once, from rank 0 alone"
+        assert sum(1 for r in records if r.get("final")) == 1
+        assert all(r["world_size"] == 2 for r in records)
+        one = [r["train_loss"] for r in metrics(tmp_path / "one") if "train_loss" in r]
+        np.testing.assert_allclose([r["train_loss"] for r in records if "train_loss" in r],
+                                   one, rtol=1e-10)
+        _, meta = read_safetensors(train_state_path(tmp_path / run / "ckpt.safetensors"))
+        assert json.loads(meta["train_state"])["world_size"] == 2
+        assert done.stdout.count("validation (whole split") == 1, done.stdout
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_two_rank_run_resumes_on_two_ranks_and_on_one(text, data, tmp_path):
+    """3 steps on 2 ranks, then on to 6: on 2 ranks bit-identical to 6 uninterrupted steps
+    on 2 ranks; on 1 process (the same global batches) equal to 1e-10."""
+    for run, steps in (("straight", 6), ("cut", 3)):
+        done = mpirun(text, tmp_path / run, max_steps=steps)
+        assert done.returncode == 0, done.stderr[-2000:]
+    shutil.copytree(tmp_path / "cut", tmp_path / "cut_one")
+    ckpt = str(tmp_path / "cut" / "ckpt.safetensors")
+    done = mpirun(text, tmp_path / "cut", max_steps=6, extra=["--resume", ckpt])
+    assert done.returncode == 0, done.stderr[-2000:]
+    straight = params_of(tmp_path / "straight")
+    for name, p in params_of(tmp_path / "cut").items():
+        assert np.array_equal(p, straight[name]), f"2 ranks -> 2 ranks: {name} differs"
+
+    cfg = tiny_train_config(tmp_path / "cut_one", **{**BASE, "max_steps": 6})
+    printed = []
+    train(cfg, data, resume=str(tmp_path / "cut_one" / "ckpt.safetensors"), progress=False,
+          out=printed.append, world=SingleProcess())
+    assert any("saved on 2 rank(s), now 1" in line for line in printed), printed
+    assert_close(params_of(tmp_path / "cut_one"), straight, what="2 ranks -> 1: ")
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_with_dropout_two_ranks_resume_bit_identically(text, tmp_path):
+    """Each rank draws its masks from (step seed, rank): 3 steps + resume to 6 on 2 ranks
+    equals 6 uninterrupted steps on 2 ranks bit for bit, moments included."""
+    for run, steps in (("straight", 6), ("cut", 3)):
+        done = mpirun(text, tmp_path / run, max_steps=steps, dropout=0.2)
+        assert done.returncode == 0, done.stderr[-2000:]
+    done = mpirun(text, tmp_path / "cut", max_steps=6, dropout=0.2,
+                  extra=["--resume", str(tmp_path / "cut" / "ckpt.safetensors")])
+    assert done.returncode == 0, done.stderr[-2000:]
+    for path in ("ckpt.safetensors", None):
+        files = [tmp_path / run / "ckpt.safetensors" for run in ("straight", "cut")]
+        if path is None:
+            files = [train_state_path(f) for f in files]
+        expected, got = (read_safetensors(f)[0] for f in files)
+        assert sorted(got) == sorted(expected)
+        for name in expected:
+            assert np.array_equal(got[name], expected[name]), f"{files[1]}: {name}"
+    losses = [[r["train_loss"] for r in metrics(tmp_path / run) if "train_loss" in r]
+              for run in ("straight", "cut")]
+    assert losses[0] == losses[1]
+
+
+@needs_mpi
+def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path):
+    """SIGKILL rank 1 mid-run: mpiexec ends every rank in seconds (no hang), non-zero, its
+    message names the dead rank's pid, which rank 0's start line maps to 'rank 1'; the
+    checkpoint on disk still loads and resumes."""
+    cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
+           str(tmp_path), "--no-progress", *flags(max_steps=10**6, eval_interval=5)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env())
+    try:
+        lines, pid = [], None
+        ckpt = tmp_path / "ckpt.safetensors"
+        deadline = time.monotonic() + 60
+        while pid is None or not ckpt.exists():
+            assert time.monotonic() < deadline, "".join(lines)
+            if pid is None:
+                line = proc.stdout.readline()
+                lines.append(line)
+                if "rank 1 pid " in line:
+                    pid = int(line.split("rank 1 pid ")[1].split()[0])
+            else:
+                time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        t = time.monotonic()
+        rest, _ = proc.communicate(timeout=15)
+        assert time.monotonic() - t < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert f"PID {pid} " in rest, rest
+    model, _, meta = load_checkpoint(ckpt)
+    assert load_training_state(ckpt, AdamW(model.params))["step"] == meta["step"] >= 5
+
+
+@needs_mpi
+def test_ctrl_c_on_the_launcher_saves_one_agreed_step(text, tmp_path):
+    cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
+           str(tmp_path), "--no-progress", *flags(max_steps=10**6, eval_interval=10**5)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env())
+    try:
+        log = tmp_path / "metrics.jsonl"
+        deadline = time.monotonic() + 60
+        while not log.exists() or log.stat().st_size < 2000:  # some steps have run
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    saved = [line for line in out.splitlines() if line.startswith("interrupted: saved step")]
+    assert len(saved) == 1, out  # rank 0 alone speaks
+    step = int(saved[0].split()[3])
+    _, _, meta = load_checkpoint(tmp_path / "ckpt.safetensors")
+    assert meta["step"] == step
+    assert max(r["step"] for r in metrics(tmp_path)) <= step
+
+
+@needs_mpi
+def test_ranks_with_another_config_are_refused_with_one_line(text, tmp_path):
+    common = [sys.executable, SCRIPT, "--text", str(text), "--out-dir", str(tmp_path),
+              "--no-progress"]
+    cmd = [MPIEXEC, "-n", "1", *common, *flags(max_steps=3), ":",
+           "-n", "1", *common, *flags(max_steps=3, seed=8)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith("error: rank 1 has another config") and "'seed': (7, 8)" \
+        in errors[0] and "refusing to start" in errors[0]
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_bench_scaling_runs_and_writes_its_results(tmp_path):
+    """The scaling benchmark with tiny settings (a script, not a test of speed): it writes
+    scaling.json with every run, the loopback sweep and the written model's tables."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "bench_scaling.py"), "--config",
+           "tiny-cpu", "--steps", "1", "--warmup", "1", "--sizes", "10,12", "--repeat", "1",
+           "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads((tmp_path / "scaling.json").read_text())
+    assert set(result["runs"]) >= {"one_process_1_thread", "workers_2", "mpi_2_ranks"}
+    assert [s["bytes"] for s in result["runs"]["mpi_2_ranks"]["allreduce"]] == [1024, 2048,
+                                                                                4096]
+    model = json.loads((tmp_path / "scaling_model.json").read_text())
+    assert {r["config"] for r in model["predictions"]} >= {"cpu-preset", "gpu-preset",
+                                                           "gpu-large"}
+    assert model["loopback_check"]["measured_2_rank_step_ms"] > 0
+    assert "Predicted weak-scaling efficiency" in (tmp_path / "scaling_model.md").read_text()
+
+
+@needs_mpi
+def test_a_rank_that_fails_alone_ends_the_job(text, tmp_path):
+    """Rank 1 cannot read its --text file: it prints its one error line and aborts the job
+    (without run_ranks, rank 0 would wait for it in the start-up collective forever)."""
+    common = [sys.executable, SCRIPT, "--out-dir", str(tmp_path), "--no-progress",
+              *flags(max_steps=3)]
+    cmd = [MPIEXEC, "-n", "1", *common, "--text", str(text), ":",
+           "-n", "1", *common, "--text", str(tmp_path / "missing.txt")]
+    t = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert time.monotonic() - t < 60
+    assert done.returncode != 0
+    assert "missing.txt" in done.stderr and "Traceback" not in done.stderr, done.stderr
