@@ -10,7 +10,6 @@ train.forward_backward + clip_and_step on a random batch of the config's shapes)
 
     one process, one BLAS thread      the baseline each rank is compared with
     one process, every core            what a plain run gets (BLAS threads = cores)
-    --workers 2                        the shared-memory transport (parallel.py)
     mpiexec -n 2, one BLAS thread each the MPI transport, with the overlap on and off
                                        (mpiexec -n 1 is the one-process run: no MPI)
 
@@ -58,7 +57,7 @@ def parse_args(argv=None):
                    help="all-reduce sizes: 2^a .. 2^b bytes (default 10,26: 1 KiB .. 64 MiB)")
     p.add_argument("--repeat", type=int, default=10, help="all-reduce calls per size")
     p.add_argument("--out", default=str(harness.RESULTS))
-    p.add_argument("--job", choices=("single", "workers", "mpi"), help=argparse.SUPPRESS)
+    p.add_argument("--job", choices=("single", "mpi"), help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -117,20 +116,6 @@ def job_single(args):
         result = time_steps(args, step)
     return {**result, "tokens_per_s": x.size / result["step_ms"] * 1e3,
             "num_params": model.num_params()}
-
-
-def job_workers(args):
-    from tinygrad_char.parallel import DataParallel
-    from tinygrad_char.train import clip_and_step
-
-    model, optimizer, x, y, cfg = build(args)
-    with DataParallel(model, 2) as parallel:
-        def step():
-            _, grads = parallel.forward_backward(x, y, 1)
-            clip_and_step(grads, optimizer, 1e-3, 1.0)
-
-        result = time_steps(args, step)
-    return {**result, "tokens_per_s": x.size / result["step_ms"] * 1e3}
 
 
 def job_mpi(args):
@@ -302,7 +287,7 @@ def run_child(args, job, n=1, threads=1):
 def main(argv=None):
     args = parse_args(argv)
     if args.job:
-        result = {"single": job_single, "workers": job_workers, "mpi": job_mpi}[args.job](args)
+        result = {"single": job_single, "mpi": job_mpi}[args.job](args)
         if result is not None:
             print(json.dumps(result))
         return 0
@@ -314,7 +299,6 @@ def main(argv=None):
         print(warning)
     runs = {"one_process_1_thread": run_child(args, "single", threads=1),
             f"one_process_{cores}_threads": run_child(args, "single", threads=cores),
-            "workers_2": run_child(args, "workers"),
             "mpi_2_ranks": run_child(args, "mpi", n=2)}
     base = runs["one_process_1_thread"]["tokens_per_s"]
     rows = []

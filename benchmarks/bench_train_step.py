@@ -53,35 +53,28 @@ from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_
 from tinygrad_char import GPT  # noqa: E402
 from tinygrad_char.train import clip_and_step  # noqa: E402
 from tinygrad_char.model import init_params, param_shapes  # noqa: E402
-from tinygrad_char.parallel import DataParallel  # noqa: E402
 from tinygrad_char.precision import LossScaler, dtypes, set_tf32  # noqa: E402
 
 LOSS_RTOL = 1e-4  # float32 loss of two libraries on the same batch and weights
 ADAM_EPS = 1e-8
-# numpy: the xp ops; numpy-cpu: --kernels cpu (the numba kernels); numpy-dp, numpy-cpu-dp:
-# the same with the batch split over --threads processes (--workers); cupy-fused: --kernels
-# fused
-OURS = ("numpy", "numpy-cpu", "numpy-dp", "numpy-cpu-dp", "cupy", "cupy-fused")
-TORCH_TWIN = {"numpy": "torch", "numpy-cpu": "torch", "numpy-dp": "torch",
-              "numpy-cpu-dp": "torch", "cupy": "torch-cuda",
+# numpy: the xp ops; numpy-cpu: --kernels cpu (the numba kernels); cupy-fused: --kernels
+# fused. Several ranks (mpiexec -n 2) are measured by bench_scaling.py.
+OURS = ("numpy", "numpy-cpu", "cupy", "cupy-fused")
+TORCH_TWIN = {"numpy": "torch", "numpy-cpu": "torch", "cupy": "torch-cuda",
               "cupy-fused": "torch-cuda"}  # the reference of "speed vs torch"
-DATA_PARALLEL = ("numpy-dp", "numpy-cpu-dp")
 IMPL_MODEL = {"numpy": ("numpy", "xp"), "numpy-cpu": ("numpy", "cpu"),
-              "numpy-dp": ("numpy", "xp"), "numpy-cpu-dp": ("numpy", "cpu"),
               "cupy": ("cupy", "xp"), "cupy-fused": ("cupy", "fused")}  # backend, kernels
 
 
 def ours_model(impl, model_cfg, compute_dtype=None):
-    """Our GPT for one of OURS (IMPL_MODEL: its backend and kernels mode); the -dp ones
-    are the NumPy model, split over processes by the caller."""
+    """Our GPT for one of OURS (IMPL_MODEL: its backend and kernels mode)."""
     backend, kernels = IMPL_MODEL[impl]
     return GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype,
                kernels=kernels)
 
 
-ALL_IMPLS = ["numpy", "numpy-cpu", "numpy-dp", "numpy-cpu-dp", "torch", "cupy", "cupy-fused",
-             "torch-cuda", "torch-compile"]
-CPU_IMPLS = ("numpy", "numpy-dp", "torch", "numpy-cpu", "numpy-cpu-dp")
+ALL_IMPLS = ["numpy", "numpy-cpu", "torch", "cupy", "cupy-fused", "torch-cuda", "torch-compile"]
+CPU_IMPLS = ("numpy", "torch", "numpy-cpu")
 PRECISIONS = ("float32", "tf32", "float16")
 GPU_ONLY_CONFIGS = ("gpu-preset", "gpu-large")
 
@@ -130,18 +123,14 @@ def torch_update(torch, model, opt, scaler, grad_clip):
 
 # -- ours ----------------------------------------------------------------------------------
 
-def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float32",
-             workers=2):
+def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float32"):
     """Time warmup + repeat steps of our GPT (one of OURS); returns ({phase: [ms]},
     memory dict). The optimizer is the model's (model.ops.AdamW: optim.AdamW for xp, the
-    fused one of its kernels mode otherwise), as the training loop makes it. -dp: the batch
-    split over `workers` processes of one BLAS thread each (the training loop's --workers);
-    its forward and backward run together and are timed as "forward", "backward" is 0.
+    fused one of its kernels mode otherwise), as the training loop makes it.
     float16: the training loop's mixed-precision step (scaled backward, float32 unscale,
     clip, AdamW unless the gradients overflowed); tf32 must be set by the caller."""
     _, compute_dtype = dtypes(precision)
     model = ours_model(impl, model_cfg, compute_dtype)
-    parallel = DataParallel(model, workers) if impl in DATA_PARALLEL else None
     scaler = LossScaler() if compute_dtype else None
     opt = model.ops.AdamW(model.params, lr=train_cfg.learning_rate,
                 betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
@@ -151,25 +140,18 @@ def run_ours(impl, model_cfg, train_cfg, batch, warmup, repeat, precision="float
     phases = {"forward": [], "backward": [], "optimizer": []}
     for step in range(warmup + repeat):
         t0 = time.perf_counter()
-        if parallel is None:
-            _, loss = model.forward(idx, targets)
-            sync()
-            t1 = time.perf_counter()
-            grads = model.backward(loss_scale=scaler.scale if scaler else 1.0)
-        else:
-            loss, grads = parallel.forward_backward(idx, targets, step,
-                                                    scaler.scale if scaler else 1.0)
-            t1 = time.perf_counter()
+        _, loss = model.forward(idx, targets)
         sync()
-        t2 = time.perf_counter() if parallel is None else t1  # dp: no separate backward
+        t1 = time.perf_counter()
+        grads = model.backward(loss_scale=scaler.scale if scaler else 1.0)
+        sync()
+        t2 = time.perf_counter()
         clip_and_step(grads, opt, None, train_cfg.grad_clip, scaler)
         sync()
         t3 = time.perf_counter()
         if step >= warmup:
             for name, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2)):
                 phases[name].append(dt * 1e3)
-    if parallel is not None:
-        parallel.close()
     if not np.isfinite(float(loss)):
         raise AssertionError(f"{impl}: the loss became {float(loss)}")
     return phases, memory_now(impl, xp)
@@ -280,7 +262,7 @@ def check_losses(model_cfg, batch, impls, torch):
 
     cfg = replace(model_cfg, dropout=0.0)
     losses = {}
-    for impl in [b for b in OURS if b in impls and b not in DATA_PARALLEL]:  # dp: numpy's
+    for impl in [b for b in OURS if b in impls]:
         model = ours_model(impl, cfg)
         xp = model.xp
         _, loss = model.forward(xp.asarray(batch[0]), xp.asarray(batch[1]))
@@ -479,16 +461,12 @@ def main(argv=None):
     from tinygrad_char.cpu_kernels import numba_available
 
     available = {"numpy": True, "numpy-cpu": numba_available(),
-                 "numpy-dp": args.threads >= 2,
-                 "numpy-cpu-dp": args.threads >= 2 and numba_available(),
                  "torch": torch is not None,
                  "cupy": cupy is not None,
                  "cupy-fused": cupy is not None, "torch-cuda": torch_cuda is not None,
                  "torch-compile": torch_cuda is not None}
     no_cuda = "torch not installed" if torch is None else "no CUDA device for torch"
-    reasons = {"numpy-dp": "one process per thread: needs --threads 2 or more",
-               "numpy-cpu": "numba does not import (the CPU kernels need it)",
-               "numpy-cpu-dp": "needs numba and --threads 2 or more",
+    reasons = {"numpy-cpu": "numba does not import (the CPU kernels need it)",
                "torch": "torch not installed", "cupy": cupy_why and cupy_why.split(";")[0],
                "cupy-fused": cupy_why and cupy_why.split(";")[0],
                "torch-cuda": no_cuda,
@@ -551,7 +529,7 @@ def main(argv=None):
             for impl in run_impls:
                 if impl in OURS:
                     phases, mem = run_ours(impl, model_cfg, train_cfg, batch, args.warmup,
-                                           args.repeat, precision, workers=args.threads)
+                                           args.repeat, precision)
                 else:
                     phases, mem = run_torch(torch, impl, model_cfg, train_cfg, batch,
                                             args.warmup, args.repeat, precision)
@@ -612,10 +590,8 @@ def main(argv=None):
               f"{args.threads} threads. Step = forward + backward + clip + AdamW. "
               f"speed vs torch = {SPEED_RULE}, against torch eager on the same device. "
               "numpy = ours on NumPy with the xp ops, numpy-cpu with the numba CPU kernels "
-              "(--kernels cpu); "
-              f"numpy-dp and numpy-cpu-dp = the same with the batch split over {args.threads} "
-              "processes of one BLAS thread each (--workers); their forward and backward run "
-              "together, in the forward column. "
+              "(--kernels cpu; the default --kernels auto picks them); two MPI ranks: "
+              "bench_scaling.py. "
               f"Peak RSS is the process's high-water mark so far (run one --impls at a time "
               f"for a clean figure).",
               "Configs: " + "; ".join(shapes),

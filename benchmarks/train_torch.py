@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import RESULTS, append_jsonl, limit_threads, machine_info  # noqa: E402
+from benchmarks.harness import (RESULTS, append_jsonl, available_cores,  # noqa: E402
+                                limit_threads, machine_info)
 from benchmarks.torch_gpt import TorchGPT  # noqa: E402
 from examples.train_wikitext import PRESETS  # noqa: E402
 from tinygrad_char.data import eval_batches, get_batch, prepare_text, prepare_wikitext2  # noqa
@@ -53,11 +54,10 @@ def main(argv=None):
     parser.add_argument("--train-split", default="train")
     parser.add_argument("--max-lines", type=int)
     parser.add_argument("--text")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     cfg = resolve_config(args, PRESETS)
-    limit_threads(args.threads)
+    limit_threads(cfg.threads or available_cores())  # --threads: TrainConfig's, as ours
     data = prepare_text(args.text) if args.text else \
         prepare_wikitext2(args.data_dir, args.train_split, args.max_lines)
     model_cfg = cfg.model_config(data.tokenizer.vocab_size)

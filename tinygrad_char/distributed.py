@@ -31,8 +31,9 @@ gives every rank bit-identical gradients (IEEE addition is commutative; MPI redu
 element in one order), so the ranks stay identical, which `check_in_sync` verifies at every
 evaluation.
 
-Not here: the training step itself (train.py). (`--workers`, the shared-memory processes
-of parallel.py, is retired in favour of `mpiexec -n N` on one machine: docs/scaling.md.)
+Not here: the training step itself (train.py). (`--workers`, shared-memory processes on one
+machine, is retired in favour of `mpiexec -n N`, which measured within a few percent of it:
+docs/scaling.md.)
 """
 
 import hashlib

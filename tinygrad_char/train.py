@@ -33,6 +33,7 @@ import numpy as np
 
 from .backend import get_backend
 from .checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from .cpu_kernels import set_threads
 from .data import batch_starts, eval_batches, windows
 from .distributed import SingleProcess, connect, run_fingerprint, share_seed, split_rows
 from .kernels import select_ops
@@ -180,8 +181,9 @@ class Checkpointer:
     """Saves the run (rank 0 only) and remembers the last step fully saved."""
 
     def __init__(self, path, cfg, model, tokenizer, optimizer, scaler, world, resumed=None,
-                 resumed_step=None):
+                 resumed_step=None, data_description=""):
         self.path, self.cfg, self.model, self.tokenizer = path, cfg, model, tokenizer
+        self.data_description = data_description
         self.optimizer, self.scaler, self.world = optimizer, scaler, world
         self.last_good = resumed  # the checkpoint a divergence leaves behind (None: none)
         self.last_step = resumed_step
@@ -193,7 +195,9 @@ class Checkpointer:
             if self.scaler is not None:
                 state["loss_scaler"] = self.scaler.state_dict()
             save_checkpoint(self.path, self.model, self.tokenizer, step, self.optimizer,
-                            train_state=state)
+                            train_state=state,
+                            run_info={"data": self.data_description,
+                                      "world_size": self.world.world_size})
         self.last_good, self.last_step = self.path, step
 
 
@@ -336,7 +340,7 @@ def _start(cfg, data, resume, backend, world, out):
     model, optimizer, scaler, start_step, saved_state = setup(cfg, data, resume, backend, out)
     ckpt = Checkpointer(os.path.join(cfg.out_dir, "ckpt.safetensors"), cfg, model,
                         data.tokenizer, optimizer, scaler, world, resume,
-                        start_step if resume else None)
+                        start_step if resume else None, data.description)
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if resume:
         saved_world = saved_state.get("world_size", 1)
@@ -371,6 +375,8 @@ def _train(cfg, data, resume, progress, out, world, ctrl_c):
         world.use_local_gpu()  # one GPU per rank on each node, before the backend starts
     backend = get_backend(cfg.backend, cfg.seed)
     set_tf32(backend.xp, cfg.dtype == "tf32")  # enabling raises BackendError on the CPU
+    if backend.name == "numpy" and (cfg.threads or world.world_size == 1):
+        set_threads(cfg.threads)  # else each MPI rank keeps its share of the node's cores
     model, optimizer, scaler, start_step, ckpt = _start(cfg, data, resume, backend, world,
                                                         out)
     if model is None:
@@ -483,8 +489,8 @@ def _final_report(cfg, data, model, backend, world, scaler, step, start_step, ck
         out(f"test (whole split, {n_test:,} predictions, {secs:.1f} s): loss {test:.4f}, "
             f"{test / LN2:.4f} bpc ({data.description})")
     if world.is_main:
-        _log(log_path, {"step": step, "final": True, **{k: v for k, v in results.items()
-                                                         if isinstance(v, (int, float))}})
+        _log(log_path, {"step": step, "final": True, "data": data.description,
+                        **{k: v for k, v in results.items() if isinstance(v, (int, float))}})
     if cfg.sample_chars and world.is_main:
         from .sampling import generate_text
 

@@ -81,8 +81,9 @@ def set_threads(n=0):
         threadpool_limits(n)
     except ImportError:  # without threadpoolctl BLAS keeps its own setting
         pass
-    if numba_available():
-        import numba
+    if numba_available() and os.environ.get("TINYGRAD_CHAR_CPU_PARALLEL") == "1":
+        import numba  # only the parallel build has threads of its own (starting them is
+        #               not free, so the serial default leaves numba's pool alone)
 
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return n
