@@ -2,7 +2,7 @@
 that our training run is compared against (validation loss within 0.05 nats).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/train_torch.py \\
-        --preset cpu --data-dir ../shared/data/wikitext-2-raw --train-split validation
+        --preset cpu --data-dir $DATA/wikitext-2-raw --train-split validation
 
 Everything that can be shared is: the data and tokenizer (tinygrad_char.data), the initial
 weights (tinygrad_char.model.init_params, same seed), the batch of each step (the same
