@@ -105,10 +105,17 @@ def _write_atomic(path, tensors, metadata):
     metadata = dict(metadata, checksums=json.dumps({name: _crc(a) for name, a in
                                                     tensors.items()}))
     data = save(tensors, metadata=metadata)
+    write_file_atomic(path, lambda f: f.write(data))
+    _fsync_dir(path)
+
+
+def write_file_atomic(path, write):
+    """write(file) into path + ".tmp", flush and fsync it, then rename it over `path`, so
+    that `path` is always either the old or the new file, never a half one."""
     tmp = path + ".tmp"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,7 +123,6 @@ def _write_atomic(path, tensors, metadata):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    _fsync_dir(path)
 
 
 def _crc(a):

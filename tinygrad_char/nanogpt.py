@@ -60,7 +60,7 @@ import zipfile
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, write_file_atomic
 from .model import GPT, ConfigError, GPTConfig, param_shapes
 from .tokenizer import UNK_CHAR, CharTokenizer
 
@@ -503,21 +503,6 @@ def check_dataset_name(dataset):
                               f"data/<dataset>/meta.pkl), e.g. {DEFAULT_DATASET!r}")
 
 
-def _write_atomic(path, write):
-    """write(file) into path + ".tmp", then rename over `path`: never a half file."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def export_nanogpt(checkpoint_path, out_dir, dataset=DEFAULT_DATASET, meta_path=None,
                    force=False):
     """Write our checkpoint as nanoGPT's out_dir/ckpt.pt and meta.pkl (at `meta_path`,
@@ -560,8 +545,8 @@ def export_nanogpt(checkpoint_path, out_dir, dataset=DEFAULT_DATASET, meta_path=
             "config": {"dataset": dataset, ACTIVATION_KEY: model.config.activation}}
     try:
         os.makedirs(out_dir, exist_ok=True)
-        _write_atomic(ckpt_path, lambda f: torch.save(ckpt, f))
-        _write_atomic(meta_path, lambda f: pickle.dump(vocab, f))
+        write_file_atomic(ckpt_path, lambda f: torch.save(ckpt, f))
+        write_file_atomic(meta_path, lambda f: pickle.dump(vocab, f))
     except OSError as e:
         raise ConversionError(f"{e.filename or out_dir}: cannot write ({e.strerror}); choose "
                               f"another --out-dir") from None

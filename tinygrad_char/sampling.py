@@ -194,14 +194,6 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
         on_token: called as on_token(ids) with the (B,) ids after each new token.
         banned_ids: ids never generated (their logits are set to -inf before sampling),
             e.g. the tokenizer's reserved unknown id; None: none.
-
-    Args:
-        model: a GPT; put in eval mode for the call, its previous mode restored after.
-        idx: (B, T0) integer ids, T0 >= 1, NumPy or the model's module (copied to it).
-        max_new_tokens: number of tokens to append (>= 0).
-        temperature, top_k, top_p: as `sample_next`.
-        rng: a Generator of the model's array module; when None, one seeded with `seed`.
-        on_token: called as on_token(ids) with the (B,) ids after each new token.
     Returns:
         (B, T0 + max_new_tokens) int64 array of the model's module: the prompt, then the
         new tokens.
