@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -224,3 +225,45 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert load_checkpoint(ckpt)[2]["step"] == 120
     steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) + 1  # + the final record
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gap_ms", [0, 5, 40])
+def test_a_second_ctrl_c_soon_after_the_first_is_one_line_and_the_pair_resumes(tmp_path,
+                                                                               gap_ms):
+    """Two real SIGINTs `gap_ms` apart once training runs (the second lands in the step
+    being finished, in the save, or after it): never a traceback, at most the one line
+    "interrupted again: ...", and the checkpoint pair on disk loads and resumes."""
+    from tinygrad_char import AdamW
+    from tinygrad_char.checkpoint import load_training_state
+
+    args = [*WIKI, *TINY, "--max-steps", "400", "--eval-interval", "10", "--out-dir",
+            tmp_path]
+    proc = subprocess.Popen([sys.executable, TRAIN_WIKITEXT, *map(str, args)], cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=script_env())
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        evaluations = 0
+        for line in proc.stdout:
+            evaluations += line.startswith("step ")
+            if evaluations == 2:  # the first evaluation's save is done, the second's starts
+                proc.send_signal(signal.SIGINT)
+                time.sleep(gap_ms / 1000)
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+    assert proc.returncode in (1, 130), (proc.returncode, out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    again = [l for l in (out + err).splitlines() if l.startswith("interrupted again")]
+    assert len(again) <= 1 and all(re.match(r"interrupted again: stopping now, last "
+                                            r"saved step \d+$", l) for l in again), again
+    ckpt = tmp_path / "ckpt.safetensors"
+    model, _, meta = load_checkpoint(ckpt)
+    load_training_state(ckpt, AdamW(model.params))
+    resumed = run(TRAIN_WIKITEXT, *args, "--max-steps", str(meta["step"] + 2),
+                  "--resume", ckpt)
+    assert resumed.returncode == 0, resumed.stderr
