@@ -5,20 +5,25 @@
     mkdir -p data/tinygrad_char && cp out-nano/meta.pkl data/tinygrad_char/
     python sample.py --out_dir=out-nano --device=cpu
 
-A thin command line over tinygrad_char.nanogpt.export_nanogpt (its docstring says what
-can be exported and how GELU differs: our default "gelu" is the tanh approximation,
+A thin command line over export_nanogpt of nanogpt_torch.py beside it (which writes
+ckpt.pt with torch; tinygrad_char.nanogpt's docstring says what can be exported and how
+GELU differs: our default "gelu" is the tanh approximation,
 nanoGPT computes exact erf GELU, so a "gelu" model gets a warning with the measured
 logits difference; a "gelu_exact" model exports exactly). Our unknown id is an ordinary
 entry of meta.pkl's itos/stoi (it decodes to U+FFFD). Needs PyTorch (to write ckpt.pt).
 Every error is one line "error: ..." on stderr and exit status 2.
 """
 
+import os
 import sys
 import warnings
 
-from tinygrad_char.cli import Parser, run_cli
-from tinygrad_char.nanogpt import (DEFAULT_DATASET, ConversionError,
-                                   GeluApproximationWarning, export_nanogpt)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for nanogpt_torch
+
+from nanogpt_torch import export_nanogpt  # noqa: E402
+from tinygrad_char.cli import Parser, run_cli  # noqa: E402
+from tinygrad_char.nanogpt import (DEFAULT_DATASET, ConversionError,  # noqa: E402
+                                   GeluApproximationWarning)
 
 
 def main(argv=None):

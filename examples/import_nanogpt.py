@@ -3,19 +3,24 @@
     python examples/import_nanogpt.py out-shakespeare-char/ckpt.pt \
         data/shakespeare_char/meta.pkl shakespeare_char.safetensors
 
-A thin command line over tinygrad_char.nanogpt.import_nanogpt (its docstring says what
-is converted, what is refused and how GELU differs). It prints what it wrote, the notes
+A thin command line over import_nanogpt of nanogpt_torch.py beside it (which reads
+ckpt.pt with torch; tinygrad_char.nanogpt's docstring says what is converted, what is
+refused and how GELU differs). It prints what it wrote, the notes
 of the conversion and, when the imported model uses our tanh GELU, the measured logits
 difference from nanoGPT's exact-erf GELU. Needs PyTorch (to read ckpt.pt). Every error
 is one line "error: ..." on stderr and exit status 2.
 """
 
+import os
 import sys
 import warnings
 
-from tinygrad_char.cli import Parser, run_cli
-from tinygrad_char.nanogpt import (ConversionError, GeluApproximationWarning, exact_gelu,
-                                   import_nanogpt)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for nanogpt_torch
+
+from nanogpt_torch import import_nanogpt  # noqa: E402
+from tinygrad_char.cli import Parser, run_cli  # noqa: E402
+from tinygrad_char.nanogpt import (ConversionError, GeluApproximationWarning,  # noqa: E402
+                                   exact_gelu)
 
 
 def main(argv=None):

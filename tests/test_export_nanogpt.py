@@ -1,11 +1,13 @@
-"""tinygrad_char.nanogpt's export direction and examples/export_nanogpt.py: our checkpoint
-to nanoGPT's ckpt.pt + meta.pkl, loaded back three ways: by our importer (the round trip
+"""The export direction (tinygrad_char.nanogpt and its torch half,
+examples/nanogpt_torch.py) and examples/export_nanogpt.py: our checkpoint to nanoGPT's
+ckpt.pt + meta.pkl, loaded back three ways: by our importer (the round trip
 gives the same parameters, vocabulary, unknown id, config and step), by the nanoGPT twin
 of nanogpt_twin.py exactly as nanoGPT's sample.py loads (GPTConfig(**model_args), a strict
 load_state_dict, data/<dataset>/meta.pkl), and, when NANOGPT_DIR names a nanoGPT checkout,
 by its unchanged sample.py. The NumPy half of the conversion and its refusals need no
 torch; the rest is skipped, with the reason, without it."""
 
+import ast
 import importlib.util
 import os
 import pickle
@@ -21,11 +23,13 @@ from tinygrad_char.checkpoint import load_checkpoint, save_checkpoint
 from tinygrad_char.cli import run_cli
 from tinygrad_char.model import init_params
 from tinygrad_char.nanogpt import (ConversionError, GeluApproximationWarning, exact_gelu,
-                                   export_nanogpt, import_nanogpt, read_meta, to_nanogpt,
-                                   to_ours)
+                                   read_meta, to_nanogpt, to_ours)
 from tinygrad_char.tokenizer import UNK_CHAR, CharTokenizer
 
 from conftest import REPO
+
+sys.path.insert(0, str(REPO / "examples"))  # the torch half: examples/nanogpt_torch.py
+from nanogpt_torch import export_nanogpt, import_nanogpt  # noqa: E402
 
 try:
     import torch
@@ -129,10 +133,45 @@ def test_refuses_what_nanogpt_cannot_compute(overrides, match):
 
 def test_module_does_not_import_torch():
     code = ("import sys, tinygrad_char.nanogpt, tinygrad_char\n"
-            "assert 'torch' not in sys.modules, 'tinygrad_char.nanogpt imported torch'")
+            "assert 'torch' not in sys.modules, 'tinygrad_char.nanogpt imported torch'\n"
+            f"sys.path.insert(0, {str(REPO / 'examples')!r})\n"
+            "import nanogpt_torch\n"
+            "assert 'torch' not in sys.modules, 'nanogpt_torch imported torch at load'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+def _imports_torch(node):
+    """Whether an AST node imports torch: import torch[.x], from torch[.x] import ...,
+    __import__("torch..."), importlib.import_module("torch...")."""
+    def is_torch(name):
+        return name == "torch" or name.startswith("torch.")
+
+    if isinstance(node, ast.Import):
+        return any(is_torch(alias.name) for alias in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return node.level == 0 and is_torch(node.module or "")
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) \
+            else None
+        return name in ("__import__", "import_module") and isinstance(node.args[0].value, str) \
+            and is_torch(node.args[0].value)
+    return False
+
+
+def test_library_never_imports_torch():
+    """The rule: tinygrad_char/ never imports torch, not even inside a function (PyTorch is
+    an oracle of tests and benchmarks, and examples/nanogpt_torch.py's)."""
+    files = sorted((REPO / "tinygrad_char").rglob("*.py"))
+    assert len(files) > 10 and REPO / "tinygrad_char" / "nanogpt.py" in files
+    found = [f"{path.relative_to(REPO)}:{node.lineno}"
+             for path in files for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             if _imports_torch(node)]
+    assert found == [], f"torch imported in the library at {found}"
+    assert _imports_torch(ast.parse("def f():\n    from torch.nn import functional").body[0]
+                          .body[0])  # the check itself sees an import inside a function
 
 
 def test_without_torch_one_line(tmp_path, capsys, monkeypatch):

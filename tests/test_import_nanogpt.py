@@ -1,7 +1,8 @@
-"""tinygrad_char.nanogpt's import direction and examples/import_nanogpt.py, against the
-nanoGPT twin of nanogpt_twin.py: models saved the way nanoGPT's train.py and prepare.py
-save (torch.save of {'model', 'model_args', ...} plus a pickled meta.pkl), converted,
-loaded with load_checkpoint, and compared logit for logit. With the same GELU on both
+"""The import direction (tinygrad_char.nanogpt and its torch half,
+examples/nanogpt_torch.py) and examples/import_nanogpt.py, against the nanoGPT twin of
+nanogpt_twin.py: models saved the way nanoGPT's train.py and prepare.py save (torch.save
+of {'model', 'model_args', ...} plus a pickled meta.pkl), converted, loaded with
+load_checkpoint, and compared logit for logit. With the same GELU on both
 sides they agree to float32 rounding; with nanoGPT's exact-erf GELU against our tanh GELU
 the difference is bounded and reported. Then a table of bad files through the command
 line: one line naming the problem and the fix, exit status 2, no traceback. The vocabulary
@@ -20,9 +21,12 @@ import pytest
 from tinygrad_char.checkpoint import load_checkpoint
 from tinygrad_char.cli import run_cli
 from tinygrad_char.nanogpt import (ConversionError, GeluApproximationWarning, check_output_file,
-                                   exact_gelu, import_nanogpt, read_meta, to_ours)
+                                   exact_gelu, import_state, read_meta, to_ours)
 
 from conftest import REPO
+
+sys.path.insert(0, str(REPO / "examples"))  # the torch half: examples/nanogpt_torch.py
+from nanogpt_torch import import_nanogpt  # noqa: E402
 
 try:
     import torch
@@ -142,6 +146,39 @@ def test_output_path_is_checked_before_any_work(tmp_path):
     with pytest.raises(ConversionError, match="is a folder"):
         check_output_file(tmp_path)
     check_output_file(tmp_path / "fine.safetensors")  # no error
+
+
+def _numpy_reference(params, config, idx, approximate):
+    """A float64 forward of our own (the torch-free stand-in for PyTorch's reference)."""
+    from tinygrad_char import GPT
+
+    model = GPT(config, dtype="float64").eval()
+    for name, value in params.items():
+        model.params[name] = np.asarray(value, dtype=np.float64)
+    return model.backend.to_numpy(model.forward(np.asarray(idx))[0])
+
+
+def test_import_state_takes_numpy_arrays_without_torch(tmp_path):
+    """The library half on its own: a ckpt dict of NumPy arrays (compile prefix included)
+    becomes our checkpoint with the same parameters; a non-float entry is named."""
+    args = model_args()
+    state = _state(args)
+    ckpt = {"model": {"_orig_mod." + k: v for k, v in state.items()}, "model_args": args,
+            "iter_num": 9, "config": {"dataset": "shakespeare_char"}}
+    tokenizer = read_meta(write_meta(tmp_path / "meta.pkl"))
+    out = str(tmp_path / "n.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeluApproximationWarning)
+        report = import_state(ckpt, tokenizer, out, _numpy_reference, activation="gelu")
+    assert report["step"] == 9 and report["max_diff_tanh"] < 1e-5 * report["max_abs_logit"]
+    model, back, meta = load_checkpoint(out)
+    assert back == tokenizer and meta["step"] == 9 and meta["config"]["tie_weights"]
+    for name, value in model.params.items():
+        assert np.array_equal(value, state[name].astype(np.float32)), name
+    ckpt["model"]["_orig_mod.transformer.ln_f.weight"] = np.ones(32, dtype=np.int32)
+    with pytest.raises(ConversionError, match="'transformer.ln_f.weight' is int32, not a "
+                                              "float tensor"):
+        import_state(ckpt, tokenizer, str(tmp_path / "m.safetensors"), _numpy_reference)
 
 
 # -- with torch: nanoGPT's files, converted and compared -----------------------------------

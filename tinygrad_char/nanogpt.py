@@ -6,21 +6,23 @@ nanoGPT (github.com/karpathy/nanoGPT) saves `ckpt.pt` as torch.save({"model": st
 `meta.pkl` {"vocab_size", "itos", "stoi"}. Its parameter names and layouts are ours (we
 borrowed them), so both directions are mostly checking.
 
-Import (`import_nanogpt`): ckpt.pt + meta.pkl -> our .safetensors checkpoint.
+Import (`import_state`; examples/nanogpt_torch.py reads ckpt.pt): ckpt.pt + meta.pkl ->
+our .safetensors checkpoint.
 - the `_orig_mod.` prefix that torch.compile adds is stripped;
 - `attn.bias` buffers (the causal mask, saved when flash attention is off) are dropped,
   after checking they are the causal mask;
 - `lm_head.weight` is dropped when it equals `transformer.wte.weight` (nanoGPT ties
   them); a different one is kept, with tie_weights=False;
 - the vocabulary becomes CharTokenizer(itos[0..V-1]) with ids mapping 1:1 (a meta.pkl
-  written by `export_nanogpt` names its unknown id, which becomes ours again);
+  written by our export names its unknown id, which becomes ours again);
 - anything we cannot represent (other model_args, unknown or missing tensors, a vocabulary
   that is not one character per id, a vocab_size that differs from the vocabulary's, NaN)
   stops the conversion with one ConversionError line naming it.
 
-Export (`export_nanogpt`): our checkpoint -> ckpt.pt + meta.pkl that nanoGPT's unchanged
-`sample.py` loads (`torch.load`, `GPTConfig(**model_args)`, a strict `load_state_dict`,
-meta.pkl from `data/<config["dataset"]>/meta.pkl`). The state dict holds every key of
+Export (`export_state`; examples/nanogpt_torch.py writes ckpt.pt): our checkpoint ->
+ckpt.pt + meta.pkl that nanoGPT's unchanged `sample.py` loads (`torch.load`,
+`GPTConfig(**model_args)`, a strict `load_state_dict`, meta.pkl from
+`data/<config["dataset"]>/meta.pkl`). The state dict holds every key of
 nanoGPT's GPT on PyTorch >= 2 (flash attention: no `attn.bias` buffers), with
 `lm_head.weight` and `transformer.wte.weight` one shared tensor, as nanoGPT saves them.
 Our reserved unknown id is an ordinary entry of itos/stoi (it decodes to U+FFFD) and
@@ -38,16 +40,23 @@ so the imported model computes what nanoGPT computed; otherwise import uses "gel
 warns (GeluApproximationWarning). Export of a "gelu_exact" model is exact; export of a
 "gelu" model warns, because nanoGPT will run it with erf GELU. Either way the measured
 max |logits difference| on a random batch is in the report: our forward against a
-float64 PyTorch forward of the same weights with erf GELU (`max_diff_erf`) and with tanh
-GELU (`max_diff_tanh`); the one with our activation must agree to float32 rounding, or
-the conversion stops (a bug to report).
+float64 reference forward of the same weights (PyTorch's, from examples/nanogpt_torch.py)
+with erf GELU (`max_diff_erf`) and with tanh GELU (`max_diff_tanh`); the one with our
+activation must agree to float32 rounding, or the conversion stops (a bug to report).
 
-torch is imported inside the functions that read or write ckpt.pt, never at module level
-(`import tinygrad_char.nanogpt` works without it); without torch they raise one
-ConversionError line saying how to install it. meta.pkl is read with an unpickler that
-accepts plain data only, and ckpt.pt with torch.load(weights_only=True) unless
-trust_pickle=True. This is not a general converter: one architecture (nanoGPT's GPT),
-character vocabularies only.
+What this module is: every step of both directions that plain Python and NumPy can do:
+the checks and their one-line ConversionError messages, meta.pkl (read with an unpickler
+that accepts plain data only, and written), the sniffing of a ckpt.pt file's format before
+it is unpickled (`_check_torch_file`), nanoGPT's state dict of NumPy arrays <-> our params,
+model_args <-> GPTConfig, the vocabulary <-> CharTokenizer, the ckpt dict that torch.save
+is to write (NumPy arrays), and the comparison of logits against a reference forward that
+the caller passes in. What it is not: it never imports torch (the library does not depend
+on PyTorch), so it neither unpickles nor writes ckpt.pt and has no PyTorch forward. Those
+live in examples/nanogpt_torch.py, whose `import_nanogpt` and `export_nanogpt` are the
+whole conversions (torch.load with weights_only=True unless trust_pickle=True, torch.save,
+the float64 PyTorch reference forward) built on `import_state` and `export_state` here.
+This is not a general converter: one architecture (nanoGPT's GPT), character
+vocabularies only.
 """
 
 import functools
@@ -83,16 +92,6 @@ class GeluApproximationWarning(UserWarning):
     """One side computes GELU with the tanh approximation, the other with erf."""
 
 
-def _torch(what):
-    """The torch module, or one ConversionError line saying how to get it."""
-    try:
-        import torch
-    except ImportError:
-        raise ConversionError(f"{what} needs PyTorch (ckpt.pt is a torch file): "
-                              f"pip install torch") from None
-    return torch
-
-
 @functools.lru_cache(maxsize=None)
 def exact_gelu():
     """"gelu_exact" when GPTConfig offers the exact (erf) GELU and it runs here (a one-token
@@ -106,8 +105,9 @@ def exact_gelu():
     return "gelu_exact"
 
 
-def _torch_gelu_mode(activation):
-    """torch's F.gelu `approximate` for one of our activations."""
+def reference_gelu_mode(activation):
+    """The GELU mode of a reference forward (torch's F.gelu `approximate`) for one of our
+    activations: "none" (exact erf) or "tanh"."""
     return "none" if activation == "gelu_exact" else "tanh"
 
 
@@ -232,33 +232,44 @@ def _first_line(e, limit=200):
     return (f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__)[:limit]
 
 
-def read_ckpt(path, trust_pickle=False):
-    """(state dict of float64 NumPy arrays without the compile prefix, model_args, iter_num,
-    the run's config dict) of nanoGPT's ckpt.pt."""
-    path = os.fspath(path)
-    torch = _torch("reading ckpt.pt")
-    _check_torch_file(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as e:
+def ckpt_load_error(path, e, trust_pickle=False):
+    """The one-line ConversionError for the exception `e` that unpickling ckpt.pt (torch.load,
+    with weights_only unless trust_pickle) raised; the caller raises it `from None`."""
+    if isinstance(e, pickle.UnpicklingError):
         message = str(e)
         refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
         if not trust_pickle and refused:
-            raise ConversionError(f"{path}: holds a Python object beyond tensors and plain "
-                                  f"data ({refused.group(1)}); if you trust the file, pass "
-                                  f"--trust-pickle (it runs code from the file)") from None
+            return ConversionError(f"{path}: holds a Python object beyond tensors and plain "
+                                   f"data ({refused.group(1)}); if you trust the file, pass "
+                                   f"--trust-pickle (it runs code from the file)")
         detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", message)
-        raise ConversionError(f"{path}: truncated, damaged or not a PyTorch checkpoint "
-                              f"(unpickling failed: "
-                              f"{detail.group(1) if detail else _first_line(e)}); copy the "
-                              f"file again or use an earlier checkpoint") from None
-    except ModuleNotFoundError as e:  # trust_pickle: a class from a module not installed
-        raise ConversionError(f"{path}: unpickling needs the module {e.name!r}, which is not "
-                              f"installed; install it or save a plain state dict") from None
-    except Exception as e:  # a damaged zip member, a cut legacy file, ...
-        raise ConversionError(f"{path}: truncated, damaged or not a PyTorch checkpoint "
-                              f"(torch.load: {_first_line(e)}); copy the file again or use "
-                              f"an earlier checkpoint") from None
+        return ConversionError(f"{path}: truncated, damaged or not a PyTorch checkpoint "
+                               f"(unpickling failed: "
+                               f"{detail.group(1) if detail else _first_line(e)}); copy the "
+                               f"file again or use an earlier checkpoint")
+    if isinstance(e, ModuleNotFoundError):  # trust_pickle: a class from a module not installed
+        return ConversionError(f"{path}: unpickling needs the module {e.name!r}, which is not "
+                               f"installed; install it or save a plain state dict")
+    # anything else: a damaged zip member, a cut legacy file, ...
+    return ConversionError(f"{path}: truncated, damaged or not a PyTorch checkpoint "
+                           f"(torch.load: {_first_line(e)}); copy the file again or use "
+                           f"an earlier checkpoint")
+
+
+def _float64_array(value):
+    """A NumPy floating-point array as float64; None for anything else."""
+    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating):
+        return value.astype(np.float64)
+    return None
+
+
+def ckpt_contents(ckpt, path="ckpt.pt", to_numpy=_float64_array):
+    """(state dict of float64 NumPy arrays without the compile prefix, model_args, iter_num,
+    the run's config dict) of nanoGPT's unpickled ckpt.pt `ckpt` (named `path` in errors).
+    `to_numpy(value)` turns one state-dict value into a float64 NumPy array, or None when it
+    is not a float tensor; the default takes NumPy floating-point arrays (a torch-side
+    caller passes one that takes torch tensors)."""
+    path = os.fspath(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("model_args"), dict):
         got = f"a dict with keys {list(ckpt)[:8]}" if isinstance(ckpt, dict) \
@@ -269,11 +280,12 @@ def read_ckpt(path, trust_pickle=False):
     state = {}
     for key, value in ckpt["model"].items():
         key = key[len(COMPILE_PREFIX):] if key.startswith(COMPILE_PREFIX) else key
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        array = to_numpy(value)
+        if array is None:
             raise ConversionError(f"{path}: {key!r} is {getattr(value, 'dtype', type(value))}, "
                                   f"not a float tensor; a nanoGPT state dict holds float "
                                   f"tensors only")
-        state[key] = value.detach().to(torch.float64).numpy()
+        state[key] = array
     step = ckpt.get("iter_num", 0)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ConversionError(f"{path}: iter_num is {step!r}, expected a non-negative integer")
@@ -395,41 +407,14 @@ def to_nanogpt(params, config, tokenizer):
     return state, model_args, meta
 
 
-# -- checking a conversion against PyTorch ------------------------------------------------
-def reference_logits(params, config, idx, approximate):
-    """nanoGPT's forward in float64 PyTorch on our params (names are shared); `approximate`
-    is torch's GELU mode: "none" (nanoGPT's exact erf) or "tanh" (our "gelu")."""
-    torch = _torch("the PyTorch reference forward")
-    F = torch.nn.functional
-    p = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in params.items()}
-    C, NH = config.n_embd, config.n_head
-    idx = torch.from_numpy(np.asarray(idx))
-    B, T = idx.shape
-
-    def ln(x, name):
-        return F.layer_norm(x, (C,), p[name + ".weight"], p.get(name + ".bias"), eps=1e-5)
-
-    def linear(x, name):
-        return F.linear(x, p[name + ".weight"], p.get(name + ".bias"))
-
-    x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][:T]  # (B, T, C)
-    for i in range(config.n_layer):
-        h = f"transformer.h.{i}."
-        q, k, v = linear(ln(x, h + "ln_1"), h + "attn.c_attn").split(C, dim=2)
-        q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, NH, T, hs)
-        x = x + linear(y.transpose(1, 2).reshape(B, T, C), h + "attn.c_proj")  # (B, T, C)
-        m = F.gelu(linear(ln(x, h + "ln_2"), h + "mlp.c_fc"), approximate=approximate)
-        x = x + linear(m, h + "mlp.c_proj")
-    x = ln(x, "transformer.ln_f")
-    head = p["transformer.wte.weight"] if config.tie_weights else p["lm_head.weight"]
-    return (x @ head.T).numpy()  # (B, T, V)
-
-
-def compare_with_reference(model, params):
-    """The max |logits difference| between `model`'s forward and reference_logits on a
-    random batch, with erf and with tanh GELU; stops when the GELU that `model` computes
-    does not agree to float32 rounding (the conversion would be wrong)."""
+# -- checking a conversion against a reference forward -------------------------------
+def compare_with_reference(model, params, reference_logits):
+    """The max |logits difference| between `model`'s forward and the reference forward
+    `reference_logits(params, config, idx, approximate)` (nanoGPT's, in float64; `approximate`
+    is "none" for erf GELU, "tanh" for ours, as torch's F.gelu; examples/nanogpt_torch.py
+    has the PyTorch one) on a random batch, with erf and with tanh GELU; stops when the GELU
+    that `model` computes does not agree to float32 rounding (the conversion would be
+    wrong)."""
     config = model.config
     rng = np.random.default_rng(0)
     idx = rng.integers(0, config.vocab_size, size=(CHECK_BATCH,
@@ -441,7 +426,7 @@ def compare_with_reference(model, params):
     diffs = {mode: float(np.abs(ours - reference_logits(params, config, idx, mode)).max())
              for mode in ("none", "tanh")}
     scale = float(np.abs(ours).max()) or 1.0
-    same = diffs[_torch_gelu_mode(config.activation)]
+    same = diffs[reference_gelu_mode(config.activation)]
     if not same <= AGREEMENT * scale:
         raise ConversionError(f"the converted model disagrees with PyTorch's forward of the "
                               f"same weights ({config.activation}: max |logits difference| "
@@ -458,17 +443,21 @@ def _gelu_message(direction, report):
 
 
 # -- the two directions -------------------------------------------------------------------
-def import_nanogpt(ckpt_path, meta_path, out_path, trust_pickle=False, dtype="float32",
-                   activation=None):
-    """Convert nanoGPT's ckpt.pt + meta.pkl into our checkpoint `out_path`; return a report:
-    config, step, activation, notes, and compare_with_reference's figures.
+def _warn_gelu(direction, report):
+    warnings.warn(_gelu_message(direction, report), GeluApproximationWarning, stacklevel=3)
+
+
+def import_state(ckpt, tokenizer, out_path, reference_logits, ckpt_path="ckpt.pt",
+                 to_numpy=_float64_array, dtype="float32", activation=None):
+    """Convert nanoGPT's unpickled ckpt.pt `ckpt` (see ckpt_contents for `ckpt_path` and
+    `to_numpy`), with the vocabulary `tokenizer` (read_meta), into our checkpoint `out_path`
+    (check it with check_output_file before reading anything); return a report: config, step, activation, notes,
+    and compare_with_reference's figures against `reference_logits`.
 
     activation None: what an export of ours recorded, else exact_gelu() when available
     (nanoGPT's GELU, no warning), else "gelu" with a GeluApproximationWarning."""
     out_path = os.fspath(out_path)
-    check_output_file(out_path)
-    tokenizer = read_meta(meta_path)
-    state, model_args, step, run_config = read_ckpt(ckpt_path, trust_pickle)
+    state, model_args, step, run_config = ckpt_contents(ckpt, ckpt_path, to_numpy)
     known = [a for a in (exact_gelu(), "gelu") if a is not None]
     if activation is None:
         recorded = run_config.get(ACTIVATION_KEY)
@@ -480,7 +469,7 @@ def import_nanogpt(ckpt_path, meta_path, out_path, trust_pickle=False, dtype="fl
     model = GPT(config, dtype=dtype).eval()
     for name, value in params.items():
         model.params[name] = model.xp.asarray(value, dtype=dtype)
-    report = compare_with_reference(model, params)
+    report = compare_with_reference(model, params, reference_logits)
     try:
         save_checkpoint(out_path, model, tokenizer, step)
     except OSError as e:
@@ -488,9 +477,8 @@ def import_nanogpt(ckpt_path, meta_path, out_path, trust_pickle=False, dtype="fl
                               f"output path") from None
     report.update(config=config.to_dict(), step=step, activation=activation, notes=notes)
     if activation == "gelu":
-        warnings.warn(_gelu_message("nanoGPT's MLP uses exact-erf GELU (nn.GELU()); this "
-                                    "import uses our tanh approximation (gelu)", report),
-                      GeluApproximationWarning, stacklevel=2)
+        _warn_gelu("nanoGPT's MLP uses exact-erf GELU (nn.GELU()); this import uses our tanh "
+                   "approximation (gelu)", report)
     return report
 
 
@@ -503,16 +491,11 @@ def check_dataset_name(dataset):
                               f"data/<dataset>/meta.pkl), e.g. {DEFAULT_DATASET!r}")
 
 
-def export_nanogpt(checkpoint_path, out_dir, dataset=DEFAULT_DATASET, meta_path=None,
-                   force=False):
-    """Write our checkpoint as nanoGPT's out_dir/ckpt.pt and meta.pkl (at `meta_path`,
-    default out_dir/meta.pkl; sample.py looks for it at data/<dataset>/meta.pkl), the
-    tensors in float32 (nanoGPT's parameter dtype). out_dir is created when its parent
-    exists; existing files are replaced only with force.
-    Returns a report: paths, model_args, step, unk_id, activation and
-    compare_with_reference's figures (max_diff_erf is what nanoGPT's forward will differ
-    by). A "gelu" (tanh) model warns with GeluApproximationWarning."""
-    torch = _torch("writing ckpt.pt")
+def check_export_paths(out_dir, dataset=DEFAULT_DATASET, meta_path=None, force=False):
+    """(out_dir, ckpt_path, meta_path) of an export, refused before any work when the
+    dataset name or a path cannot be used: out_dir/ckpt.pt, and meta.pkl at `meta_path`
+    (default out_dir/meta.pkl); out_dir may be missing when its parent exists; existing
+    files are replaced only with force."""
     check_dataset_name(dataset)
     out_dir = os.fspath(out_dir)
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -531,30 +514,42 @@ def export_nanogpt(checkpoint_path, out_dir, dataset=DEFAULT_DATASET, meta_path=
                                   f"--force to replace it, or choose another --out-dir")
     if os.path.dirname(os.path.abspath(meta_path)) != os.path.abspath(out_dir):
         check_output_file(meta_path)
+    return out_dir, ckpt_path, meta_path
 
+
+def export_state(checkpoint_path, reference_logits, dataset=DEFAULT_DATASET):
+    """(ckpt, vocab, report) for our checkpoint: `ckpt` is the dict torch.save is to write
+    as nanoGPT's ckpt.pt, its "model" float32 NumPy arrays (lm_head.weight the very array of
+    transformer.wte.weight: tied), `vocab` meta.pkl's dict, `report` model_args, step,
+    unk_id, dataset, activation and compare_with_reference's figures against
+    `reference_logits` (max_diff_erf is what nanoGPT's forward will differ by)."""
     model, tokenizer, meta = load_checkpoint(checkpoint_path, dtype="float32")
     params = {name: model.backend.to_numpy(p) for name, p in model.params.items()}
     state, model_args, vocab = to_nanogpt(params, model.config, tokenizer)
-    report = compare_with_reference(model, params)
-
-    tensors = {}
-    for name, value in state.items():  # the tied head stays one tensor under two keys
-        tensors[name] = tensors.get("transformer.wte.weight") if name == "lm_head.weight" \
-            else torch.from_numpy(np.ascontiguousarray(value))
-    ckpt = {"model": tensors, "model_args": model_args, "iter_num": meta["step"],
+    report = compare_with_reference(model, params, reference_logits)
+    ckpt = {"model": state, "model_args": model_args, "iter_num": meta["step"],
             "config": {"dataset": dataset, ACTIVATION_KEY: model.config.activation}}
+    report.update(model_args=model_args, step=meta["step"], unk_id=tokenizer.unk_id,
+                  dataset=dataset, activation=model.config.activation)
+    return ckpt, vocab, report
+
+
+def write_export(ckpt, vocab, out_dir, ckpt_path, meta_path, write_ckpt):
+    """Write ckpt.pt with `write_ckpt(ckpt, f)` (f a binary file; the caller's torch.save)
+    and meta.pkl (pickle of `vocab`), each atomically, creating out_dir when missing; an
+    OSError becomes one ConversionError line."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        write_file_atomic(ckpt_path, lambda f: torch.save(ckpt, f))
+        write_file_atomic(ckpt_path, lambda f: write_ckpt(ckpt, f))
         write_file_atomic(meta_path, lambda f: pickle.dump(vocab, f))
     except OSError as e:
         raise ConversionError(f"{e.filename or out_dir}: cannot write ({e.strerror}); choose "
                               f"another --out-dir") from None
-    report.update(ckpt_path=ckpt_path, meta_path=meta_path, model_args=model_args,
-                  step=meta["step"], unk_id=tokenizer.unk_id, dataset=dataset,
-                  activation=model.config.activation)
-    if model.config.activation == "gelu":
-        warnings.warn(_gelu_message("this model uses our tanh-approximation GELU (gelu); "
-                                    "nanoGPT's MLP computes exact-erf GELU (nn.GELU())",
-                                    report), GeluApproximationWarning, stacklevel=2)
-    return report
+
+
+def warn_export_gelu(report):
+    """The GeluApproximationWarning of an export of a "gelu" (tanh) model: nanoGPT will
+    compute erf GELU; nothing for "gelu_exact"."""
+    if report["activation"] == "gelu":
+        _warn_gelu("this model uses our tanh-approximation GELU (gelu); nanoGPT's MLP "
+                   "computes exact-erf GELU (nn.GELU())", report)
