@@ -384,3 +384,18 @@ def test_workers_is_retired_with_a_pointer_to_mpiexec(workers):
     with pytest.raises(ConfigError, match=(r"workers must be|--workers was replaced by MPI "
                                            r"ranks.*mpiexec -n")):
         TrainConfig(workers=workers).validate()
+
+
+@needs_mpi
+@pytest.mark.parametrize("extra, message", [
+    (["--grad-clip", "nan"], "error: config: grad_clip must be a finite number"),
+    (["--no-such-flag"], "error: unrecognized arguments: --no-such-flag"),
+])
+def test_a_bad_flag_on_two_ranks_is_reported_once(text, tmp_path, extra, message):
+    """Every rank meets the same bad input: rank 0 reports it and ends the job, so the
+    error line appears once (MPICH adds its own line for the abort), no traceback."""
+    done = mpirun(text, tmp_path, extra=extra, max_steps=3)
+    assert done.returncode != 0, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), done.stderr
+    assert "Traceback" not in done.stderr

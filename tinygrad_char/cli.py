@@ -45,6 +45,38 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
+OTHER_RANK_DELAY = 2.0  # seconds a rank other than 0 waits before reporting a bad input
+
+
+def report_error(line):
+    """Print one error line on stderr; the caller then exits with status 2.
+
+    Under an MPI launcher every rank parses the same flags and meets the same bad input:
+    rank 0 prints the line and ends the whole job at once (MPI_Abort, status 2), while
+    another rank first waits OTHER_RANK_DELAY, so the line is printed once; a bad input
+    met by that rank alone is still reported, a moment later (and distributed.run_ranks
+    then ends the job)."""
+    from .distributed import launched_world
+
+    size, rank = launched_world()
+    if size == 1:
+        print(line, file=sys.stderr)
+        return
+    try:
+        from mpi4py import MPI  # initialises MPI: every rank must, before rank 0 can abort
+    except ImportError:  # a launcher without mpi4py: each rank reports for itself
+        print(line, file=sys.stderr)
+        return
+    if rank == 0:
+        print(line, file=sys.stderr)
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(2)
+    import time
+
+    time.sleep(OTHER_RANK_DELAY)
+    print(line, file=sys.stderr)
+
+
 def run_cli(main, argv=None):
     """Run `main(argv)` and return its exit status (None counts as 0).
 
@@ -66,15 +98,15 @@ def run_cli(main, argv=None):
             pass
         return 0
     except _user_errors() as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        report_error(f"error: {_one_line(e)}")
         return 2
     except MemoryError:
-        print("error: out of memory: ask for smaller sizes (fewer layers, a narrower "
-              "model, a shorter context, a smaller batch)", file=sys.stderr)
+        report_error("error: out of memory: ask for smaller sizes (fewer layers, a narrower "
+                     "model, a shorter context, a smaller batch)")
         return 2
     except OSError as e:
         where = f": {e.filename}" if e.filename else ""
-        print(f"error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
+        report_error(f"error: {_one_line(e.strerror or e)}{where}")
         return 2
     return 0 if status is None else status
 
@@ -84,7 +116,8 @@ class Parser(argparse.ArgumentParser):
     (argparse's own prints a usage block first)."""
 
     def error(self, message):
-        self.exit(2, f"error: {_one_line(message)} (see --help)\n")
+        report_error(f"error: {_one_line(message)} (see --help)")
+        self.exit(2)
 
 
 def describe_range(low=None, high=None, low_open=False, high_open=False):
