@@ -46,6 +46,7 @@ def _one_line(text):
 
 
 OTHER_RANK_DELAY = 2.0  # seconds a rank other than 0 waits before reporting a bad input
+FORWARD_DELAY = 0.5  # seconds rank 0 gives the launcher to pass its line on before aborting
 
 
 def report_error(line):
@@ -67,12 +68,13 @@ def report_error(line):
     except ImportError:  # a launcher without mpi4py: each rank reports for itself
         print(line, file=sys.stderr)
         return
+    import time
+
     if rank == 0:
         print(line, file=sys.stderr)
         sys.stderr.flush()
+        time.sleep(FORWARD_DELAY)  # the launcher forwards the line before the abort ends it
         MPI.COMM_WORLD.Abort(2)
-    import time
-
     time.sleep(OTHER_RANK_DELAY)
     print(line, file=sys.stderr)
 
