@@ -171,17 +171,20 @@ def float_arg(low=None, high=None, low_open=False, high_open=False, hint=""):
     return _number_arg(float, low, high, low_open, high_open, hint)
 
 
-def check_output_path(flag, path):
-    """Raise UsageError unless `path` is a file name that can be written: not empty, not
-    a folder, in a folder that exists."""
+def check_output_path(flag, path, error=UsageError):
+    """Raise `error` unless `path` is a file name that can be written: not empty, not a
+    folder, in a writable folder that exists. The message starts with "flag path" (just
+    the path when `flag` is None)."""
+    path = os.fspath(path)
+    what = f"{flag} {path}" if flag else path
     if not path:
-        raise UsageError(f"{flag} is empty: give a file name")
+        raise error(f"{flag or 'the output path'} is empty: give a file name")
     if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a folder: give a file name inside it")
+        raise error(f"{what} is a folder; give a file name inside it, e.g. "
+                    f"{os.path.join(path, 'out')}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UsageError(f"{flag} {path}: the folder {folder} does not exist; create it "
-                         f"first (mkdir -p {folder})")
+        raise error(f"{what}: the folder {folder} does not exist; create it first "
+                    f"(mkdir -p {folder}) or choose another path")
     if not os.access(folder, os.W_OK):
-        raise UsageError(f"{flag} {path}: the folder {folder} is not writable; choose "
-                         f"another place")
+        raise error(f"{what}: the folder {folder} is not writable; choose another place")

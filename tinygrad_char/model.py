@@ -201,8 +201,11 @@ class GPT:
     `model.params` maps names to arrays of the backend (`model.xp`). The forward keeps
     the caches of its ops for one backward; call forward again before the next backward.
     backend: "numpy", "cupy", "auto" or a Backend; dtype: "float32" or "float64" (for
-    gradient checks); seed: initialisation and dropout; kernels: "xp" (the ops of this
-    package) or "fused" (the CUDA kernels of kernels/ where one exists; GPU only);
+    gradient checks); seed: initialisation and dropout; kernels: "auto" (default: the
+    fused kernels for the arrays at hand, numba on NumPy when it imports, CUDA on CuPy),
+    "xp" (the ops of this package), "cpu" (the numba kernels of cpu_kernels/) or "fused"
+    (the CUDA kernels of kernels/; GPU only), each falling back to the xp op where it has
+    no kernel (kernels.select_ops);
     compute_dtype: None, or "float16" for mixed precision (precision.py): the matmuls,
     attention and GELU run in float16 on a float16 copy of the float32 `params`, while the
     embeddings, the residual stream, LayerNorm and the cross-entropy stay float32.
@@ -221,8 +224,8 @@ class GPT:
                               "--dtype float32 / tf32 with --kernels fused)")
         self.config = config
         self.backend = get_backend(backend, seed)
-        # the op functions: the xp pairs of this package, or ("fused") the CUDA kernels of
-        # kernels/ where one exists; decided once, in kernels.select_ops
+        # the op functions: the xp pairs of this package, or fused kernels (numba, CUDA)
+        # where one exists; decided in one place, kernels.select_ops
         self.ops = select_ops(kernels)
         self.xp = self.backend.xp
         self.dtype = dtype

@@ -70,6 +70,7 @@ import zipfile
 import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint, write_file_atomic
+from .cli import check_output_path
 from .model import GPT, ConfigError, GPTConfig, param_shapes
 from .tokenizer import UNK_CHAR, CharTokenizer
 
@@ -112,18 +113,8 @@ def reference_gelu_mode(activation):
 
 
 def check_output_file(path):
-    """Refuse, before any work, an output file that cannot be written."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ConversionError(f"{path}: is a folder; give a file name for the output, "
-                              f"e.g. {os.path.join(path, 'model.safetensors')}")
-    if not os.path.isdir(folder):
-        raise ConversionError(f"{path}: the folder {folder} does not exist; create it first "
-                              f"or choose another output path")
-    if not os.access(folder, os.W_OK):
-        raise ConversionError(f"{path}: the folder {folder} is not writable; choose another "
-                              f"output path")
+    """Refuse, before any work, an output file that cannot be written (ConversionError)."""
+    check_output_path(None, path, ConversionError)
 
 
 # -- reading meta.pkl ---------------------------------------------------------------------

@@ -150,12 +150,14 @@ def setup(cfg, data, resume, backend, out):
     param_dtype, compute_dtype = dtypes(cfg.dtype)
     # float16: loss scaling, and float32 master weights (the model's params) for AdamW
     scaler = LossScaler() if compute_dtype else None
+    def adamw(model):
+        return model.ops.AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
+                               weight_decay=cfg.weight_decay)
+
     if not resume:
         model = GPT(cfg.model_config(tokenizer.vocab_size), backend=backend, dtype=param_dtype,
                     seed=cfg.seed, kernels=cfg.kernels, compute_dtype=compute_dtype)
-        optimizer = model.ops.AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                    weight_decay=cfg.weight_decay)
-        return model, optimizer, scaler, 0, {}
+        return model, adamw(model), scaler, 0, {}
     model, saved_tok, meta = load_checkpoint(resume, backend=backend, dtype=param_dtype)
     model.ops = select_ops(cfg.kernels)
     model.compute_dtype = compute_dtype
@@ -169,8 +171,7 @@ def setup(cfg, data, resume, backend, out):
     if saved_tok != tokenizer:
         raise ConfigError(f"--resume {resume}: the checkpoint's vocabulary differs from "
                           "this data's; resume on the same data")
-    optimizer = model.ops.AdamW(model.params, cfg.learning_rate, (cfg.beta1, cfg.beta2),
-                                weight_decay=cfg.weight_decay)
+    optimizer = adamw(model)
     saved_state = load_training_state(resume, optimizer)
     if scaler is not None and "loss_scaler" in saved_state:
         scaler.load_state_dict(saved_state["loss_scaler"])
