@@ -90,6 +90,28 @@ def test_exp_approximation_error():
     special = np.float32([-np.inf, -1000.0, -88.0, 0.0])
     _jit.exp_array(special, out[:4])
     assert list(out[:4]) == [0.0, 0.0, 0.0, 1.0], f"exp_into at -inf/-1000/-88/0: {out[:4]}"
+    _jit.exp_array(np.float32([np.nan, -np.nan]), out[:2])
+    assert np.isnan(out[:2]).all(), f"exp_into lost a NaN: exp(nan), exp(-nan) = {out[:2]}"
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 8, 9, 15, 16, 17, 64, 283])
+def test_row_max_is_the_exact_max_of_the_first_n(n):
+    _jit = cpu()[0]
+    rng = np.random.default_rng(n)
+    rows = randn(rng, (6, n + 3), scale=1000.0)  # the 3 past n must be ignored
+    rows[:, n:] = 1e30
+    rows[1, :n] = -np.inf
+    rows[2, :n] = -rows[2, :n] ** 2 - 1.0  # all negative
+    rows[3, :n] = 0.0
+    rows[3, 0] = -0.0
+    rows[4, n - 1] = np.inf
+    rows[5, :n] = np.float32(1e-42)  # subnormals
+    out = np.empty(6, np.float32)
+    _jit.row_max_array(rows, n, out)
+    np.testing.assert_array_equal(out, rows[:, :n].max(axis=1), err_msg=f"row_max, n={n}")
+    rows[0, n // 2] = np.nan
+    _jit.row_max_array(rows, n, out)
+    assert np.isnan(out[0]), f"row_max, n={n}: a NaN in the row gave {out[0]}"
 
 
 # == LayerNorm =================================================================================
@@ -237,6 +259,21 @@ def test_cross_entropy_kernel_extremes():
         assert_close("cross-entropy dlogits, logits +-1000",
                      k_ce.cross_entropy_backward(1.0, cache),
                      cross_entropy.cross_entropy_backward(1.0, cache0))
+
+
+@pytest.mark.parametrize("nan", [np.nan, -np.nan])
+def test_cross_entropy_and_attention_kernels_keep_a_nan(nan):
+    """A NaN logit or score (a diverged run) must reach the loss, as it does in the twins,
+    whatever its sign bit: the training loop's divergence check looks for it there."""
+    k_att, k_ce = cpu()[2:4]
+    logits = np.zeros((3, 40), np.float32)
+    logits[1, 7] = nan
+    loss, _ = k_ce.cross_entropy_forward(logits, np.array([0, 0, 0]))
+    assert np.isnan(loss), f"cross-entropy kernel: a NaN logit ({nan}) gave loss {loss}"
+    qkv = np.ones((1, 5, 3 * 4), np.float32)
+    qkv[0, 3, 0] = nan  # a query: its scores are NaN
+    y, _ = k_att.attention_forward(qkv, 1)
+    assert np.isnan(y[0, 3]).all(), f"attention kernel: a NaN score ({nan}) was dropped"
 
 
 def test_cross_entropy_kernel_rejects_out_of_range_targets():

@@ -60,10 +60,33 @@ def helper(fn):
     return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")(fn)
 
 
+# -- row max: a loop-carried float `m = x if x > m else m` does not vectorise (LLVM makes a
+# vector max reduction of floats only under "nnan", which FASTMATH leaves out), but an
+# integer one does. A float32's bits i, as int32, order like the floats once the negative
+# ones are flipped: key = i ^ ((i >> 31) & 0x7fffffff) (an involution, so the max key maps
+# back to the max float). Exact; -0.0 orders below 0.0, +NaN above everything (the max is
+# NaN then; a -NaN is passed over, and the exp below keeps it NaN), -inf below every
+# finite. Measured on (2048, 283) float32 rows: 27 us against 198 us for the float loop;
+# the cross-entropy kernel went from 392 to 182 us there (views made once per call: a
+# view per row cost 20 us of it at V = 65).
+@helper
+def row_max_bits(bits, n):
+    """The int32 bits of max(row[:n]), given bits = the float32 row viewed as int32 (view
+    the whole array once: `z.view(np.int32)`), 1 <= n <= bits.size. Read the float back
+    through a float32 view of an int32 buffer that holds the result."""
+    m = np.int32(-2147483648)
+    for j in range(n):
+        i = bits[j]
+        key = i ^ ((i >> 31) & np.int32(0x7fffffff))
+        m = key if key > m else m
+    return m ^ ((m >> 31) & np.int32(0x7fffffff))
+
+
 # -- exp: exp(x) = 2^k exp(r), k = round(x / ln 2), |r| <= ln 2 / 2 --------------------------
 # exp(r) by its Taylor polynomial to degree 7 (|error| < 2e-8 relative on |r| <= 0.347, below
 # float32 rounding), 2^k built in the exponent bits of an int32 buffer viewed as float32.
-# Inputs below EXP_MIN (exp < smallest normal float32) give 0, -inf included; inputs above
+# Inputs below EXP_MIN (exp < smallest normal float32) give 0, -inf included, NaN gives NaN
+# (the clamps are written so that a NaN passes them); inputs above
 # EXP_MAX are clamped to it (no caller exceeds 0: every use subtracts the row max first).
 LOG2E = 1.4426950408889634
 LN2_HI = 0.693145751953125  # ln 2 split so that k * LN2_HI is exact for |k| < 2^11
@@ -94,12 +117,12 @@ def exp_into(x, out, bits):
     scale = bits[:n].view(np.float32)
     for i in range(n):
         xi = x[i]
-        xi = xi if xi > np.float32(EXP_MIN) else np.float32(EXP_MIN)  # also maps -inf
-        xi = xi if xi < np.float32(EXP_MAX) else np.float32(EXP_MAX)
+        xi = np.float32(EXP_MIN) if xi < np.float32(EXP_MIN) else xi  # -inf too; NaN stays
+        xi = np.float32(EXP_MAX) if xi > np.float32(EXP_MAX) else xi
         k = np.floor(xi * np.float32(LOG2E) + np.float32(0.5))
         r = xi - k * np.float32(LN2_HI) - k * np.float32(LN2_LO)
         bits[i] = (np.int32(k) + np.int32(127)) << 23
-        out[i] = exp_poly(r) if x[i] > np.float32(EXP_MIN) else np.float32(0.0)
+        out[i] = np.float32(0.0) if x[i] <= np.float32(EXP_MIN) else exp_poly(r)
     for i in range(n):
         out[i] *= scale[i]
 
@@ -154,6 +177,14 @@ def exp_array(x, out):
     """exp_into over a whole 1-d float32 array (for tests and benchmarks)."""
     bits = np.empty(x.size, np.int32)
     exp_into(x, out, bits)
+
+
+@kernel
+def row_max_array(x, n, out):
+    """max(x[i, :n]) by row_max_bits for each row of a 2-d float32 array (for tests)."""
+    x_bits, out_bits = x.view(np.int32), out.view(np.int32)
+    for i in range(x.shape[0]):
+        out_bits[i] = row_max_bits(x_bits[i], n)
 
 
 @kernel

@@ -32,7 +32,7 @@ import numpy as np
 from .. import attention as xp_attention
 from ..dropout import uniform_dtype
 from . import CpuCache, applies
-from ._jit import EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange
+from ._jit import EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange, row_max_bits
 
 
 @kernel
@@ -42,20 +42,19 @@ def _softmax_forward(S, scale, uniform_t, p_drop, A):
     read from uniform_t (BH, T, T) transposed; A is not touched when p_drop == 0."""
     BH, T, _ = S.shape
     keep_scale = np.float32(1.0 / (1.0 - p_drop)) if p_drop > 0.0 else np.float32(1.0)
+    S_bits = S.view(np.int32)  # for the row max (see _jit.row_max_bits)
     for bh in prange(BH):
-        bits = np.empty(T, np.int32)  # exp's 2^k, built as float32 exponent bits
+        bits = np.empty(T, np.int32)  # exp's 2^k, built as float32 exponent bits; first the max
         two_k = bits.view(np.float32)
         for t in range(T):
             row = S[bh, t]
             n = t + 1  # keys 0..t are visible
-            m = row[0]
-            for s in range(1, n):
-                m = row[s] if row[s] > m else m
-            m *= scale
+            bits[0] = row_max_bits(S_bits[bh, t], n)
+            m = two_k[0] * scale
             # exp(row * scale - m) inline (see _jit.exp_into for the method and its error)
             for s in range(n):
                 z = row[s] * scale - m
-                z = z if z > np.float32(EXP_MIN) else np.float32(EXP_MIN)
+                z = np.float32(EXP_MIN) if z < np.float32(EXP_MIN) else z  # NaN stays
                 kf = np.floor(z * np.float32(LOG2E) + np.float32(0.5))
                 r = z - kf * np.float32(LN2_HI) - kf * np.float32(LN2_LO)
                 row[s] = exp_poly(r)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import cross_entropy as xp_cross_entropy
 from . import CpuCache, applies
-from ._jit import EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange
+from ._jit import EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange, row_max_bits
 
 
 ROWS_PER_CHUNK = 64  # rows per prange chunk (each chunk allocates its exp scratch once)
@@ -34,8 +34,9 @@ def _forward(z, targets, losses, dz):
         n_valid += 1 if t >= 0 else 0
     inv_n_valid = np.float32(1.0 / max(n_valid, 1))
     n_chunks = (N + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
+    z_bits = z.view(np.int32)  # for the row max (see _jit.row_max_bits)
     for c in prange(n_chunks):
-        bits = np.empty(V, np.int32)  # exp's 2^k as float32 exponent bits
+        bits = np.empty(V, np.int32)  # exp's 2^k as float32 exponent bits; first the max
         two_k = bits.view(np.float32)
         for n in range(c * ROWS_PER_CHUNK, min((c + 1) * ROWS_PER_CHUNK, N)):
             row, drow = z[n], dz[n]
@@ -44,12 +45,11 @@ def _forward(z, targets, losses, dz):
                 losses[n] = 0.0
                 drow[:] = 0.0
                 continue
-            m = row[0]
-            for j in range(1, V):
-                m = row[j] if row[j] > m else m
+            bits[0] = row_max_bits(z_bits[n], V)
+            m = two_k[0]
             for j in range(V):  # exp(row - m), written into drow (see _jit.exp_into)
                 x = row[j] - m
-                x = x if x > np.float32(EXP_MIN) else np.float32(EXP_MIN)
+                x = np.float32(EXP_MIN) if x < np.float32(EXP_MIN) else x  # NaN stays
                 kf = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
                 r = x - kf * np.float32(LN2_HI) - kf * np.float32(LN2_LO)
                 drow[j] = exp_poly(r)

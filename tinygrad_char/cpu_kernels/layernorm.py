@@ -24,17 +24,19 @@ ROWS_PER_CHUNK = 64  # backward: rows per (dw, db) partial sum
 def _forward(x, w, b, has_bias, eps, y, mean, rstd):
     """x (N, C), w (C,), b (C,) -> y (N, C), mean (N,), rstd (N,)."""
     N, C = x.shape
+    one = x.dtype.type(1.0)
+    inv_c = one / x.dtype.type(C)  # x's dtype: `s / C` would compute in float64
     for i in prange(N):
         row = x[i]
         s = row.dtype.type(0.0)
         for j in range(C):
             s += row[j]
-        m = s / C
+        m = s * inv_c
         v = row.dtype.type(0.0)
         for j in range(C):
             d = row[j] - m
             v += d * d
-        r = 1.0 / np.sqrt(v / C + eps)
+        r = one / np.sqrt(v * inv_c + eps)
         mean[i] = m
         rstd[i] = r
         out = y[i]
@@ -51,6 +53,7 @@ def _backward(dy, x, w, mean, rstd, dx, dw_part, db_part):
     """dy, x (N, C), w (C,), mean, rstd (N,) -> dx (N, C), dw/db partials (n_chunks, C)."""
     N, C = x.shape
     n_chunks = dw_part.shape[0]
+    inv_c = x.dtype.type(1.0) / x.dtype.type(C)  # x's dtype (see _forward)
     for c in prange(n_chunks):
         dwp = dw_part[c]
         dbp = db_part[c]
@@ -68,8 +71,8 @@ def _backward(dy, x, w, mean, rstd, dx, dw_part, db_part):
                 s_dnn += dn * n
                 dwp[j] += dyr[j] * n
                 dbp[j] += dyr[j]
-            mean_dn = s_dn / C
-            mean_dnn = s_dnn / C
+            mean_dn = s_dn * inv_c
+            mean_dnn = s_dnn * inv_c
             for j in range(C):
                 n = (xr[j] - m) * r
                 dxr[j] = r * (dyr[j] * w[j] - mean_dn - n * mean_dnn)
