@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,6 +132,51 @@ def test_outside_a_launcher_one_process_and_no_mpi(monkeypatch):
     assert type(connect()) is SingleProcess
 
 
+@pytest.mark.parametrize("story, expected", [
+    (["done 0", "done 1"], ""),  # a run that ends: nothing to say
+    (["saved 0 runs/x/ckpt.safetensors", "die 1", "die 0"],
+     "error: rank 1 of 2 (pid 101 on node1) died without a word (killed by a signal: "
+     "SIGKILL, the out-of-memory killer or a crash); the job stops; resume from the last "
+     "save with --resume runs/x/ckpt.safetensors"),
+    (["die 0", "die 1"], "error: rank 0 of 2 (pid 100 on node0) died without a word (killed "
+     "by a signal: SIGKILL, the out-of-memory killer or a crash); the job stops; nothing was "
+     "saved yet"),
+    (["abort 1", "die 0"], ""),  # rank 1 printed its own error and ended the job
+    (["done 1", "die 0"], "error: rank 0 of 2"),
+])
+def test_the_rank_watcher_names_the_first_rank_to_die(story, expected):
+    """The watcher (rank_watch.py, as rank 0 starts it) with two fake ranks on sockets:
+    a connection that closes without "done" or "abort" is a rank that died; only the first
+    is named, on one line."""
+    from tinygrad_char import rank_watch
+
+    proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        conns = []
+        for r in range(2):
+            conns.append(socket.create_connection(("127.0.0.1", port)))
+            conns[r].sendall(f"hello {r} {100 + r} node{r}\n".encode())
+        for event in story:
+            word, r, *rest = event.split(" ")
+            conn = conns[int(r)]
+            if word == "die":
+                conn.close()
+            elif word == "saved":
+                conn.sendall(f"saved {rest[0]}\n".encode())
+            else:
+                conn.sendall(f"{word}\n".encode())
+                conn.close()
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = err.splitlines()
+    assert len(lines) == (1 if expected else 0) and err.startswith(expected), err
+
+
 def test_rows_split_over_ranks_then_micro_batches():
     rows = split_rows(7, 2, 2)
     assert [[list(m) for m in r] for r in rows] == [[[0, 1], [2, 3]], [[4, 5], [6]]]
@@ -210,6 +256,7 @@ def test_two_ranks_train_what_one_process_trains(text, data, tmp_path):
         _, meta = read_safetensors(train_state_path(tmp_path / run / "ckpt.safetensors"))
         assert json.loads(meta["train_state"])["world_size"] == 2
         assert done.stdout.count("validation (whole split") == 1, done.stdout
+        assert "error" not in done.stderr and "note" not in done.stderr, done.stderr[-2000:]
 
 
 @needs_mpi
@@ -261,10 +308,12 @@ def test_with_dropout_two_ranks_resume_bit_identically(text, tmp_path):
 
 
 @needs_mpi
-def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path):
-    """SIGKILL rank 1 mid-run: mpiexec ends every rank in seconds (no hang), non-zero, its
-    message names the dead rank's pid, which rank 0's start line maps to 'rank 1'; the
-    checkpoint on disk still loads and resumes."""
+@pytest.mark.parametrize("victim", [1, 0])
+def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
+    """SIGKILL a rank mid-run: mpiexec ends every rank in seconds (no hang), non-zero; the
+    rank watcher's one line names the dead rank (and no other) and the checkpoint to resume
+    from, before mpiexec's own report (which names its pid); the checkpoint on disk still
+    loads and resumes."""
     cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
            str(tmp_path), "--no-progress", *flags(max_steps=10**6, eval_interval=5)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -278,8 +327,8 @@ def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path):
             if pid is None:
                 line = proc.stdout.readline()
                 lines.append(line)
-                if "rank 1 pid " in line:
-                    pid = int(line.split("rank 1 pid ")[1].split()[0])
+                if f"rank {victim} pid " in line:
+                    pid = int(line.split(f"rank {victim} pid ")[1].split()[0])
             else:
                 time.sleep(0.05)
         time.sleep(0.3)
@@ -293,6 +342,12 @@ def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path):
             proc.wait()
     assert proc.returncode != 0
     assert f"PID {pid} " in rest, rest
+    errors = [line for line in rest.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: rank {victim} of 2 (pid {pid} on {os.uname().nodename}) died "
+                      "without a word (killed by a signal: SIGKILL, the out-of-memory killer "
+                      f"or a crash); the job stops; resume from the last save with --resume "
+                      f"{ckpt}"], rest
+    assert rest.index("error: rank") < rest.index("BAD TERMINATION"), rest
     model, _, meta = load_checkpoint(ckpt)
     assert load_training_state(ckpt, AdamW(model.params))["step"] == meta["step"] >= 5
 

@@ -57,6 +57,7 @@ def report_error(line):
     another rank first waits OTHER_RANK_DELAY, so the line is printed once; a bad input
     met by that rank alone is still reported, a moment later (and distributed.run_ranks
     then ends the job)."""
+    from . import rank_watch
     from .distributed import launched_world
 
     size, rank = launched_world()
@@ -74,6 +75,7 @@ def report_error(line):
         print(line, file=sys.stderr)
         sys.stderr.flush()
         time.sleep(FORWARD_DELAY)  # the launcher forwards the line before the abort ends it
+        rank_watch.say("abort")  # the rank watcher (when one runs) keeps quiet
         MPI.COMM_WORLD.Abort(2)
     time.sleep(OTHER_RANK_DELAY)
     print(line, file=sys.stderr)

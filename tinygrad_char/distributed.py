@@ -36,6 +36,7 @@ machine, is retired in favour of `mpiexec -n N`, which measured within a few per
 docs/scaling.md.)
 """
 
+import atexit
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ import time
 
 import numpy as np
 
+from . import rank_watch
 from .model import ConfigError
 
 # the variables an MPI launcher sets in each rank's environment: world size, then rank
@@ -131,6 +133,9 @@ class SingleProcess:
     def check_same_run(self, fingerprint):
         pass
 
+    def note_saved(self, path):
+        """Rank 0 saved a checkpoint at `path` (the rank watcher names it if a rank dies)."""
+
     def abort(self, code):
         pass
 
@@ -184,6 +189,7 @@ class MPIWorld(SingleProcess):
         self.is_main = self.rank == 0
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.table = self.comm.allgather((self.host, self.pid))
+        self.watcher = self._start_watcher()
         # the ranks on this node (shared memory): a GPU each, and the cores shared out
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
@@ -204,6 +210,29 @@ class MPIWorld(SingleProcess):
         # after it; benchmarks/bench_scaling.py compares the two)
         self.overlap = True
         self.comm_time = 0.0  # seconds spent inside MPI for gradients (benchmarks read it)
+
+    def _start_watcher(self):
+        """Rank 0 starts the rank watcher (rank_watch.py: one line naming a rank that
+        dies) and every rank connects to it; a rank that cannot is left unwatched, and
+        rank 0 says so. Returns the watcher's process on rank 0, else None."""
+        proc, port = rank_watch.start(self.world_size) if self.is_main else (None, None)
+        port, why = self.comm.bcast((port, None) if proc or not self.is_main else
+                                    (None, f"the watcher {port}"), root=0)
+        if why is None:
+            host0 = self.table[0][0]
+            why = rank_watch.connect("127.0.0.1" if host0 == self.host else host0, port,
+                                     self.rank, self.pid, self.host)
+        problems = [p for p in self.comm.gather(why, root=0) or [] if p]
+        if self.is_main and problems:
+            print(f"note: ranks unwatched: {problems[0]}; a rank that dies is then named only "
+                  "by mpiexec's report (its PID: see the ranks' pids above)", file=sys.stderr,
+                  flush=True)
+        atexit.register(rank_watch.say, "done")
+        return proc
+
+    def note_saved(self, path):
+        if self.is_main:
+            rank_watch.say(f"saved {path}")
 
     def use_local_gpu(self):
         """Make GPU (local rank mod GPUs on this node) current, when CuPy imports: ranks on
@@ -278,6 +307,7 @@ class MPIWorld(SingleProcess):
         others waiting in a collective forever)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        rank_watch.say("abort")  # this rank's own line said why: the watcher keeps quiet
         self.comm.Abort(code)
 
     def close(self):
@@ -416,5 +446,6 @@ def run_ranks(fn, *args):
 
         sys.stdout.flush()
         sys.stderr.flush()
+        rank_watch.say("abort")
         MPI.COMM_WORLD.Abort(code if isinstance(code, int) else 1)
     return code

@@ -200,6 +200,7 @@ class Checkpointer:
                             run_info={"data": self.data_description,
                                       "world_size": self.world.world_size})
         self.last_good, self.last_step = self.path, step
+        self.world.note_saved(self.path)
 
 
 def _diverged(what, value, step, last_good):
