@@ -379,6 +379,67 @@ def test_ctrl_c_on_the_launcher_saves_one_agreed_step(text, tmp_path):
     assert max(r["step"] for r in metrics(tmp_path)) <= step
 
 
+# A stand-in for CuPy's array type: host memory behind the part of CuPy's interface the
+# transport uses (type module "cupy", .get(), cupy.asarray/concatenate/zeros, the stream).
+FAKE_CUPY_RANKS = """
+import sys, types
+import numpy as np
+
+class ndarray(np.ndarray):
+    def get(self):
+        return np.array(self, copy=True)
+
+ndarray.__module__ = "cupy"
+cupy = types.ModuleType("cupy")
+cupy.ndarray = ndarray
+cupy.asarray = lambda a, dtype=None: np.array(a, dtype=dtype, copy=True).view(ndarray)
+cupy.concatenate = lambda arrays: np.concatenate(arrays).view(ndarray)
+cupy.zeros = lambda n, dtype: np.zeros(n, dtype).view(ndarray)
+synced = []
+stream = types.SimpleNamespace(synchronize=lambda: synced.append(1))
+cupy.cuda = types.SimpleNamespace(get_current_stream=lambda: stream)
+sys.modules["cupy"] = cupy
+
+from tinygrad_char.distributed import MPIWorld
+world = MPIWorld()
+r = world.rank
+shapes = {"transformer.h.0.w": (3, 2), "transformer.h.1.w": (4,), "transformer.wte.weight": (5, 2)}
+grads = {n: cupy.asarray(np.full(s, r + 1.0, np.float32) * (i + 1))
+         for i, (n, s) in enumerate(shapes.items())}
+reducer = world.grad_reducer(list(shapes), n_layer=2)
+hook = reducer.hook(True)
+hook(1, grads)  # the backward finishes block 1, then block 0
+hook(0, grads)
+summed, loss, stop = reducer.add(grads, True, 0.5 * (r + 1), r == 1)
+for i, (n, s) in enumerate(shapes.items()):
+    assert type(summed[n]) is ndarray, (n, type(summed[n]))
+    assert summed[n].shape == s and np.all(summed[n] == 3.0 * (i + 1)), (n, summed[n])
+assert loss == 1.5 and stop is True, (loss, stop)
+assert bool(synced) == world.cuda_aware, (synced, world.cuda_aware)
+print(f"rank {r} ok, cuda_aware={world.cuda_aware}", flush=True)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("cuda_aware", ["0", "1"])
+def test_cupy_gradients_are_summed_through_host_or_device_buffers(tmp_path, cuda_aware):
+    """The CuPy branch of the all-reduce, under mpiexec -n 2, with a stand-in array type
+    (no GPU here): device gradients in three buckets (two blocks during the backward, the
+    rest after) come back as device arrays holding the sum over the ranks, with the loss
+    and the stop flag; through host copies by default, handed to MPI as they are (after a
+    stream synchronise) with TINYGRAD_CHAR_CUDA_AWARE_MPI=1."""
+    script = tmp_path / "ranks.py"
+    script.write_text(FAKE_CUPY_RANKS)
+    env = dict(_env(), TINYGRAD_CHAR_CUDA_AWARE_MPI=cuda_aware,
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    aware = "True" if cuda_aware == "1" else "False"
+    for r in (0, 1):  # (the launcher may interleave the two ranks' lines)
+        assert done.stdout.count(f"rank {r} ok, cuda_aware={aware}") == 1, done.stdout
+
+
 @needs_mpi
 def test_ranks_with_another_config_are_refused_with_one_line(text, tmp_path):
     common = [sys.executable, SCRIPT, "--text", str(text), "--out-dir", str(tmp_path),

@@ -20,8 +20,9 @@ Transports (`connect()` picks one):
                    with a non-blocking Iallreduce while blocks i-1 ... 0 run their backward;
                    the embeddings, ln_f and two scalars (the weighted loss and the Ctrl-C
                    flag, so every rank stops after the same step) form the last bucket.
-                   CuPy arrays go through host buffers (NCCL between GPUs is not written:
-                   see docs/scaling.md for the slot it would fill).
+                   CuPy arrays go through host buffers, or straight to MPI as device
+                   buffers with TINYGRAD_CHAR_CUDA_AWARE_MPI=1 (a CUDA-aware MPI); NCCL
+                   between GPUs is not written: docs/scaling.md has the slot it would fill.
 
 Why every rank steps rather than rank 0 stepping and broadcasting: AdamW on every rank
 costs a few elementwise passes over the parameters (0.3-1.5 ms measured for the CPU
@@ -206,6 +207,9 @@ class MPIWorld(SingleProcess):
             self._blas = threadpool_limits(threads, user_api="blas")
         except ImportError:
             pass
+        # CuPy gradients: handed to MPI as device buffers only when the user says the MPI
+        # library is CUDA-aware (no MPI call reports it portably); else through host copies
+        self.cuda_aware = os.environ.get("TINYGRAD_CHAR_CUDA_AWARE_MPI", "0") == "1"
         # overlap: start each block's all-reduce during the backward (False: all buckets
         # after it; benchmarks/bench_scaling.py compares the two)
         self.overlap = True
@@ -351,7 +355,11 @@ class _MPIReducer:
         if extra:
             flat.append(xp.asarray(np.array(extra, dtype=dtype)))
         buf = xp.concatenate(flat) if flat else xp.zeros(0, dtype)
-        host = _host(buf)  # CuPy: through host memory (a CUDA-aware MPI could take `buf`)
+        if xp is not np and self.world.cuda_aware:
+            xp.cuda.get_current_stream().synchronize()  # complete before MPI reads it
+            host = buf  # a CUDA-aware MPI reads and writes the device buffer itself
+        else:
+            host = _host(buf)  # CuPy: a copy in host memory, summed there, copied back
         request = self.world.comm.Iallreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
         self.pending.append((request, host, [(n, grads[n].shape) for n in names],
                              xp if xp is not np else None))
