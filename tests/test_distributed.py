@@ -177,6 +177,19 @@ def test_the_rank_watcher_names_the_first_rank_to_die(story, expected):
     assert len(lines) == (1 if expected else 0) and err.startswith(expected), err
 
 
+def test_a_rank_that_cannot_reach_the_watcher_runs_unwatched():
+    """connect() to a port nobody listens on returns the reason (rank 0 prints it as a
+    note) instead of raising, and say() is then a no-op."""
+    from tinygrad_char import rank_watch
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # closed again before the connect below
+    why = rank_watch.connect("127.0.0.1", port, 3, 1234, "node3")
+    assert why is not None and why.startswith(f"rank 3 could not reach it at 127.0.0.1:{port}")
+    rank_watch.say("done")  # nothing to send to: no error
+
+
 def test_rows_split_over_ranks_then_micro_batches():
     rows = split_rows(7, 2, 2)
     assert [[list(m) for m in r] for r in rows] == [[[0, 1], [2, 3]], [[4, 5], [6]]]

@@ -40,7 +40,8 @@ import subprocess
 import sys
 import time
 
-CONNECT_TIMEOUT = 30.0  # seconds for every rank to connect at start
+START_TIMEOUT = 30.0  # seconds for the watcher to start and every rank to connect
+CONNECT_TIMEOUT = 5.0  # seconds for one rank's connection (a firewall dropping it: unwatched)
 _conn = None  # this rank's connection to the watcher (None: not watched)
 
 
@@ -56,7 +57,7 @@ def start(world_size):
         return None, f"could not start it ({e})"
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
-    ready = sel.select(timeout=CONNECT_TIMEOUT)
+    ready = sel.select(timeout=START_TIMEOUT)
     sel.close()
     line = proc.stdout.readline().decode(errors="replace").split() if ready else []
     proc.stdout.close()
@@ -111,7 +112,7 @@ def watch(world_size, out=sys.stderr):
     sel = selectors.DefaultSelector()
     sel.register(server, selectors.EVENT_READ)
     ranks, joined, accepted, saved = {}, 0, 0, None  # joined: accepted, or given up on
-    deadline = time.monotonic() + CONNECT_TIMEOUT
+    deadline = time.monotonic() + START_TIMEOUT
     while True:
         timeout = max(deadline - time.monotonic(), 0.0) if joined < world_size else None
         events = sel.select(timeout=timeout)
