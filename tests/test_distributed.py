@@ -177,6 +177,36 @@ def test_the_rank_watcher_names_the_first_rank_to_die(story, expected):
     assert len(lines) == (1 if expected else 0) and err.startswith(expected), err
 
 
+def test_the_rank_watcher_names_a_rank_the_others_wait_for_and_ends_the_job():
+    """Fake ranks: both finish all-reduce 1, rank 0 starts waiting for all-reduce 2 and rank
+    1 never does: after the hang time the watcher names rank 1 and kills rank 0 (here a
+    stand-in process), which is how the launcher then ends the job."""
+    from tinygrad_char import rank_watch
+
+    rank0 = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2", "0.5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        conns[0].sendall(f"hello 0 {rank0.pid} node0\nwait 1\n".encode())
+        conns[1].sendall(b"hello 1 101 node1\nwait 1\n")
+        time.sleep(0.7)  # both waited past the hang time for all-reduce 1: nobody is behind
+        assert proc.poll() is None, "the watcher stopped while no rank was behind"
+        conns[0].sendall(b"wait 2\n")
+        _, err = proc.communicate(timeout=10)
+        assert rank0.wait(timeout=10) == -signal.SIGKILL, "rank 0 was not ended"
+    finally:
+        for p in (proc, rank0):
+            if p.poll() is None:
+                p.kill()
+    assert err.splitlines() == ["error: rank 1 of 2 (pid 101 on node1) has not joined the "
+                                "gradient all-reduce every other rank has waited in for 0.5 s "
+                                "(it hangs, or was stopped); ending the job (nothing was saved "
+                                "yet; TINYGRAD_CHAR_HANG_SECONDS sets the wait, 0 turns this "
+                                "off)"], err
+
+
 def test_a_rank_that_cannot_reach_the_watcher_runs_unwatched():
     """connect() to a port nobody listens on returns the reason (rank 0 prints it as a
     note) instead of raising, and say() is then a no-op."""
@@ -361,6 +391,51 @@ def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
                       f"or a crash); the job stops; resume from the last save with --resume "
                       f"{ckpt}"], rest
     assert rest.index("error: rank") < rest.index("BAD TERMINATION"), rest
+    model, _, meta = load_checkpoint(ckpt)
+    assert load_training_state(ckpt, AdamW(model.params))["step"] == meta["step"] >= 5
+
+
+@needs_mpi
+def test_a_stopped_rank_is_named_and_the_job_ended(text, tmp_path):
+    """SIGSTOP rank 1 mid-run (a hang: its connection stays open, rank 0 waits in the
+    all-reduce): with TINYGRAD_CHAR_HANG_SECONDS=2 the watcher names rank 1 in one line and
+    ends the job; the checkpoint on disk loads and resumes."""
+    cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
+           str(tmp_path), "--no-progress", *flags(max_steps=10**6, eval_interval=5)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(_env(), TINYGRAD_CHAR_HANG_SECONDS="2"))
+    pid = None
+    try:
+        ckpt = tmp_path / "ckpt.safetensors"
+        deadline = time.monotonic() + 60
+        while pid is None or not ckpt.exists():
+            assert time.monotonic() < deadline
+            if pid is None:
+                line = proc.stdout.readline()
+                if "rank 1 pid " in line:
+                    pid = int(line.split("rank 1 pid ")[1].split()[0])
+            else:
+                time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGSTOP)
+        t = time.monotonic()
+        rest, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - t
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode != 0 and 2 <= took < 20, (took, rest)
+    errors = [line for line in rest.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: rank 1 of 2 (pid {pid} on {os.uname().nodename}) has not joined the gradient "
+        "all-reduce every other rank has waited in for 2 s (it hangs, or was stopped); "
+        f"ending the job (resume from the last save with --resume {ckpt}"), rest
     model, _, meta = load_checkpoint(ckpt)
     assert load_training_state(ckpt, AdamW(model.params))["step"] == meta["step"] >= 5
 

@@ -214,6 +214,7 @@ class MPIWorld(SingleProcess):
         # after it; benchmarks/bench_scaling.py compares the two)
         self.overlap = True
         self.comm_time = 0.0  # seconds spent inside MPI for gradients (benchmarks read it)
+        self.all_reduces = 0  # gradient all-reduces started (steps), for the rank watcher
 
     def _start_watcher(self):
         """Rank 0 starts the rank watcher (rank_watch.py: one line naming a rank that
@@ -392,6 +393,8 @@ class _MPIReducer:
             for n in rest:
                 grads[n] = grads[n] + self.acc[n]
         self._send(grads, rest, extra=(float(loss), 1.0 if stop else 0.0))
+        self.world.all_reduces += 1
+        rank_watch.say(f"wait {self.world.all_reduces}")  # the watcher sees a rank that hangs
         t = time.perf_counter()
         self.MPI.Request.Waitall([p[0] for p in self.pending])
         self.world.comm_time += time.perf_counter() - t

@@ -11,7 +11,8 @@ job that outlives it:
     connection open for as long as it runs;
     a rank that leaves on purpose says "done" first (at exit), or "abort" when it ends the
     job itself after printing its own error line (then the watcher keeps quiet);
-    rank 0 says "saved <checkpoint path>" after each save.
+    rank 0 says "saved <checkpoint path>" after each save, and every rank says "wait <k>"
+    as it starts waiting for its k-th gradient all-reduce.
 
 The kernel closes a dead process's sockets as it dies, so a connection that closes without
 "done" or "abort" is a rank that died, and the first to close is the one to name: the
@@ -22,12 +23,18 @@ The watcher prints, on the job's standard error,
     SIGKILL, the out-of-memory killer or a crash); the job stops; resume from the last
     save with --resume runs/x/ckpt.safetensors
 
-(one line), then exits; the launcher's own banner follows it. The watcher never stops
-a job; the launcher does.
+(one line), then exits; the launcher's own banner follows it and ends the job.
 
-Not here: a rank that hangs rather than dies (it keeps its connection open; the others
-wait for it in the next all-reduce), and nodes that cannot open TCP connections to rank
-0's (the ranks then run unwatched, and rank 0 says so at start).
+A rank that hangs rather than dies (stuck, or stopped) keeps its connection open, and the
+others wait for it in the next all-reduce forever (MPI collectives have no timeout). When
+every other rank has been waiting for its k-th all-reduce for HANG_SECONDS (default 600,
+TINYGRAD_CHAR_HANG_SECONDS; 0 turns this off) and one has not started waiting for it, the
+watcher prints one line naming that rank and ends the job by killing rank 0 (which is
+waiting, so it is not inside a save; the launcher ends the others). A hang outside the
+gradient all-reduce (in an evaluation) is not seen.
+
+Not here: nodes that cannot open TCP connections to rank 0's (the ranks then run
+unwatched, and rank 0 says so at start).
 
 The watcher side runs with the standard library only: it must not import the package,
 NumPy or MPI (it starts in ~50 ms and holds no GPU).
@@ -35,6 +42,7 @@ NumPy or MPI (it starts in ~50 ms and holds no GPU).
 
 import os
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +50,16 @@ import time
 
 START_TIMEOUT = 30.0  # seconds for the watcher to start and every rank to connect
 CONNECT_TIMEOUT = 5.0  # seconds for one rank's connection (a firewall dropping it: unwatched)
+HANG_SECONDS = 600.0  # default: how long every other rank waits for one before it is named
 _conn = None  # this rank's connection to the watcher (None: not watched)
+
+
+def hang_seconds():
+    """TINYGRAD_CHAR_HANG_SECONDS (a number >= 0; 0: hangs are not watched), or the default."""
+    try:
+        return max(float(os.environ.get("TINYGRAD_CHAR_HANG_SECONDS", HANG_SECONDS)), 0.0)
+    except ValueError:
+        return HANG_SECONDS
 
 
 # -- the rank side ---------------------------------------------------------------------------
@@ -50,7 +67,8 @@ _conn = None  # this rank's connection to the watcher (None: not watched)
 def start(world_size):
     """On rank 0: start the watcher; returns (process, port), or (None, reason)."""
     try:
-        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(world_size)],
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(world_size),
+                                 str(hang_seconds())],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 start_new_session=True, close_fds=True)
     except OSError as e:
@@ -102,10 +120,25 @@ def say(message):
 class _Rank:
     def __init__(self):
         self.buffer, self.name, self.ended = b"", None, False
+        self.rank, self.pid = None, None
+        self.waits, self.since = 0, time.monotonic()  # all-reduces waited for; since when
 
 
-def watch(world_size, out=sys.stderr):
-    """Accept the ranks' connections and report the first that closes unannounced."""
+def _hung(ranks, world_size, hang):
+    """The rank every other rank has waited for longer than `hang` seconds, or None."""
+    if hang <= 0 or len(ranks) < world_size:
+        return None
+    latest = max(r.waits for r in ranks)
+    behind = [r for r in ranks if r.waits < latest]
+    now = time.monotonic()
+    if behind and all(now - r.since > hang for r in ranks if r.waits == latest):
+        return min(behind, key=lambda r: r.waits)
+    return None
+
+
+def watch(world_size, hang=HANG_SECONDS, out=sys.stderr):
+    """Accept the ranks' connections and report the first that closes unannounced, or
+    that every other rank has waited for longer than `hang` seconds."""
     server = socket.create_server(("", 0))
     print(f"port {server.getsockname()[1]}", flush=True)
     sys.stdout.close()
@@ -114,8 +147,24 @@ def watch(world_size, out=sys.stderr):
     ranks, joined, accepted, saved = {}, 0, 0, None  # joined: accepted, or given up on
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        timeout = max(deadline - time.monotonic(), 0.0) if joined < world_size else None
+        timeout = max(deadline - time.monotonic(), 0.0) if joined < world_size else (
+            min(hang / 10, 1.0) if hang > 0 else None)
         events = sel.select(timeout=timeout)
+        stuck = _hung(list(ranks.values()), world_size, hang) if joined >= world_size else None
+        if stuck is not None:
+            resume = (f"resume from the last save with --resume {saved}" if saved
+                      else "nothing was saved yet")
+            print(f"error: {stuck.name or 'a rank'} has not joined the gradient all-reduce "
+                  f"every other rank has waited in for {hang:g} s (it hangs, or was stopped); "
+                  f"ending the job ({resume}; TINYGRAD_CHAR_HANG_SECONDS sets the wait, 0 "
+                  "turns this off)", file=out, flush=True)
+            rank0 = [r for r in ranks.values() if r.rank == 0 and r.pid]
+            if rank0:
+                try:
+                    os.kill(rank0[0].pid, signal.SIGKILL)  # the launcher ends the others
+                except OSError:
+                    pass
+            return 1
         if not events and joined < world_size:  # not every rank came: watch those that did
             sel.unregister(server)
             server.close()
@@ -146,6 +195,9 @@ def watch(world_size, out=sys.stderr):
                     if word == "hello":
                         r, pid, host = rest.split(" ", 2)
                         rank.name = f"rank {r} of {world_size} (pid {pid} on {host})"
+                        rank.rank, rank.pid = int(r), int(pid)
+                    elif word == "wait":
+                        rank.waits, rank.since = int(rest), time.monotonic()
                     elif word == "saved":
                         saved = rest
                     elif word == "abort":
@@ -171,4 +223,4 @@ def watch(world_size, out=sys.stderr):
 
 
 if __name__ == "__main__":
-    sys.exit(watch(int(sys.argv[1])))
+    sys.exit(watch(int(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else HANG_SECONDS))
