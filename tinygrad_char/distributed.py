@@ -220,7 +220,11 @@ class MPIWorld(SingleProcess):
         """Rank 0 starts the rank watcher (rank_watch.py: one line naming a rank that
         dies) and every rank connects to it; a rank that cannot is left unwatched, and
         rank 0 says so. Returns the watcher's process on rank 0, else None."""
-        proc, port = rank_watch.start(self.world_size) if self.is_main else (None, None)
+        try:
+            hang = rank_watch.hang_seconds()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        proc, port = rank_watch.start(self.world_size, hang) if self.is_main else (None, None)
         port, why = self.comm.bcast((port, None) if proc or not self.is_main else
                                     (None, f"the watcher {port}"), root=0)
         if why is None:

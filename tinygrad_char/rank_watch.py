@@ -55,20 +55,29 @@ _conn = None  # this rank's connection to the watcher (None: not watched)
 
 
 def hang_seconds():
-    """TINYGRAD_CHAR_HANG_SECONDS (a number >= 0; 0: hangs are not watched), or the default."""
-    try:
-        return max(float(os.environ.get("TINYGRAD_CHAR_HANG_SECONDS", HANG_SECONDS)), 0.0)
-    except ValueError:
+    """TINYGRAD_CHAR_HANG_SECONDS (a number >= 0; 0: hangs are not watched), or the default.
+    Raises ValueError naming the variable when it is set to anything else."""
+    text = os.environ.get("TINYGRAD_CHAR_HANG_SECONDS")
+    if text is None:
         return HANG_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(f"TINYGRAD_CHAR_HANG_SECONDS={text!r} is not a number of seconds "
+                         ">= 0: set it to e.g. 600, or 0 to stop watching for a rank that hangs")
+    return value
 
 
 # -- the rank side ---------------------------------------------------------------------------
 
-def start(world_size):
-    """On rank 0: start the watcher; returns (process, port), or (None, reason)."""
+def start(world_size, hang):
+    """On rank 0: start the watcher (hang: hang_seconds()); returns (process, port), or
+    (None, reason)."""
     try:
         proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(world_size),
-                                 str(hang_seconds())],
+                                 str(hang)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 start_new_session=True, close_fds=True)
     except OSError as e:
