@@ -178,8 +178,8 @@ def test_the_rank_watcher_names_the_first_rank_to_die(story, expected):
 
 
 def test_the_rank_watcher_names_a_rank_the_others_wait_for_and_ends_the_job():
-    """Fake ranks: both finish all-reduce 1, rank 0 starts waiting for all-reduce 2 and rank
-    1 never does: after the hang time the watcher names rank 1 and kills rank 0 (here a
+    """Fake ranks: both enter collective 1, rank 0 then waits in collective 2 and rank 1
+    never enters it: after the hang time the watcher names rank 1 and kills rank 0 (here a
     stand-in process), which is how the launcher then ends the job."""
     from tinygrad_char import rank_watch
 
@@ -191,9 +191,18 @@ def test_the_rank_watcher_names_a_rank_the_others_wait_for_and_ends_the_job():
         conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
         conns[0].sendall(f"hello 0 {rank0.pid} node0\nwait 1\n".encode())
         conns[1].sendall(b"hello 1 101 node1\nwait 1\n")
-        time.sleep(0.7)  # both waited past the hang time for all-reduce 1: nobody is behind
+
+        def beat(seconds):  # both ranks alive (rank 1 is stuck outside MPI, not stopped)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end and proc.poll() is None:
+                for conn in conns:
+                    conn.sendall(b"beat\n")
+                time.sleep(0.1)
+
+        beat(0.8)  # both in collective 1 past the hang time: nobody is behind
         assert proc.poll() is None, "the watcher stopped while no rank was behind"
         conns[0].sendall(b"wait 2\n")
+        beat(10)
         _, err = proc.communicate(timeout=10)
         assert rank0.wait(timeout=10) == -signal.SIGKILL, "rank 0 was not ended"
     finally:
@@ -201,7 +210,7 @@ def test_the_rank_watcher_names_a_rank_the_others_wait_for_and_ends_the_job():
             if p.poll() is None:
                 p.kill()
     assert err.splitlines() == ["error: rank 1 of 2 (pid 101 on node1) has not joined the "
-                                "gradient all-reduce every other rank has waited in for 0.5 s "
+                                "collective every other rank has waited in for 0.5 s "
                                 "(it hangs, or was stopped); ending the job (nothing was saved "
                                 "yet; TINYGRAD_CHAR_HANG_SECONDS sets the wait, 0 turns this "
                                 "off)"], err
@@ -223,6 +232,31 @@ def test_the_hang_time_is_read_from_the_environment_or_refused(monkeypatch, text
             rank_watch.hang_seconds()
     else:
         assert rank_watch.hang_seconds() == expected
+
+
+def test_the_rank_watcher_names_a_rank_that_falls_silent():
+    """Fake ranks inside the same collective (equal counts): rank 0 keeps beating, rank 1
+    falls silent (stopped inside MPI): after the hang time rank 1 is named."""
+    from tinygrad_char import rank_watch
+
+    rank0 = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2", "0.6"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        conns[0].sendall(f"hello 0 {rank0.pid} node0\nwait 1\n".encode())
+        conns[1].sendall(b"hello 1 101 node1\nwait 1\n")
+        while proc.poll() is None:
+            conns[0].sendall(b"beat\n")
+            time.sleep(0.1)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        for p in (proc, rank0):
+            if p.poll() is None:
+                p.kill()
+    assert err.startswith("error: rank 1 of 2 (pid 101 on node1) has not been heard from for "
+                          "0.6 s (it hangs, or was stopped); ending the job"), err
 
 
 def test_a_rank_that_cannot_reach_the_watcher_runs_unwatched():
@@ -415,8 +449,8 @@ def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
 
 @needs_mpi
 def test_a_stopped_rank_is_named_and_the_job_ended(text, tmp_path):
-    """SIGSTOP rank 1 mid-run (a hang: its connection stays open, rank 0 waits in the
-    all-reduce): with TINYGRAD_CHAR_HANG_SECONDS=2 the watcher names rank 1 in one line and
+    """SIGSTOP rank 1 mid-run (a hang: its connection stays open, rank 0 waits in the next
+    collective, a step's all-reduce or an evaluation's): with TINYGRAD_CHAR_HANG_SECONDS=2 the watcher names rank 1 in one line and
     ends the job; the checkpoint on disk loads and resumes."""
     cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
            str(tmp_path), "--no-progress", *flags(max_steps=10**6, eval_interval=5)]
@@ -450,10 +484,14 @@ def test_a_stopped_rank_is_named_and_the_job_ended(text, tmp_path):
                 pass
     assert proc.returncode != 0 and 2 <= took < 20, (took, rest)
     errors = [line for line in rest.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(
-        f"error: rank 1 of 2 (pid {pid} on {os.uname().nodename}) has not joined the gradient "
-        "all-reduce every other rank has waited in for 2 s (it hangs, or was stopped); "
-        f"ending the job (resume from the last save with --resume {ckpt}"), rest
+    # stopped outside MPI it never enters the next collective; stopped inside one (where the
+    # ranks spend most of this tiny model's step) its heartbeats stop
+    reasons = ("has not joined the collective every other rank has waited in for 2 s",
+               "has not been heard from for 2 s")
+    assert len(errors) == 1 and any(errors[0] == (
+        f"error: rank 1 of 2 (pid {pid} on {os.uname().nodename}) {reason} (it hangs, or was "
+        f"stopped); ending the job (resume from the last save with --resume {ckpt}; "
+        "TINYGRAD_CHAR_HANG_SECONDS sets the wait, 0 turns this off)") for reason in reasons), rest
     model, _, meta = load_checkpoint(ckpt)
     assert load_training_state(ckpt, AdamW(model.params))["step"] == meta["step"] >= 5
 

@@ -214,7 +214,7 @@ class MPIWorld(SingleProcess):
         # after it; benchmarks/bench_scaling.py compares the two)
         self.overlap = True
         self.comm_time = 0.0  # seconds spent inside MPI for gradients (benchmarks read it)
-        self.all_reduces = 0  # gradient all-reduces started (steps), for the rank watcher
+        self.collectives = 0  # blocking collectives entered since start-up (see waiting)
 
     def _start_watcher(self):
         """Rank 0 starts the rank watcher (rank_watch.py: one line naming a rank that
@@ -230,7 +230,7 @@ class MPIWorld(SingleProcess):
         if why is None:
             host0 = self.table[0][0]
             why = rank_watch.connect("127.0.0.1" if host0 == self.host else host0, port,
-                                     self.rank, self.pid, self.host)
+                                     self.rank, self.pid, self.host, hang)
         problems = [p for p in self.comm.gather(why, root=0) or [] if p]
         if self.is_main and problems:
             print(f"note: ranks unwatched: {problems[0]}; a rank that dies is then named only "
@@ -242,6 +242,13 @@ class MPIWorld(SingleProcess):
     def note_saved(self, path):
         if self.is_main:
             rank_watch.say(f"saved {path}")
+
+    def waiting(self):
+        """Called before every blocking collective after start-up: the ranks enter the same
+        collectives in the same order, so the k-th is the same one on every rank, and the
+        rank watcher names a rank that the others have waited for too long in one."""
+        self.collectives += 1
+        rank_watch.say(f"wait {self.collectives}")
 
     def use_local_gpu(self):
         """Make GPU (local rank mod GPUs on this node) current, when CuPy imports: ranks on
@@ -264,13 +271,16 @@ class MPIWorld(SingleProcess):
 
     def allreduce_sum(self, values):
         buf = np.array(values, dtype=np.float64).reshape(-1)
+        self.waiting()
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return float(buf[0]) if np.ndim(values) == 0 else buf
 
     def allgather(self, obj):
+        self.waiting()
         return self.comm.allgather(obj)
 
     def barrier(self):
+        self.waiting()
         self.comm.Barrier()
 
     def check_same_run(self, fingerprint):
@@ -306,6 +316,7 @@ class MPIWorld(SingleProcess):
         h = hashlib.sha256()
         for name in sorted(params):
             h.update(_host(params[name]).tobytes())
+        self.waiting()
         digests = self.comm.allgather(h.hexdigest())
         if len(set(digests)) > 1:
             raise RuntimeError(f"the ranks' parameters have drifted apart ({digests}): the "
@@ -397,8 +408,7 @@ class _MPIReducer:
             for n in rest:
                 grads[n] = grads[n] + self.acc[n]
         self._send(grads, rest, extra=(float(loss), 1.0 if stop else 0.0))
-        self.world.all_reduces += 1
-        rank_watch.say(f"wait {self.world.all_reduces}")  # the watcher sees a rank that hangs
+        self.world.waiting()
         t = time.perf_counter()
         self.MPI.Request.Waitall([p[0] for p in self.pending])
         self.world.comm_time += time.perf_counter() - t

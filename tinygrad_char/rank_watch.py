@@ -12,7 +12,8 @@ job that outlives it:
     a rank that leaves on purpose says "done" first (at exit), or "abort" when it ends the
     job itself after printing its own error line (then the watcher keeps quiet);
     rank 0 says "saved <checkpoint path>" after each save, and every rank says "wait <k>"
-    as it starts waiting for its k-th gradient all-reduce.
+    as it enters its k-th blocking collective (the gradient all-reduce of a step, an
+    evaluation's sums: every rank enters the same ones in the same order).
 
 The kernel closes a dead process's sockets as it dies, so a connection that closes without
 "done" or "abort" is a rank that died, and the first to close is the one to name: the
@@ -26,12 +27,16 @@ The watcher prints, on the job's standard error,
 (one line), then exits; the launcher's own banner follows it and ends the job.
 
 A rank that hangs rather than dies (stuck, or stopped) keeps its connection open, and the
-others wait for it in the next all-reduce forever (MPI collectives have no timeout). When
-every other rank has been waiting for its k-th all-reduce for HANG_SECONDS (default 600,
-TINYGRAD_CHAR_HANG_SECONDS; 0 turns this off) and one has not started waiting for it, the
-watcher prints one line naming that rank and ends the job by killing rank 0 (which is
-waiting, so it is not inside a save; the launcher ends the others). A hang outside the
-gradient all-reduce (in an evaluation) is not seen.
+others wait for it in the next collective forever (MPI collectives have no timeout). With
+HANG_SECONDS (default 600, TINYGRAD_CHAR_HANG_SECONDS; 0 turns this off) the watcher names
+a rank that hangs in one line and ends the job by killing rank 0 (which is waiting, or is
+the one stuck, so it is not inside a save; the launcher ends the others), when either
+    every other rank has waited in its k-th collective that long and this one has not
+    entered it (stuck outside MPI: a loop, a deadlock), or
+    this one has not been heard from that long: each rank's daemon thread says "beat"
+    every HANG_SECONDS / 4 (at most 10 s), which it still does while waiting inside MPI
+    (mpi4py lets go of the GIL there) and not once stopped or frozen (stuck inside a
+    collective, where counting cannot tell it from the ranks waiting for it).
 
 Not here: nodes that cannot open TCP connections to rank 0's (the ranks then run
 unwatched, and rank 0 says so at start).
@@ -46,12 +51,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 START_TIMEOUT = 30.0  # seconds for the watcher to start and every rank to connect
 CONNECT_TIMEOUT = 5.0  # seconds for one rank's connection (a firewall dropping it: unwatched)
 HANG_SECONDS = 600.0  # default: how long every other rank waits for one before it is named
 _conn = None  # this rank's connection to the watcher (None: not watched)
+_lock = threading.Lock()  # the connection is written by the rank and its heartbeat thread
 
 
 def hang_seconds():
@@ -94,8 +101,11 @@ def start(world_size, hang):
     return proc, int(line[1])
 
 
-def connect(host, port, rank, pid, my_host):
-    """Connect this rank to the watcher at (host, port); returns None or why not."""
+def connect(host, port, rank, pid, my_host, hang=0.0):
+    """Connect this rank to the watcher at (host, port); with hang > 0 a daemon thread then
+    says "beat" every hang / 4 s (at most 10 s), which a rank waiting inside MPI still does
+    (mpi4py releases the GIL there) and a stopped or frozen one does not. Returns None or
+    why the rank is not watched."""
     global _conn
     try:
         _conn = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
@@ -104,24 +114,40 @@ def connect(host, port, rank, pid, my_host):
     except OSError as e:
         _conn = None
         return f"rank {rank} could not reach it at {host}:{port} ({e})"
+    if hang > 0:
+        threading.Thread(target=_beat, args=(min(hang / 4, 10.0),), daemon=True,
+                         name="rank-watch-heartbeat").start()
     return None
+
+
+def _beat(interval):
+    while True:
+        time.sleep(interval)
+        with _lock:
+            if _conn is None:
+                return
+            try:
+                _conn.sendall(b"beat\n")
+            except OSError:
+                return
 
 
 def say(message):
     """Send one line to the watcher ("done", "abort", "saved <path>"); a no-op when this
     rank is not watched. "done" and "abort" close the connection."""
     global _conn
-    if _conn is None:
-        return
-    try:
-        _conn.sendall((message + "\n").encode())
-    except OSError:
-        pass
-    if message in ("done", "abort"):
+    with _lock:
+        if _conn is None:
+            return
         try:
-            _conn.close()
-        finally:
-            _conn = None
+            _conn.sendall((message + "\n").encode())
+        except OSError:
+            pass
+        if message in ("done", "abort"):
+            try:
+                _conn.close()
+            finally:
+                _conn = None
 
 
 # -- the watcher side --------------------------------------------------------------------------
@@ -130,18 +156,25 @@ class _Rank:
     def __init__(self):
         self.buffer, self.name, self.ended = b"", None, False
         self.rank, self.pid = None, None
-        self.waits, self.since = 0, time.monotonic()  # all-reduces waited for; since when
+        self.waits, self.since = 0, time.monotonic()  # collectives entered; since when
+        self.heard = time.monotonic()  # when it last said anything (a heartbeat at least)
 
 
 def _hung(ranks, world_size, hang):
-    """The rank every other rank has waited for longer than `hang` seconds, or None."""
+    """(rank, what it did not do) for a rank that hangs, or None: one every other rank has
+    waited for in a collective for longer than `hang` seconds, or one not heard from (no
+    heartbeat) for that long."""
     if hang <= 0 or len(ranks) < world_size:
         return None
     latest = max(r.waits for r in ranks)
     behind = [r for r in ranks if r.waits < latest]
     now = time.monotonic()
     if behind and all(now - r.since > hang for r in ranks if r.waits == latest):
-        return min(behind, key=lambda r: r.waits)
+        return (min(behind, key=lambda r: r.waits),
+                f"has not joined the collective every other rank has waited in for {hang:g} s")
+    silent = [r for r in ranks if now - r.heard > hang]
+    if silent:
+        return min(silent, key=lambda r: r.heard), f"has not been heard from for {hang:g} s"
     return None
 
 
@@ -163,8 +196,7 @@ def watch(world_size, hang=HANG_SECONDS, out=sys.stderr):
         if stuck is not None:
             resume = (f"resume from the last save with --resume {saved}" if saved
                       else "nothing was saved yet")
-            print(f"error: {stuck.name or 'a rank'} has not joined the gradient all-reduce "
-                  f"every other rank has waited in for {hang:g} s (it hangs, or was stopped); "
+            print(f"error: {stuck[0].name or 'a rank'} {stuck[1]} (it hangs, or was stopped); "
                   f"ending the job ({resume}; TINYGRAD_CHAR_HANG_SECONDS sets the wait, 0 "
                   "turns this off)", file=out, flush=True)
             rank0 = [r for r in ranks.values() if r.rank == 0 and r.pid]
@@ -197,6 +229,7 @@ def watch(world_size, hang=HANG_SECONDS, out=sys.stderr):
             except OSError:
                 data = b""
             if data:
+                rank.heard = time.monotonic()
                 rank.buffer += data
                 *lines, rank.buffer = rank.buffer.split(b"\n")
                 for line in lines:
