@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tinygrad_char import AdamW, clip_grad_norm, cosine_lr
+from tinygrad_char.optim import clip_scale, grad_norm
 
 from conftest import to_np
 
@@ -73,6 +74,31 @@ def test_clip_grad_norm(xp):
     small = {"a": xp.asarray([0.3, 0.4])}
     clip_grad_norm(small, 1.0)  # below the limit: untouched
     np.testing.assert_array_equal(to_np(small["a"]), [0.3, 0.4])
+
+
+@pytest.mark.parametrize("max_norm", [1.0, 10.0, 0.0, None])
+def test_the_clip_folded_into_the_step_equals_clipping_first(xp, max_norm):
+    """optimizer.step(grads, grad_scale=clip_scale(grad_norm(grads), c)), the training
+    loop's call, gives bit for bit the parameters of clip_grad_norm(grads, c) then step,
+    and leaves the grads as they were."""
+    rng = np.random.default_rng(3)
+    shapes = {"w": (5, 3), "b": (3,)}
+    start = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    fused = {k: xp.asarray(v.copy()) for k, v in start.items()}
+    first = {k: xp.asarray(v.copy()) for k, v in start.items()}
+    opt_fused, opt_first = AdamW(fused, lr=1e-2), AdamW(first, lr=1e-2)
+    for _ in range(3):
+        g = {k: rng.standard_normal(s).astype(np.float32) * 3 for k, s in shapes.items()}
+        grads = {k: xp.asarray(v) for k, v in g.items()}
+        norm = grad_norm(grads)
+        opt_fused.step(grads, grad_scale=clip_scale(norm, max_norm))
+        for k in shapes:
+            np.testing.assert_array_equal(to_np(grads[k]), g[k], err_msg="step changed grads")
+        assert float(clip_grad_norm(grads, max_norm)) == float(norm)
+        opt_first.step(grads)
+    for k in shapes:
+        np.testing.assert_array_equal(to_np(fused[k]), to_np(first[k]), err_msg=k)
+    assert clip_scale(norm, max_norm) == 1.0 if not max_norm else True
 
 
 def test_cosine_schedule_values():

@@ -119,19 +119,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shakespeare, tmp_pa
     cfg = tiny_train_config(tmp_path, max_steps=20, eval_interval=5)
     ckpt = tmp_path / "ckpt.safetensors"
     calls, before = [], {}
-    real_clip = train_module.clip_grad_norm
+    real_update = train_module.clip_and_step
 
-    def poisoning_clip(grads, max_norm):
-        norm = real_clip(grads, max_norm)
+    def poisoning_update(grads, *args, **kwargs):
         calls.append(1)
         if len(calls) == poisoned_update:
             before["ckpt"] = ckpt.read_bytes()
             before["train"] = open(train_state_path(ckpt), "rb").read()
             for g in grads.values():
                 g[...] = np.nan
-        return norm
+        return real_update(grads, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "clip_grad_norm", poisoning_clip)
+    monkeypatch.setattr(train_module, "clip_and_step", poisoning_update)
     with pytest.raises(NonFiniteLoss) as info:
         train(cfg, shakespeare, progress=False, out=quiet)
     message = str(info.value)

@@ -463,12 +463,18 @@ class FusedAdamW(optim.AdamW):
             self._tables = (key, tables)
         return self._tables[1]
 
-    def step(self, grads, lr=None):
-        """One AdamW update of every parameter (see optim.AdamW.step for the math)."""
+    def step(self, grads, lr=None, grad_scale=1.0):
+        """One AdamW update of every parameter from grads * grad_scale (see
+        optim.AdamW.step for the math); the grads are not modified."""
         params = list(self.params.values())
         if not params or not _kernel_applies(*params, *self.m.values(), *self.v.values()):
-            return super().step(grads, lr)
+            return super().step(grads, lr, grad_scale)
         xp = get_array_module(params[0])
+        if not (isinstance(grad_scale, float) and grad_scale == 1.0):
+            # the clip as its own pass (the kernel has no scale argument yet), rounded as
+            # optim.AdamW rounds it
+            grads = {n: g * grad_scale.astype(g.dtype) if hasattr(grad_scale, "astype")
+                     else g * g.dtype.type(grad_scale) for n, g in grads.items()}
         lr = self.lr if lr is None else lr
         self.step_count += 1
         t = self.step_count

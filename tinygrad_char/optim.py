@@ -35,8 +35,14 @@ class AdamW:
         self.m = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
         self.v = {k: get_array_module(p).zeros_like(p) for k, p in params.items()}
 
-    def step(self, grads, lr=None):
-        """Apply one update with `grads` (same keys as params); `lr` overrides self.lr."""
+    def grad_norm(self, grads):
+        """The global L2 norm of `grads` (optim.grad_norm; CpuAdamW has a kernel for it)."""
+        return grad_norm(grads)
+
+    def step(self, grads, lr=None, grad_scale=1.0):
+        """Apply one update with `grads` (same keys as params) times `grad_scale` (a number
+        or a 0-d array: the gradient clip's clip_scale); `lr` overrides self.lr. The grads
+        are not modified."""
         lr = self.lr if lr is None else lr
         self.step_count += 1
         t = self.step_count
@@ -47,7 +53,8 @@ class AdamW:
         for name, p in self.params.items():
             xp = get_array_module(p)
             g, m, v = grads[name], self.m[name], self.v[name]
-            # two temporaries per tensor; every other line updates a buffer in place
+            if not (isinstance(grad_scale, float) and grad_scale == 1.0):
+                g = g * _as_dtype(grad_scale, g.dtype)  # the clip, rounded as g *= scale            # two temporaries per tensor; every other line updates a buffer in place
             m *= self.beta1
             m += (1.0 - self.beta1) * g  # m = b1 m + (1 - b1) g
             g2 = g * g
@@ -85,20 +92,36 @@ class AdamW:
             self.v[name][...] = xp.asarray(state["v"][name])
 
 
-def clip_grad_norm(grads, max_norm):
-    """Scale all gradients in place so their global L2 norm is at most max_norm.
-
-    norm = sqrt(sum over tensors of sum(g^2)); if norm > max_norm, g *= max_norm / norm.
-    Returns the norm before clipping as a 0-d array (no host sync on the GPU).
-    """
+def grad_norm(grads):
+    """norm = sqrt(sum over tensors of sum(g^2)), accumulated in float64 (the sum runs over
+    every parameter) without a float64 copy. A 0-d float64 array (no host sync on the GPU)."""
     arrays = list(grads.values())
     xp = get_array_module(*arrays)
-    # accumulate in float64 (the sum runs over every parameter) without a float64 copy
-    total = xp.sqrt(sum((g * g).sum(dtype="float64") for g in arrays))
+    return xp.sqrt(sum((g * g).sum(dtype="float64") for g in arrays))
+
+
+def clip_scale(norm, max_norm):
+    """The factor that clips gradients of global norm `norm` to at most max_norm:
+    min(1, max_norm / (norm + 1e-6)) (a 0-d array like norm); 1.0 when max_norm is None or
+    <= 0 (no clipping). The training loop hands it to the optimizer's step (grad_scale),
+    which applies it in the same pass as the update."""
+    if max_norm is None or max_norm <= 0:
+        return 1.0
+    return get_array_module(norm).minimum(1.0, max_norm / (norm + 1e-6))
+
+
+def _as_dtype(scale, dtype):
+    return scale.astype(dtype) if hasattr(scale, "astype") else dtype.type(scale)
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients in place so their global L2 norm is at most max_norm:
+    g *= clip_scale(grad_norm(grads), max_norm). Returns the norm before clipping."""
+    total = grad_norm(grads)
     if max_norm is not None and max_norm > 0:
-        scale = xp.minimum(1.0, max_norm / (total + 1e-6))
-        for g in arrays:
-            g *= scale.astype(g.dtype)
+        scale = clip_scale(total, max_norm)
+        for g in grads.values():
+            g *= _as_dtype(scale, g.dtype)
     return total
 
 

@@ -38,7 +38,7 @@ from .data import batch_starts, eval_batches, windows
 from .distributed import SingleProcess, connect, run_fingerprint, share_seed, split_rows
 from .kernels import select_ops
 from .model import GPT, ConfigError
-from .optim import clip_grad_norm, cosine_lr
+from .optim import clip_scale, cosine_lr
 from .precision import LossScaler, dtypes, set_tf32
 
 LN2 = math.log(2.0)
@@ -106,9 +106,9 @@ def clip_and_step(grads, optimizer, lr, grad_clip, scaler=None):
     gradients overflowed (scaler.update decides). Returns the norm before clipping."""
     if scaler is not None:
         grads = scaler.unscale(grads)
-    norm = clip_grad_norm(grads, grad_clip)
+    norm = optimizer.grad_norm(grads)
     if scaler is None or scaler.update(norm):
-        optimizer.step(grads, lr)
+        optimizer.step(grads, lr, grad_scale=clip_scale(norm, grad_clip))  # the clip, fused
     return norm
 
 
