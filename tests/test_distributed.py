@@ -10,6 +10,7 @@ Every MPI run is a 1-layer, 16-wide model on 30,000 characters of Tiny Shakespea
 is missing.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -177,38 +178,51 @@ def test_the_rank_watcher_names_the_first_rank_to_die(story, expected):
     assert len(lines) == (1 if expected else 0) and err.startswith(expected), err
 
 
-def test_the_rank_watcher_names_a_rank_the_others_wait_for_and_ends_the_job():
-    """Fake ranks: both enter collective 1, rank 0 then waits in collective 2 and rank 1
-    never enters it: after the hang time the watcher names rank 1 and kills rank 0 (here a
-    stand-in process), which is how the launcher then ends the job."""
+@contextlib.contextmanager
+def watched_pair(hang):
+    """The watcher (as rank 0 starts it, hang time `hang`) with two fake ranks connected,
+    introduced and inside collective 1. Rank 0's pid is a stand-in process (the watcher
+    kills rank 0 to end a job). Yields (watcher, [conn0, conn1], stand-in)."""
     from tinygrad_char import rank_watch
 
     rank0 = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2", "0.5"],
+    proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2", str(hang)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    conns = []
     try:
         port = int(proc.stdout.readline().split()[1])
         conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
         conns[0].sendall(f"hello 0 {rank0.pid} node0\nwait 1\n".encode())
         conns[1].sendall(b"hello 1 101 node1\nwait 1\n")
-
-        def beat(seconds):  # both ranks alive (rank 1 is stuck outside MPI, not stopped)
-            end = time.monotonic() + seconds
-            while time.monotonic() < end and proc.poll() is None:
-                for conn in conns:
-                    conn.sendall(b"beat\n")
-                time.sleep(0.1)
-
-        beat(0.8)  # both in collective 1 past the hang time: nobody is behind
-        assert proc.poll() is None, "the watcher stopped while no rank was behind"
-        conns[0].sendall(b"wait 2\n")
-        beat(10)
-        _, err = proc.communicate(timeout=10)
-        assert rank0.wait(timeout=10) == -signal.SIGKILL, "rank 0 was not ended"
+        yield proc, conns, rank0
     finally:
         for p in (proc, rank0):
             if p.poll() is None:
                 p.kill()
+        for conn in conns:
+            conn.close()
+
+
+def beat(proc, conns, seconds):
+    """Heartbeats from `conns` every 0.1 s for `seconds`, or until the watcher exits."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and proc.poll() is None:
+        for conn in conns:
+            conn.sendall(b"beat\n")
+        time.sleep(0.1)
+
+
+def test_the_rank_watcher_names_a_rank_the_others_wait_for_and_ends_the_job():
+    """Fake ranks: both enter collective 1, rank 0 then waits in collective 2 and rank 1
+    never enters it (both alive: rank 1 is stuck outside MPI): after the hang time the
+    watcher names rank 1 and kills rank 0, which is how the launcher then ends the job."""
+    with watched_pair(0.5) as (proc, conns, rank0):
+        beat(proc, conns, 0.8)  # both in collective 1 past the hang time: nobody is behind
+        assert proc.poll() is None, "the watcher stopped while no rank was behind"
+        conns[0].sendall(b"wait 2\n")
+        beat(proc, conns, 10)
+        _, err = proc.communicate(timeout=10)
+        assert rank0.wait(timeout=10) == -signal.SIGKILL, "rank 0 was not ended"
     assert err.splitlines() == ["error: rank 1 of 2 (pid 101 on node1) has not joined the "
                                 "collective every other rank has waited in for 0.5 s "
                                 "(it hangs, or was stopped); ending the job (nothing was saved "
@@ -216,45 +230,13 @@ def test_the_rank_watcher_names_a_rank_the_others_wait_for_and_ends_the_job():
                                 "off)"], err
 
 
-@pytest.mark.parametrize("text, expected", [(None, 600.0), ("0", 0.0), ("2.5", 2.5),
-                                            ("abc", None), ("-1", None), ("inf", None),
-                                            ("nan", None), ("", None)])
-def test_the_hang_time_is_read_from_the_environment_or_refused(monkeypatch, text, expected):
-    from tinygrad_char import rank_watch
-
-    if text is None:
-        monkeypatch.delenv("TINYGRAD_CHAR_HANG_SECONDS", raising=False)
-    else:
-        monkeypatch.setenv("TINYGRAD_CHAR_HANG_SECONDS", text)
-    if expected is None:
-        with pytest.raises(ValueError, match=r"TINYGRAD_CHAR_HANG_SECONDS=.* is not a number "
-                                             r"of seconds >= 0: set it to e.g. 600, or 0"):
-            rank_watch.hang_seconds()
-    else:
-        assert rank_watch.hang_seconds() == expected
-
-
 def test_the_rank_watcher_names_a_rank_that_falls_silent():
     """Fake ranks inside the same collective (equal counts): rank 0 keeps beating, rank 1
     falls silent (stopped inside MPI): after the hang time rank 1 is named."""
-    from tinygrad_char import rank_watch
-
-    rank0 = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2", "0.6"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline().split()[1])
-        conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
-        conns[0].sendall(f"hello 0 {rank0.pid} node0\nwait 1\n".encode())
-        conns[1].sendall(b"hello 1 101 node1\nwait 1\n")
-        while proc.poll() is None:
-            conns[0].sendall(b"beat\n")
-            time.sleep(0.1)
+    with watched_pair(0.6) as (proc, conns, rank0):
+        beat(proc, conns[:1], 10)
         _, err = proc.communicate(timeout=10)
-    finally:
-        for p in (proc, rank0):
-            if p.poll() is None:
-                p.kill()
+        assert rank0.wait(timeout=10) == -signal.SIGKILL, "rank 0 was not ended"
     assert err.startswith("error: rank 1 of 2 (pid 101 on node1) has not been heard from for "
                           "0.6 s (it hangs, or was stopped); ending the job"), err
 
@@ -402,6 +384,32 @@ def test_with_dropout_two_ranks_resume_bit_identically(text, tmp_path):
     assert losses[0] == losses[1]
 
 
+def long_run_with_a_checkpoint(text, out_dir, rank, **env):
+    """Start a long `mpiexec -n 2` run (evaluating and saving every 5 steps) and wait until
+    its first checkpoint is on disk. Returns (the launcher's Popen, the pid of `rank`, the
+    checkpoint path); the caller ends the run."""
+    cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
+           str(out_dir), "--no-progress", *flags(max_steps=10**6, eval_interval=5)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(_env(), **env))
+    lines, pid = [], None
+    ckpt = out_dir / "ckpt.safetensors"
+    deadline = time.monotonic() + 60
+    while pid is None or not ckpt.exists():
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("no checkpoint within 60 s: " + "".join(lines))
+        if pid is None:
+            line = proc.stdout.readline()
+            lines.append(line)
+            if f"rank {rank} pid " in line:
+                pid = int(line.split(f"rank {rank} pid ")[1].split()[0])
+        else:
+            time.sleep(0.05)
+    time.sleep(0.3)
+    return proc, pid, ckpt
+
+
 @needs_mpi
 @pytest.mark.parametrize("victim", [1, 0])
 def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
@@ -409,24 +417,8 @@ def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
     rank watcher's one line names the dead rank (and no other) and the checkpoint to resume
     from, before mpiexec's own report (which names its pid); the checkpoint on disk still
     loads and resumes."""
-    cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
-           str(tmp_path), "--no-progress", *flags(max_steps=10**6, eval_interval=5)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_env())
+    proc, pid, ckpt = long_run_with_a_checkpoint(text, tmp_path, victim)
     try:
-        lines, pid = [], None
-        ckpt = tmp_path / "ckpt.safetensors"
-        deadline = time.monotonic() + 60
-        while pid is None or not ckpt.exists():
-            assert time.monotonic() < deadline, "".join(lines)
-            if pid is None:
-                line = proc.stdout.readline()
-                lines.append(line)
-                if f"rank {victim} pid " in line:
-                    pid = int(line.split(f"rank {victim} pid ")[1].split()[0])
-            else:
-                time.sleep(0.05)
-        time.sleep(0.3)
         os.kill(pid, signal.SIGKILL)
         t = time.monotonic()
         rest, _ = proc.communicate(timeout=15)
@@ -450,25 +442,12 @@ def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
 @needs_mpi
 def test_a_stopped_rank_is_named_and_the_job_ended(text, tmp_path):
     """SIGSTOP rank 1 mid-run (a hang: its connection stays open, rank 0 waits in the next
-    collective, a step's all-reduce or an evaluation's): with TINYGRAD_CHAR_HANG_SECONDS=2 the watcher names rank 1 in one line and
-    ends the job; the checkpoint on disk loads and resumes."""
-    cmd = [MPIEXEC, "-n", "2", sys.executable, SCRIPT, "--text", str(text), "--out-dir",
-           str(tmp_path), "--no-progress", *flags(max_steps=10**6, eval_interval=5)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(_env(), TINYGRAD_CHAR_HANG_SECONDS="2"))
-    pid = None
+    collective, a step's all-reduce or an evaluation's): with TINYGRAD_CHAR_HANG_SECONDS=2
+    the watcher names rank 1 in one line and ends the job; the checkpoint on disk loads and
+    resumes."""
+    proc, pid, ckpt = long_run_with_a_checkpoint(text, tmp_path, 1,
+                                                 TINYGRAD_CHAR_HANG_SECONDS="2")
     try:
-        ckpt = tmp_path / "ckpt.safetensors"
-        deadline = time.monotonic() + 60
-        while pid is None or not ckpt.exists():
-            assert time.monotonic() < deadline
-            if pid is None:
-                line = proc.stdout.readline()
-                if "rank 1 pid " in line:
-                    pid = int(line.split("rank 1 pid ")[1].split()[0])
-            else:
-                time.sleep(0.05)
-        time.sleep(0.3)
         os.kill(pid, signal.SIGSTOP)
         t = time.monotonic()
         rest, _ = proc.communicate(timeout=30)
@@ -477,11 +456,10 @@ def test_a_stopped_rank_is_named_and_the_job_ended(text, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert proc.returncode != 0 and 2 <= took < 20, (took, rest)
     errors = [line for line in rest.splitlines() if line.startswith("error:")]
     # stopped outside MPI it never enters the next collective; stopped inside one (where the
