@@ -54,7 +54,9 @@ class AdamW:
             xp = get_array_module(p)
             g, m, v = grads[name], self.m[name], self.v[name]
             if not (isinstance(grad_scale, float) and grad_scale == 1.0):
-                g = g * _as_dtype(grad_scale, g.dtype)  # the clip, rounded as g *= scale            # two temporaries per tensor; every other line updates a buffer in place
+                g = g * _as_dtype(grad_scale, g.dtype)  # the clip, rounded as g *= scale
+            # two temporaries per tensor (three when clipping); every other line updates a
+            # buffer in place
             m *= self.beta1
             m += (1.0 - self.beta1) * g  # m = b1 m + (1 - b1) g
             g2 = g * g
