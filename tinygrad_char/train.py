@@ -101,7 +101,8 @@ def count_eval_batches(ids, block_size, batch_size, max_batches=0):
 
 def clip_and_step(grads, optimizer, lr, grad_clip, scaler=None):
     """The update after a backward: clip `grads` to the global L2 norm grad_clip (0: no
-    clipping) and step the optimizer with learning rate `lr` (None: its own). With a
+    clipping) and step the optimizer with learning rate `lr` (None: its own); the clip's
+    factor is applied inside the optimizer's step (grads are not modified). With a
     precision.LossScaler (float16): unscale to float32 first, and skip the step when the
     gradients overflowed (scaler.update decides). Returns the norm before clipping."""
     if scaler is not None:
