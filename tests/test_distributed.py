@@ -241,6 +241,24 @@ def test_the_rank_watcher_names_a_rank_that_falls_silent():
                           "0.6 s (it hangs, or was stopped); ending the job"), err
 
 
+@pytest.mark.parametrize("text, expected", [(None, 600.0), ("0", 0.0), ("2.5", 2.5),
+                                            ("abc", None), ("-1", None), ("inf", None),
+                                            ("nan", None), ("", None)])
+def test_the_hang_time_is_read_from_the_environment_or_refused(monkeypatch, text, expected):
+    from tinygrad_char import rank_watch
+
+    if text is None:
+        monkeypatch.delenv("TINYGRAD_CHAR_HANG_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("TINYGRAD_CHAR_HANG_SECONDS", text)
+    if expected is None:
+        with pytest.raises(ValueError, match=r"TINYGRAD_CHAR_HANG_SECONDS=.* is not a number "
+                                             r"of seconds >= 0: set it to e.g. 600, or 0"):
+            rank_watch.hang_seconds()
+    else:
+        assert rank_watch.hang_seconds() == expected
+
+
 def test_a_rank_that_cannot_reach_the_watcher_runs_unwatched():
     """connect() to a port nobody listens on returns the reason (rank 0 prints it as a
     note) instead of raising, and say() is then a no-op."""
