@@ -561,6 +561,24 @@ print(f"rank {r} ok, cuda_aware={world.cuda_aware}", flush=True)
 
 
 @needs_mpi
+def test_a_second_world_in_one_process_keeps_the_first_watcher(tmp_path):
+    """A process that makes two MPIWorlds (a library user calling train() twice) must not
+    drop its first watcher connection: that watcher would report the rank as dead."""
+    script = tmp_path / "two_worlds.py"
+    script.write_text("import time\n"
+                      "from tinygrad_char.distributed import MPIWorld\n"
+                      "first, second = MPIWorld(), MPIWorld()\n"
+                      "second.allreduce_sum(1.0)\n"
+                      "time.sleep(0.5)\n"
+                      "print(f'rank {first.rank} ok', flush=True)\n")
+    env = dict(_env(), PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert done.returncode == 0 and "error" not in done.stderr, done.stdout + done.stderr
+    assert done.stdout.count(" ok") == 2, done.stdout
+
+
+@needs_mpi
 @pytest.mark.parametrize("cuda_aware", ["0", "1"])
 def test_cupy_gradients_are_summed_through_host_or_device_buffers(tmp_path, cuda_aware):
     """The CuPy branch of the all-reduce, under mpiexec -n 2, with a stand-in array type

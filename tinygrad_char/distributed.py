@@ -219,7 +219,10 @@ class MPIWorld(SingleProcess):
     def _start_watcher(self):
         """Rank 0 starts the rank watcher (rank_watch.py: one line naming a rank that
         dies) and every rank connects to it; a rank that cannot is left unwatched, and
-        rank 0 says so. Returns the watcher's process on rank 0, else None."""
+        rank 0 says so. Returns the watcher's process on rank 0, else None (and None
+        when this process has set one up already)."""
+        if not rank_watch.set_up_once():
+            return None
         try:
             hang = rank_watch.hang_seconds()
         except ValueError as e:

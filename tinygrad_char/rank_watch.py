@@ -59,6 +59,16 @@ CONNECT_TIMEOUT = 5.0  # seconds for one rank's connection (a firewall dropping 
 HANG_SECONDS = 600.0  # default: how long every other rank waits for one before it is named
 _conn = None  # this rank's connection to the watcher (None: not watched)
 _lock = threading.Lock()  # the connection is written by the rank and its heartbeat thread
+_set_up = False  # whether this process has been through set_up_once (one watcher per job)
+
+
+def set_up_once():
+    """True the first time a process calls it: a process that makes a second MPIWorld (a
+    library user calling train() twice) keeps its first watcher and connection. Every rank
+    calls it at the same points, so the ranks agree."""
+    global _set_up
+    first, _set_up = not _set_up, True
+    return first
 
 
 def hang_seconds():
