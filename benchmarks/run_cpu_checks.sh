@@ -40,6 +40,7 @@ for part in "${parts[@]}"; do
       ;;
     layers)
       "${B[@]}" python benchmarks/bench_layers.py --threads "$THREADS"
+      "${B[@]}" python benchmarks/lab_cpu_threads.py  # sets 2 threads in each arrangement
       ;;
     nanogpt)  # nanoGPT's CPU recipe on Tiny Shakespeare, ours then PyTorch's
       timed $R/nanogpt_cpu_shakespeare.log "${B[@]}" python examples/train_text.py \

@@ -141,6 +141,21 @@ def test_bench_layers(tmp_path):
     assert "speed vs torch" in out
 
 
+def test_lab_cpu_threads_runs_each_arrangement_in_its_own_process(tmp_path):
+    out = run_script("lab_cpu_threads.py", "--only", "blas2-serial", "--repeat", "11",
+                     tmp_path=tmp_path)
+    records = read_jsonl(tmp_path / "cpu_threads.jsonl")
+    assert [r["arrangement"] for r in records] == ["blas2-serial"]
+    r = records[0]
+    assert r["relu_393216_us"] > 0 and r["step_us"] > r["matmuls_only_us"] > 0, r
+    assert "| blas2-serial |" in (tmp_path / "cpu_threads.md").read_text()
+    assert "blas2-serial" in out
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lab_cpu_threads.py"),
+                          "--only", "blas3", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert bad.returncode == 2 and "unknown arrangement(s) ['blas3']" in bad.stderr
+
+
 def test_bench_layers_rejects_an_unknown_size(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_layers.py"), "--sizes", "huge",
            "--out", str(tmp_path)]
