@@ -29,8 +29,9 @@ The watcher prints, on the job's standard error,
 A rank that hangs rather than dies (stuck, or stopped) keeps its connection open, and the
 others wait for it in the next collective forever (MPI collectives have no timeout). With
 HANG_SECONDS (default 600, TINYGRAD_CHAR_HANG_SECONDS; 0 turns this off) the watcher names
-a rank that hangs in one line and ends the job by killing rank 0 (which is waiting, or is
-the one stuck, so it is not inside a save; the launcher ends the others), when either
+a rank that hangs in one line and ends the job by killing rank 0 (waiting, so not inside
+a save; or the stuck one, and a save cut short still leaves a pair on disk that resumes:
+checkpoint.py), after which the launcher ends the others, when either
     every other rank has waited in its k-th collective that long and this one has not
     entered it (stuck outside MPI: a loop, a deadlock), or
     this one has not been heard from that long: each rank's daemon thread says "beat"
