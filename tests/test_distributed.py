@@ -433,8 +433,8 @@ def long_run_with_a_checkpoint(text, out_dir, rank, **env):
 def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
     """SIGKILL a rank mid-run: mpiexec ends every rank in seconds (no hang), non-zero; the
     rank watcher's one line names the dead rank (and no other) and the checkpoint to resume
-    from, before mpiexec's own report (which names its pid); the checkpoint on disk still
-    loads and resumes."""
+    from, beside mpiexec's own report (which names its pid; the order of the two is the
+    launcher's); the checkpoint on disk still loads and resumes."""
     proc, pid, ckpt = long_run_with_a_checkpoint(text, tmp_path, victim)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -452,7 +452,6 @@ def test_a_killed_rank_ends_the_job_within_seconds(text, tmp_path, victim):
                       "without a word (killed by a signal: SIGKILL, the out-of-memory killer "
                       f"or a crash); the job stops; resume from the last save with --resume "
                       f"{ckpt}"], rest
-    assert rest.index("error: rank") < rest.index("BAD TERMINATION"), rest
     model, _, meta = load_checkpoint(ckpt)
     assert load_training_state(ckpt, AdamW(model.params))["step"] == meta["step"] >= 5
 
