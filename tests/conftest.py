@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from safetensors import safe_open
 
 import tinygrad_char.train as train_module
@@ -61,6 +62,23 @@ def to_np(a):
     if type(a).__module__.startswith("cupy"):
         return a.get()
     return np.asarray(a)
+
+
+# -- op tests (test_ops.py, test_modern_block.py) ----------------------------------------------
+
+HYP = settings(max_examples=15, deadline=None, derandomize=True)  # same cases every run
+
+
+def randn(xp, rng, *shape, scale=1.0):
+    """Standard normal float64 draws times `scale`, on array module xp."""
+    return xp.asarray(rng.standard_normal(shape) * scale)
+
+
+def assert_grads(name, errors):
+    """Every relative error of a gradient check (gradcheck.check_op / check_model) is
+    below TOL["gradcheck"]."""
+    worst = max(errors.values())
+    assert worst < TOL["gradcheck"], f"{name}: max relative error {worst:.2e} ({errors})"
 
 
 # -- training tests ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tinygrad_char import GPT, GPTConfig
@@ -27,19 +27,7 @@ from tinygrad_char.model import param_shapes, xp_only_parts
 from tinygrad_char.rope import rope_backward, rope_forward, rope_tables
 from tinygrad_char.sampling import KVCache
 
-from conftest import REPO, TOL, to_np
-
-HYP = settings(max_examples=15, deadline=None, derandomize=True)  # same cases every run
-
-
-def randn(xp, rng, *shape, scale=1.0):
-    return xp.asarray(rng.standard_normal(shape) * scale)
-
-
-def assert_grads(name, errors):
-    worst = max(errors.values())
-    assert worst < TOL["gradcheck"], f"{name}: max relative error {worst:.2e} ({errors})"
-
+from conftest import HYP, REPO, TOL, assert_grads, randn, to_np
 
 def rel(a, b):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tinygrad_char.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
@@ -19,19 +19,7 @@ from tinygrad_char.gradcheck import check_op
 from tinygrad_char.layernorm import layernorm_backward, layernorm_forward
 from tinygrad_char.linear import linear_backward, linear_forward
 
-from conftest import TOL, to_np
-
-HYP = settings(max_examples=15, deadline=None, derandomize=True)  # same cases every run
-
-
-def randn(xp, rng, *shape, scale=1.0):
-    return xp.asarray(rng.standard_normal(shape) * scale)
-
-
-def assert_grads(name, errors):
-    worst = max(errors.values())
-    assert worst < TOL["gradcheck"], f"{name}: max relative error {worst:.2e} ({errors})"
-
+from conftest import HYP, assert_grads, randn, to_np
 
 # -- naive references, written independently of the ops (loops, no tricks) ----------------
 

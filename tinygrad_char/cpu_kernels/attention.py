@@ -16,8 +16,8 @@ contiguous row, and the scale s = 1/sqrt(hs) is applied inside the kernels (q is
 unscaled). Entries above the diagonal are written as exact zeros. Dropout masks come from
 the model's generator drawn exactly as the twin draws them (one uniform (B, NH, T, T) array
 in the twin's transposed layout, read here as its transpose), so both implementations drop
-the same entries for the same seed. float32 only (the exp is exp_into); other dtypes go to
-the twin.
+the same entries for the same seed. float32 only (the exp is exp_into's method); other
+dtypes go to the twin.
 
 Why BLAS for the matmuls: a forward written as one numba loop per (b, h), computing only
 the causal half of q k^T (half the FLOPs), took 0.65 ms against 0.43 ms for this version at
@@ -51,7 +51,8 @@ def _softmax_forward(S, scale, uniform_t, p_drop, A):
             n = t + 1  # keys 0..t are visible
             bits[0] = row_max_bits(S_bits[bh, t], n)
             m = two_k[0] * scale
-            # exp(row * scale - m) inline (see _jit.exp_into for the method and its error)
+            # exp(row * scale - m) inline (see _jit.exp_into for the method and its error;
+            # cross_entropy.py has the same two passes and says why they are not shared)
             for s in range(n):
                 z = row[s] * scale - m
                 z = np.float32(EXP_MIN) if z < np.float32(EXP_MIN) else z  # NaN stays
@@ -114,10 +115,8 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     C = C3 // 3
     hs = C // n_head
     scale = 1.0 / math.sqrt(hs)
-    heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, NH, T, hs)
-    q = np.ascontiguousarray(heads[0])  # (B, NH, T, hs)
-    k = np.ascontiguousarray(heads[1])  # (B, NH, T, hs)
-    v = np.ascontiguousarray(heads[2])  # (B, NH, T, hs)
+    # (B, NH, T, hs) each, contiguous copies
+    q, k, v = (np.ascontiguousarray(a) for a in xp_attention.split_heads(qkv, n_head, n_head))
     # BLAS takes the stacked product fast only with a contiguous second operand: k^T copied
     att = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # (B, NH, T, T): S = q k^T
     p_drop = float(dropout) if training and dropout > 0.0 else 0.0
