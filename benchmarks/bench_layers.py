@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.harness import (SPEED_VS_TORCH, add_run_args, append_jsonl,
                                 busy_warning, check_close, cupy_or_none, limit_threads,
                                 machine_info, machine_summary, pick, pyplot_or_none,
-                                save_figure, time_fn, to_numpy, torch_cuda_or_none,
+                                save_figure, threads_for, time_fn, to_numpy,
+                                torch_cuda_or_none,
                                 torch_or_none, write_markdown_table)  # noqa: E402
 from tinygrad_char.backend import get_array_module  # noqa: E402
 from tinygrad_char.cpu_kernels import numba_available  # noqa: E402
@@ -101,11 +102,10 @@ def make_case(op, B, T, C, NH, V, seed=0, ops=None):
                     2.0 * N * C * f32, (N * C + V * C) * f32, "GB/s")
     if op == "position_embedding":  # x = tok + wpe[:T]; backward sums dx over the batch
         def forward(tok, W):
-            pos, cache = ops.position_embedding_forward(W, tok.shape[1])
-            return tok + pos, cache
+            return ops.position_embedding_forward(tok, W)
 
         def backward(d, cache):
-            return (ops.position_embedding_backward(d.sum(axis=0), cache),)
+            return (ops.position_embedding_backward(d, cache),)
 
         return Case(op, {"tok": randn(B, T, C), "W": randn(T, C)}, ("W",), forward, backward,
                     lambda tok, W: tok + W[: tok.shape[1]],
@@ -236,6 +236,7 @@ def bench_case(case, impls, args):
     times = {"forward": {}, "backward": {}}
     results = {}  # impl -> (out, grads)
     for impl, (kind, module, pair) in impls.items():
+        threads_for(impl, args.threads)  # the kernels' pool, or BLAS's threads
         if kind == "ours":
             out, grads, fwd, bwd = our_impl(case, module, *pair)
         else:

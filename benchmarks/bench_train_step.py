@@ -48,8 +48,8 @@ from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_
                                 available_named_configs, busy_warning, cupy_or_none,
                                 limit_threads, machine_info, machine_summary,
                                 named_config, pick, pyplot_or_none, rel_error, rss_mib,
-                                save_figure, time_fn, torch_cuda_or_none, torch_or_none,
-                                write_markdown_table)  # noqa: E402
+                                save_figure, threads_for, time_fn, torch_cuda_or_none,
+                                torch_or_none, write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT  # noqa: E402
 from tinygrad_char.train import clip_and_step  # noqa: E402
 from tinygrad_char.model import init_params, param_shapes  # noqa: E402
@@ -293,7 +293,7 @@ def check_losses(model_cfg, batch, impls, torch):
 
 # -- the per-op profile mode ----------------------------------------------------------------
 
-def profile_ops(impl, model_cfg, train_cfg, batch, warmup, repeat):
+def profile_ops(impl, model_cfg, train_cfg, batch, warmup, repeat, threads):
     """Where each millisecond of a step goes: every op of model.ops (forward and backward
     separately), the clip and the optimizer step, timed inside `repeat` steps after
     `warmup`, as ms per step (the mean over the timed steps: per-op times are too short
@@ -309,6 +309,7 @@ def profile_ops(impl, model_cfg, train_cfg, batch, warmup, repeat):
     opt = model.ops.AdamW(model.params, lr=train_cfg.learning_rate,
                           betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
                           weight_decay=train_cfg.weight_decay)
+    threads_for(impl, threads)
     spent = collections.defaultdict(float)
 
     def timed(name, fn):
@@ -358,7 +359,7 @@ def write_profile(args, configs, impls, machine, out_dir):
             continue
         batch = make_batch(model_cfg, train_cfg.batch_size)
         profiles = {impl: profile_ops(impl, model_cfg, train_cfg, batch, args.warmup,
-                                      args.repeat) for impl in wanted}
+                                      args.repeat, args.threads) for impl in wanted}
         names = list(dict.fromkeys(n for p in profiles.values() for n in p))
         for op in names:
             row = {"config": name, "op": op}
@@ -527,6 +528,7 @@ def main(argv=None):
             set_precision(precision, cupy, torch)
             results = {}
             for impl in run_impls:
+                threads_for(impl, args.threads)  # the kernels' pool, or BLAS's threads
                 if impl in OURS:
                     phases, mem = run_ours(impl, model_cfg, train_cfg, batch, args.warmup,
                                            args.repeat, precision)
@@ -541,6 +543,7 @@ def main(argv=None):
             for impl, r in results.items():
                 device = "cpu" if impl in CPU_IMPLS else "cuda"
                 if (device, precision) not in ceilings:
+                    threads_for("numpy", args.threads)  # NumPy's BLAS on every thread
                     ceilings[device, precision] = matmul_ceiling(device, precision, cupy,
                                                                  torch)
                 ceiling = ceilings[device, precision]

@@ -186,6 +186,26 @@ def limit_threads(n):
     return restore
 
 
+def threads_for(impl, n):
+    """Arrange n threads the way `impl` runs in the library, before timing it: the numba CPU
+    kernels ("numpy-cpu", "auto" on NumPy) on one pool of n threads with BLAS on one
+    (cpu_kernels.set_threads: the kernels cut the matmuls over their pool); the xp ops
+    ("numpy") on BLAS's n threads; torch on n. Then waits 20 ms, so that the idle threads
+    of whatever ran before (OpenMP's spin for a while) are asleep when the timing starts."""
+    from threadpoolctl import threadpool_limits
+
+    from tinygrad_char import cpu_kernels
+
+    if impl == "numpy-cpu":
+        cpu_kernels.set_threads(n)
+    else:
+        threadpool_limits(limits=n, user_api="blas")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+    time.sleep(0.02)
+
+
 # -- machine and versions ----------------------------------------------------------------------
 
 def _import_or_none(name):

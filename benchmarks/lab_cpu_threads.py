@@ -6,24 +6,22 @@ between matmuls, as in a training step.
 
 Each arrangement runs in a fresh process (thread pools are fixed when a library loads):
 
-    blas2-serial       OpenBLAS on 2 threads, the kernel serial        (the shipped choice)
+    blas2-serial       OpenBLAS on 2 threads, the kernel serial  (the library until the pool)
     blas2-omp          OpenBLAS on 2 threads, kernel in numba's OpenMP pool (2 threads)
     blas2-omp-passive  the same, OMP_WAIT_POLICY=PASSIVE (idle OpenMP threads sleep)
     blas2-workqueue    OpenBLAS on 2 threads, numba's workqueue pool
     blas1-onepool      OpenBLAS started on 1 thread; the matmuls split in two row blocks
                        over numba's OpenMP pool, each block one single-threaded BLAS call,
-                       so one pool of 2 threads does everything (as PyTorch's OpenMP does)
+                       so one pool of 2 threads does everything (as PyTorch's OpenMP does):
+                       the library's design (cpu_kernels.set_threads)
     torch              torch.relu on 2 threads, for reference
 
 Reported per arrangement: ReLU alone (us; 393,216 and 1,572,864 floats: bench_layers'
 tiny and large MLP hiddens) and a "step" of 4 x (matmul, ReLU, matmul, ReLU) on a
 (3072, 128) x (128, 512) MLP, with the same loop without the ReLUs (us, medians). For
-blas2-serial (the library as shipped) and blas1-onepool also the model's real training
-step (tiny-cpu and the CPU preset shapes, kernels "cpu", forward + backward + clip + AdamW,
-ms): in blas1-onepool the kernels are compiled parallel and the linears' matmuls split
-over the pool (attention's batched matmuls stay single-threaded BLAS: a prototype of the
-one-pool design, not the library's code path). Results: benchmarks/results/
-cpu_threads.jsonl and cpu_threads.md.
+blas1-onepool also the model's real training step with the library's kernels as shipped
+(tiny-cpu and the CPU preset shapes, kernels "cpu", forward + backward + clip + AdamW, ms).
+Results: benchmarks/results/cpu_threads.jsonl and cpu_threads.md.
 
 Not here: the kernels themselves (tinygrad_char/cpu_kernels/) and the step benchmark
 (bench_train_step.py); this only decides how they are threaded.
@@ -45,8 +43,7 @@ ARRANGEMENTS = {
     "blas2-omp-passive": {"OPENBLAS_NUM_THREADS": "2", "NUMBA_THREADING_LAYER": "omp",
                           "OMP_WAIT_POLICY": "PASSIVE"},
     "blas2-workqueue": {"OPENBLAS_NUM_THREADS": "2", "NUMBA_THREADING_LAYER": "workqueue"},
-    "blas1-onepool": {"OPENBLAS_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "omp",
-                      "TINYGRAD_CHAR_CPU_PARALLEL": "1"},
+    "blas1-onepool": {"OPENBLAS_NUM_THREADS": "1", "NUMBA_THREADING_LAYER": "omp"},
     "torch": {},
 }
 SIZES = (393_216, 1_572_864)
@@ -138,54 +135,24 @@ def measure(name, repeat):
 
     out["matmuls_only_us"] = median_us(lambda: step(False), 5, max(repeat // 4, 11))
     out["step_us"] = median_us(lambda: step(True), 5, max(repeat // 4, 11))
-    if name in ("blas2-serial", "blas1-onepool"):
-        split = matmul_two_blocks if name == "blas1-onepool" else None
+    if name == "blas1-onepool":
         for label, batch in (("tiny_cpu", 12), ("cpu_preset", 32)):
-            out[f"model_step_{label}_ms"] = model_step_ms(batch, split, max(repeat // 8, 11))
+            out[f"model_step_{label}_ms"] = model_step_ms(batch, max(repeat // 8, 11))
     return out
 
 
-def model_step_ms(batch, matmul_two_blocks, repeat):
+def model_step_ms(batch, repeat):
     """Median ms of the model's training step (4 x 4 x 128, context 64, V 65, kernels
-    "cpu"); with matmul_two_blocks, the linears' matmuls split over numba's pool."""
-    import numba
+    "cpu": the library's one pool, cpu_kernels.set_threads(2))."""
     import numpy as np
 
+    from tinygrad_char import cpu_kernels
     from tinygrad_char.model import GPT, GPTConfig
     from tinygrad_char.optim import clip_scale
 
     model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65),
                 kernels="cpu")
-    if matmul_two_blocks is not None:
-        @numba.njit(parallel=True)
-        def weight_grad_parts(dy, x, parts):  # parts[c] = dy[rows c].T @ x[rows c]
-            m = dy.shape[0]
-            half = (m + 1) // 2
-            for c in numba.prange(2):
-                lo = c * half
-                hi = min(m, lo + half)
-                np.dot(dy[lo:hi].T, x[lo:hi], parts[c])
-
-        def linear_forward(x, W, b=None):
-            x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-            y = np.empty((x2.shape[0], W.shape[0]), x.dtype)
-            matmul_two_blocks(x2, W.T, y)
-            if b is not None:
-                y += b
-            return y.reshape(*x.shape[:-1], W.shape[0]), (x, W, b is not None)
-
-        def linear_backward(dy, cache):
-            x, W, has_bias = cache
-            dy2 = np.ascontiguousarray(dy.reshape(-1, dy.shape[-1]))
-            x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-            dx = np.empty((dy2.shape[0], W.shape[1]), dy.dtype)
-            matmul_two_blocks(dy2, W, dx)
-            parts = np.empty((2, *W.shape), dy.dtype)
-            weight_grad_parts(dy2, x2, parts)
-            return (dx.reshape(x.shape), parts[0] + parts[1],
-                    dy2.sum(axis=0) if has_bias else None)
-
-        model.ops.linear_forward, model.ops.linear_backward = linear_forward, linear_backward
+    cpu_kernels.set_threads(2)
     opt = model.ops.AdamW(model.params, lr=1e-3)
     rng = np.random.default_rng(0)
     idx, targets = rng.integers(0, 65, (batch, 64)), rng.integers(0, 65, (batch, 64))
@@ -221,8 +188,7 @@ def main(argv=None):
     rows = []
     for name in names:
         env = {k: v for k, v in os.environ.items()
-               if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY",
-                            "TINYGRAD_CHAR_CPU_PARALLEL")}
+               if k not in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY")}
         env.update(ARRANGEMENTS[name], OMP_NUM_THREADS="2", NUMBA_NUM_THREADS="2")
         done = subprocess.run([sys.executable, __file__, "--child", name,
                                "--repeat", str(args.repeat)],
@@ -242,7 +208,7 @@ def main(argv=None):
                                 "us, medians; step = 4 x (matmul, ReLU, matmul, ReLU) on a "
                                 f"({ROWS}, {C}) x ({C}, {HIDDEN}) MLP; matmuls_only: the same "
                                 "loop without the ReLUs; model_step: the real training step "
-                                "(blas1-onepool: a prototype, the linears split over the pool). "
+                                "with the library's kernels (its one pool). "
                                 "Each arrangement in its own process (see the script's "
                                 "docstring)."])
     return 0

@@ -36,7 +36,7 @@ for part in "${parts[@]}"; do
         "${B[@]}" python benchmarks/bench_train_step.py --configs tiny-cpu,cpu-preset \
           --impls numpy,numpy-cpu,torch --threads "$THREADS" --repeat 20
       done
-      "${B[@]}" python benchmarks/bench_train_step.py --configs tiny-cpu --profile --threads 1
+      "${B[@]}" python benchmarks/bench_train_step.py --configs tiny-cpu --profile --threads "$THREADS"
       ;;
     layers)
       "${B[@]}" python benchmarks/bench_layers.py --threads "$THREADS"

@@ -21,6 +21,7 @@ import sys
 
 from tinygrad_char.cli import Parser, UsageError, int_arg, run_cli
 from tinygrad_char.config import check_memory, generation_memory_bytes
+from tinygrad_char.cpu_kernels import numba_available
 from tinygrad_char.onnx_export import load_for_sampling
 
 
@@ -52,8 +53,8 @@ def main(argv=None):
     p.add_argument("--max-new-tokens-limit", type=int_arg(1), default=2000, metavar="N",
                    help="largest max_new_tokens a request may ask for, >= 1 (default 2000)")
     p.add_argument("--blas-threads", type=int_arg(1), default=1, metavar="N",
-                   help="BLAS threads per matmul, >= 1 (default 1: requests already run in "
-                        "parallel; needs threadpoolctl)")
+                   help="threads per request for the matmuls and CPU kernels, >= 1 (default "
+                        "1: requests already run in parallel; needs threadpoolctl)")
     p.add_argument("--onnx", metavar="MODEL.onnx",
                    help="serve this exported model on onnxruntime instead")
     args = p.parse_args(argv)
@@ -67,7 +68,8 @@ def main(argv=None):
                          f'"tinygrad-char[serve]"') from None
     try:
         model, tokenizer, meta = load_for_sampling(args.checkpoint, args.onnx, args.backend)
-        app = create_app(model, tokenizer, max_new_tokens_limit=args.max_new_tokens_limit)
+        app = create_app(model, tokenizer, max_new_tokens_limit=args.max_new_tokens_limit,
+                         threads_per_request=args.blas_threads)
     except ValueError as e:  # the library's checks: one line each (CheckpointError too)
         raise UsageError(str(e)) from None
     # one request of the largest size must fit (prompt window + limit, one sample)
@@ -76,7 +78,9 @@ def main(argv=None):
                  f"--max-new-tokens-limit {args.max_new_tokens_limit} (one request)",
                  "lower it", args.backend)
     sock = bind(args.host, args.port)
-    threadpool_limits(limits=args.blas_threads, user_api="blas")  # for the whole process
+    # for the whole process; with the CPU kernels BLAS runs one thread and the kernels cut
+    # the matmuls over their own threads (threads_per_request, cpu_kernels.set_threads)
+    threadpool_limits(limits=1 if numba_available() else args.blas_threads, user_api="blas")
     source = args.onnx or args.checkpoint
     print(f"serving {source} (step {meta['step']}, {model.num_params():,} parameters) on "
           f"http://{args.host}:{args.port}", flush=True)

@@ -40,6 +40,23 @@ def cpu():
     return _jit, adamw, k_att, k_ce, k_emb, k_gelu, k_ln
 
 
+def cpu_more():
+    from tinygrad_char.cpu_kernels import dropout as k_drop, linear as k_lin
+    return k_lin, k_drop
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def pool_threads(request):
+    """Run a test on a pool of 1 and of 2 threads (the row blocks and the partial sums
+    change with the count), then put the pool back as it was."""
+    from tinygrad_char import cpu_kernels
+
+    before = cpu_kernels.threads()
+    cpu_kernels.set_threads(request.param)
+    yield request.param
+    cpu_kernels.set_threads(before or 0)
+
+
 def assert_close(name, got, want, dtype=np.float32, floor=1e-30):
     """Normwise: max|got - want| <= TOL * max(max|want|, floor); floor for results that
     are zero in exact arithmetic (LayerNorm's dx when C = 1)."""
@@ -297,6 +314,155 @@ def test_embedding_backward_kernel(B, T, V, C, dtype):
                                   err_msg="embedding backward is not bit-reproducible")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, T, V, C", [(1, 1, 1, 5), (2, BLOCK_SIZE, 65, 33), (3, 9, 300, 16)])
+def test_embedding_forward_kernel(B, T, V, C, dtype, pool_threads):
+    k_emb = cpu()[4]
+    rng = np.random.default_rng(10)
+    idx = rng.integers(0, V, size=(B, T))
+    W = randn(rng, (V, C), dtype)
+    out, cache = k_emb.embedding_forward(idx, W)
+    want, want_cache = embedding.embedding_forward(idx, W)
+    np.testing.assert_array_equal(out, want)  # a copy: exact
+    assert out.dtype == want.dtype and cache[1] == want_cache[1]
+
+
+def test_embedding_forward_kernel_out_of_range_ids_behave_as_numpy():
+    k_emb = cpu()[4]
+    W = np.arange(12, dtype=np.float32).reshape(4, 3)
+    for bad in (4, 100):
+        with pytest.raises(IndexError, match="out of bounds"):
+            k_emb.embedding_forward(np.array([[0, bad]]), W)
+    out, _ = k_emb.embedding_forward(np.array([[-1, 0]]), W)  # NumPy's take wraps -1
+    np.testing.assert_array_equal(out, embedding.embedding_forward(np.array([[-1, 0]]), W)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, T, C, start", [(1, 1, 5, 0), (2, BLOCK_SIZE, 33, 0),
+                                            (3, 7, 16, 5)])
+def test_position_embedding_kernel(B, T, C, start, dtype, pool_threads):
+    k_emb = cpu()[4]
+    rng = np.random.default_rng(11)
+    tok, W = randn(rng, (B, T, C), dtype), randn(rng, (BLOCK_SIZE + 8, C), dtype)
+    out, cache = k_emb.position_embedding_forward(tok, W, start)
+    want, want_cache = embedding.position_embedding_forward(tok, W, start)
+    np.testing.assert_array_equal(out, want)  # one add per element: exact
+    assert cache == want_cache
+    dout = randn(rng, (B, T, C), dtype)
+    assert_close("position dW", k_emb.position_embedding_backward(dout, cache),
+                 embedding.position_embedding_backward(dout, want_cache), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7, 33), (2, BLOCK_SIZE, 128)])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
+def test_dropout_kernel_draws_and_applies_the_twins_mask(shape, p, dtype, pool_threads):
+    from tinygrad_char import dropout
+
+    k_drop = cpu_more()[1]
+    x = randn(np.random.default_rng(12), shape, dtype)
+    y, mask = k_drop.dropout_forward(x, p, np.random.default_rng(5))
+    y0, mask0 = dropout.dropout_forward(x, p, np.random.default_rng(5))
+    np.testing.assert_array_equal(y, y0)  # the same draw and the same float ops: exact
+    if p == 0.0:
+        assert mask is None and mask0 is None
+    else:
+        np.testing.assert_array_equal(mask, mask0)
+    dy = randn(np.random.default_rng(13), shape, dtype)
+    np.testing.assert_array_equal(k_drop.dropout_backward(dy, mask),
+                                  dropout.dropout_backward(dy, mask0))
+    y_eval, cache = k_drop.dropout_forward(x, p, np.random.default_rng(5), training=False)
+    assert y_eval is x and cache is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape_in, n_out", [((1, 1, 5), 3), ((2, BLOCK_SIZE, 33), 65),
+                                             ((3, 7, 128), 512), ((5, 16), 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_kernel(shape_in, n_out, bias, dtype, pool_threads):
+    from tinygrad_char import linear
+
+    k_lin = cpu_more()[0]
+    rng = np.random.default_rng(14)
+    x = randn(rng, shape_in, dtype)
+    W = randn(rng, (n_out, shape_in[-1]), dtype)
+    b = randn(rng, (n_out,), dtype) if bias else None
+    y, cache = k_lin.linear_forward(x, W, b)
+    y0, cache0 = linear.linear_forward(x, W, b)
+    assert_close("linear y", y, y0, dtype)
+    dy = randn(rng, y.shape, dtype)
+    for name, got, want in zip(("dx", "dW", "db"), k_lin.linear_backward(dy, cache),
+                               linear.linear_backward(dy, cache0)):
+        if want is None:
+            assert got is None, f"linear {name}: expected None without a bias"
+        else:
+            assert_close(f"linear {name}", got, want, dtype)
+
+
+def test_linear_kernel_is_deterministic_for_a_thread_count(pool_threads):
+    k_lin = cpu_more()[0]
+    rng = np.random.default_rng(15)
+    x, W, dy = randn(rng, (4, 33, 40)), randn(rng, (24, 40)), randn(rng, (4, 33, 24))
+    first = k_lin.linear_backward(dy, k_lin.linear_forward(x, W, W[0, :24])[1])
+    for _ in range(3):
+        again = k_lin.linear_backward(dy, k_lin.linear_forward(x, W, W[0, :24])[1])
+        for a, b in zip(first, again):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("NH, NKV", [(4, 2), (4, 1), (2, 2)])
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+def test_gqa_attention_kernel(NH, NKV, dropout, pool_threads):
+    k_att = cpu()[2]
+    rng = np.random.default_rng(16)
+    B, T, hs = 2, 9, 4
+    qkv = randn(rng, (B, T, (NH + 2 * NKV) * hs), scale=2.0)
+    dy = randn(rng, (B, T, NH * hs))
+    y, cache = k_att.gqa_attention_forward(qkv, NH, NKV, dropout, np.random.default_rng(7))
+    assert isinstance(cache[0], CpuCache)
+    y0, cache0 = attention.gqa_attention_forward(qkv, NH, NKV, dropout,
+                                                 np.random.default_rng(7))
+    assert_close("gqa y", y, y0)
+    assert_close("gqa dqkv", k_att.gqa_attention_backward(dy, cache),
+                 attention.gqa_attention_backward(dy, cache0))
+    # a sliding window shorter than T is the twin's
+    _, cache_w = k_att.gqa_attention_forward(qkv, NH, NKV, 0.0, None, True, 4)
+    assert not isinstance(cache_w[0], CpuCache)
+
+
+def test_attention_kernel_on_one_and_two_threads(pool_threads):
+    k_att = cpu()[2]
+    rng = np.random.default_rng(17)
+    qkv = randn(rng, (3, 17, 3 * 2 * 5), scale=2.0)
+    y, cache = k_att.attention_forward(qkv, 2, 0.2, np.random.default_rng(1))
+    y0, cache0 = attention.attention_forward(qkv, 2, 0.2, np.random.default_rng(1))
+    assert_close("attention y", y, y0)
+    dy = randn(rng, y.shape)
+    assert_close("attention dqkv", k_att.attention_backward(dy, cache),
+                 attention.attention_backward(dy, cache0))
+
+
+def test_set_threads_gives_the_pool_the_cores_and_blas_one_thread():
+    from threadpoolctl import threadpool_info
+
+    import numba
+    from tinygrad_char import cpu_kernels
+
+    before = cpu_kernels.threads()
+    try:
+        assert cpu_kernels.set_threads(1) == 1 and numba.get_num_threads() == 1
+        n = cpu_kernels.set_threads(0)
+        assert n == min(cpu_kernels.cores(), numba.config.NUMBA_NUM_THREADS)
+        assert numba.get_num_threads() == n == cpu_kernels.threads()
+        blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+        assert blas and all(lib["num_threads"] == 1 for lib in blas), blas
+        # SciPy's BLAS (numba's np.dot calls it) is loaded before the limit, so it has it too
+        assert any("scipy" in os.path.basename(os.path.dirname(lib["filepath"]))
+                   for lib in blas), [lib["filepath"] for lib in blas]
+    finally:
+        cpu_kernels.set_threads(before or 0)
+
+
 # == AdamW =====================================================================================
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -343,7 +509,7 @@ def test_select_ops_cpu_uses_the_kernels():
     assert ops.mode == "cpu"
     for name, op in cpu_kernels.ops().items():
         assert getattr(ops, name) is op, f"select_ops('cpu').{name} is not the CPU kernel"
-    assert ops.linear_forward is kernels.select_ops("xp").linear_forward
+    assert ops.swiglu_forward is kernels.select_ops("xp").swiglu_forward  # no kernel
 
 
 def test_select_ops_auto_runs_cpu_kernels_on_numpy():

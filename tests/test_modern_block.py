@@ -442,7 +442,10 @@ def test_checkpoint_carries_the_new_options(tmp_path):
     save_checkpoint(path, model, CharTokenizer("abcd", unk=True), step=3)
     loaded, _, meta = load_checkpoint(path)
     assert loaded.config == cfg
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(loaded.params[name], p, err_msg=name)
     idx = np.array([[0, 1, 2, 3, 4, 0]])
+    loaded.ops = model.ops  # the same ops, so the same rounding (loaded runs "auto")
     np.testing.assert_array_equal(loaded.forward(idx)[0], model.eval().forward(idx)[0])
 
 

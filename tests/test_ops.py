@@ -95,10 +95,13 @@ def test_embedding_repeated_ids(xp):
 def test_position_embedding(xp):
     rng = np.random.default_rng(2)
     W = randn(xp, rng, 8, 3)
-    out, _ = position_embedding_forward(W, 5)
-    np.testing.assert_array_equal(to_np(out), to_np(W)[:5])
-    errs = check_op(lambda W: position_embedding_forward(W, 5), position_embedding_backward, [W])
-    assert_grads("position_embedding", errs)
+    tok = randn(xp, rng, 2, 5, 3)
+    for start in (0, 2):
+        out, _ = position_embedding_forward(tok, W, start)
+        np.testing.assert_array_equal(to_np(out), to_np(tok) + to_np(W)[start:start + 5])
+        errs = check_op(lambda tok, W: position_embedding_forward(tok, W, start),
+                        lambda d, c: (d, position_embedding_backward(d, c)), [tok, W])
+        assert_grads("position_embedding", errs)
 
 
 def test_sinusoidal_matches_formula(xp):

@@ -151,6 +151,24 @@ def gqa_attention_forward(qkv, n_head, n_kv_head, dropout=0.0, rng=None, trainin
         y: (B, T, C), C = NH hs
         cache: (attention_forward's cache, n_kv_head)
     """
+    y, cache = attention_forward(repeat_kv_heads(qkv, n_head, n_kv_head), n_head, dropout,
+                                 rng, training, window)
+    return y, (cache, n_kv_head)
+
+
+def gqa_attention_backward(dy, cache):
+    """Gradients with respect to the grouped qkv: attention_backward's, with the repeated
+    key and value heads summed back (sum_repeated_kv_grads). Args: dy (B, T, C). Returns
+    dqkv (B, T, (NH + 2 NKV) hs)."""
+    mha_cache, n_kv_head = cache
+    n_head = mha_cache[0].shape[1]  # q: (B, NH, T, hs)
+    return sum_repeated_kv_grads(attention_backward(dy, mha_cache), n_head, n_kv_head)
+
+
+def repeat_kv_heads(qkv, n_head, n_kv_head):
+    """The grouped qkv (B, T, (NH + 2 NKV) hs) in multi-head attention's packed (B, T, 3C)
+    layout, C = NH hs: query head h keeps its place, key/value head j is repeated for the
+    G = NH / NKV query heads h = j G .. j G + G - 1 of its group."""
     xp = get_array_module(qkv)
     B, T, width = qkv.shape
     hs = width // (n_head + 2 * n_kv_head)
@@ -161,27 +179,19 @@ def gqa_attention_forward(qkv, n_head, n_kv_head, dropout=0.0, rng=None, trainin
     # k and v: kv head j, broadcast over the G query heads g of its group
     packed[:, :, 1] = qkv[:, :, C:C + Ckv].reshape(B, T, n_kv_head, 1, hs)
     packed[:, :, 2] = qkv[:, :, C + Ckv:].reshape(B, T, n_kv_head, 1, hs)
-    y, cache = attention_forward(packed.reshape(B, T, 3 * C), n_head, dropout, rng, training,
-                                 window)
-    return y, (cache, n_kv_head)
+    return packed.reshape(B, T, 3 * C)
 
 
-def gqa_attention_backward(dy, cache):
-    """Gradients with respect to the grouped qkv.
-
-    The repeat k_h = k_{h // G} is a copy, so its backward is a sum: dk_j is the sum of
-    the multi-head dk_h over the G query heads h = j G .. j G + G - 1 of group j (v alike);
-    dq is attention_backward's. Args: dy (B, T, C). Returns dqkv (B, T, (NH + 2 NKV) hs).
-    """
-    mha_cache, n_kv_head = cache
-    xp = get_array_module(dy)
-    dpacked = attention_backward(dy, mha_cache)  # (B, T, 3C)
+def sum_repeated_kv_grads(dpacked, n_head, n_kv_head):
+    """Backward of repeat_kv_heads: the repeat k_h = k_{h // G} is a copy, so dk_j is the sum
+    of dk_h over the G query heads h of group j (v alike); dq passes through.
+    Args: dpacked (B, T, 3C), C = NH hs. Returns dqkv (B, T, (NH + 2 NKV) hs)."""
+    xp = get_array_module(dpacked)
     B, T, C3 = dpacked.shape
     C = C3 // 3
-    n_head = mha_cache[0].shape[1]
     hs, G = C // n_head, n_head // n_kv_head
     dpacked = dpacked.reshape(B, T, 3, n_kv_head, G, hs)
-    dqkv = xp.empty((B, T, C + 2 * n_kv_head * hs), dtype=dy.dtype)
+    dqkv = xp.empty((B, T, C + 2 * n_kv_head * hs), dtype=dpacked.dtype)
     dqkv[:, :, :C] = dpacked[:, :, 0].reshape(B, T, C)
     dqkv[:, :, C:] = dpacked[:, :, 1:].sum(axis=4).reshape(B, T, 2 * n_kv_head * hs)
     return dqkv

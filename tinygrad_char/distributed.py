@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from . import rank_watch
+from . import cpu_kernels, rank_watch
 from .model import ConfigError
 
 # the variables an MPI launcher sets in each rank's environment: world size, then rank
@@ -195,18 +195,10 @@ class MPIWorld(SingleProcess):
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
-        self._blas = None
-        # one BLAS thread per rank when the ranks share a machine (as many as fit otherwise)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        threads = max(min(cores or os.cpu_count() or 1,
-                          (os.cpu_count() or 1) // self.local_size), 1)
-        self.blas_threads = threads
-        try:
-            from threadpoolctl import threadpool_limits
-
-            self._blas = threadpool_limits(threads, user_api="blas")
-        except ImportError:
-            pass
+        # the ranks on one machine share its cores out (one thread each on 2 cores, 2 ranks):
+        # the kernels' pool, or BLAS without numba (cpu_kernels.set_threads)
+        threads = max(min(cpu_kernels.cores(), (os.cpu_count() or 1) // self.local_size), 1)
+        self.threads = cpu_kernels.set_threads(threads)
         # CuPy gradients: handed to MPI as device buffers only when the user says the MPI
         # library is CUDA-aware (no MPI call reports it portably); else through host copies
         self.cuda_aware = os.environ.get("TINYGRAD_CHAR_CUDA_AWARE_MPI", "0") == "1"
@@ -332,11 +324,6 @@ class MPIWorld(SingleProcess):
         sys.stderr.flush()
         rank_watch.say("abort")  # this rank's own line said why: the watcher keeps quiet
         self.comm.Abort(code)
-
-    def close(self):
-        if self._blas is not None:
-            self._blas.restore_original_limits()
-            self._blas = None
 
 
 def _host(a):

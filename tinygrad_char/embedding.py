@@ -48,25 +48,28 @@ def embedding_backward(dout, cache):
     return onehot.T @ dout.reshape(-1, C)  # (V, C)
 
 
-def position_embedding_forward(W, T, start=0):
-    """out[t] = W[start + t] for t < T: the learned positions (`transformer.wpe.weight`)
-    of absolute positions start .. start + T - 1 (start > 0: new positions after a cache).
+def position_embedding_forward(x, W, start=0):
+    """out[b, t] = x[b, t] + W[start + t]: the learned positions (`transformer.wpe.weight`)
+    of absolute positions start .. start + T - 1 (start > 0: new positions after a cache),
+    added to x, the token embeddings.
 
-    Args: W (block_size, C), start + T <= block_size. Returns out (T, C) and cache
-    (W.shape, start). The caller broadcasts out over the batch.
+    Args: x (B, T, C), W (block_size, C), start + T <= block_size. Returns out (B, T, C)
+    and cache (W.shape, start).
     """
-    return W[start:start + T], (W.shape, start)
+    T = x.shape[1]
+    return x + W[start:start + T], (W.shape, start)  # W's rows broadcast over the batch
 
 
 def position_embedding_backward(dout, cache):
-    """dW[start + t] = dout[t] for t < T, zero for the positions not used.
+    """dW[start + t] = sum over the batch of dout[b, t], zero for the positions not used
+    (dx = dout: the add passes the gradient through, and the caller has it already).
 
-    Args: dout (T, C), already summed over the batch by the caller. Returns dW (block_size, C).
+    Args: dout (B, T, C). Returns dW (block_size, C).
     """
     shape, start = cache
     xp = get_array_module(dout)
     dW = xp.zeros(shape, dtype=dout.dtype)
-    dW[start:start + dout.shape[0]] = dout
+    dW[start:start + dout.shape[1]] = dout.sum(axis=0)
     return dW
 
 

@@ -613,8 +613,9 @@ def select_ops(mode):
     - "fused": the CUDA wrappers of this module where a kernel exists, the xp ops elsewhere
       (linear: cuBLAS through CuPy already; dropout, embedding forward, ReLU); needs CuPy
       and a working GPU, and raises BackendError saying so otherwise.
-    - "cpu": the numba kernels of cpu_kernels/ where one exists, the xp ops elsewhere
-      (linear: NumPy's BLAS already; dropout, embedding forward); needs numba, and raises
+    - "cpu": the numba kernels of cpu_kernels/ where one exists (every op of the GPT
+      block, the linear layers' matmuls cut over the kernels' threads), the xp ops
+      elsewhere (RMSNorm, RoPE, SwiGLU, the KV-cache path); needs numba, and raises
       BackendError naming the fix otherwise.
     - "auto" (the default): per call, by the arrays' type: the CUDA kernels on CuPy arrays,
       the numba kernels on NumPy arrays when numba imports, the xp ops otherwise. Every

@@ -311,7 +311,7 @@ class GPT:
             y, c_att = y.transpose(0, 2, 1, 3).reshape(B, T, cfg.n_embd), None  # (B, T, C)
         elif NKV == NH and window is None:  # GPT-2's attention: a fused kernel may run it
             y, c_att = ops.attention_forward(qkv, NH, cfg.dropout, self.rng, self.training)
-        else:  # grouped-query or sliding-window attention: the xp op
+        else:  # grouped-query or sliding-window attention (kernels: grouped, not windowed)
             y, c_att = ops.gqa_attention_forward(qkv, NH, NKV, cfg.dropout, self.rng,
                                                  self.training, window)
         out, c_proj = ops.linear_forward(y, self._p(h + "attn.c_proj.weight"),
@@ -439,9 +439,8 @@ class GPT:
             tok, caches["wte"] = ops.embedding_forward(idx, p["transformer.wte.weight"])
             rope_pos = None  # (B, T, C) above; rope's (cos, sin) of the T positions below
             if cfg.pos_encoding == "learned":
-                pos, caches["wpe"] = ops.position_embedding_forward(
-                    p["transformer.wpe.weight"], T, start)
-                x = tok + pos  # (B, T, C), pos broadcast over the batch
+                x, caches["wpe"] = ops.position_embedding_forward(  # (B, T, C): tok + pos
+                    tok, p["transformer.wpe.weight"], start)
             elif cfg.pos_encoding == "sinusoidal":
                 x = tok + self._positions(start, start + T)  # (T, C), fixed
             else:
@@ -528,7 +527,7 @@ class GPT:
         dx = ops.dropout_backward(dx, caches["drop"])  # (B, T, C)
         if cfg.pos_encoding == "learned":
             grads["transformer.wpe.weight"] = ops.position_embedding_backward(
-                dx.sum(axis=0), caches["wpe"])
+                dx, caches["wpe"])
         dwte = ops.embedding_backward(dx, caches["wte"])  # (V, C)
         if cfg.tie_weights:
             dwte += dhead  # the tied table is used twice: input lookup and output head

@@ -36,6 +36,7 @@ import copy
 import secrets
 import time
 
+from .cpu_kernels import use_threads_here
 from .cli import MAX_SEED  # 2**63 - 1: fits a signed 64-bit integer, every client sends it
 from .sampling import generate_text
 
@@ -86,7 +87,7 @@ def _error_line(errors):
 
 
 def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
-               use_cache=None):
+               use_cache=None, threads_per_request=1):
     """A FastAPI app serving `model` (a GPT, or an onnx_export.OnnxModel).
 
     Args:
@@ -96,6 +97,8 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         backend_name: reported by /health (default: model.backend.name).
         use_cache: sampling path; default: the KV cache when the model supports it (a
             GPT), the no-cache path otherwise (an OnnxModel).
+        threads_per_request: threads of the CPU kernels per request (set in each request's
+            thread: cpu_kernels.use_threads_here); requests already run side by side.
     Returns:
         fastapi.FastAPI
     """
@@ -252,6 +255,7 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         """Continue the prompt; the response carries the text, its length and the time."""
         seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
         prompt = req.prompt[-block_size:]  # one character is one token
+        use_threads_here(threads_per_request)
         worker = copy.copy(model)  # own `training` and `_caches`; params shared, read only
         start = time.perf_counter()
         (text,) = generate_text(worker, tokenizer, prompt, req.max_new_tokens,

@@ -63,43 +63,91 @@ def applies(*arrays, dtypes=(np.float32,)):
         first.dtype in dtypes
 
 
-def set_threads(n=0):
-    """Use n threads (0: every core this process may run on) for NumPy's BLAS and the
-    numba kernels; returns n.
+_THREADS = None  # the pool's thread count once set_threads ran (None: not yet)
 
-    The kernels are compiled serial (`_jit.PARALLEL` is False, see there why), so on
-    these sizes the threads are BLAS's: the matmuls run on n threads while the fused
-    passes between them run on the calling thread, and the two never compete. Set through
-    threadpoolctl (OpenBLAS, MKL or BLIS, whichever NumPy loaded) and numba.set_num_threads
-    when numba imports.
+
+def cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+def set_threads(n=0):
+    """Run the CPU work on n threads (0: every core this process may run on); returns n.
+
+    With numba (the kernels): one pool of n threads does everything. NumPy's BLAS is set
+    to one thread, and the kernels run their loops and their matmuls (cut in row blocks,
+    one single-threaded BLAS call per block: linear.py, attention.py) on numba's pool, so
+    no two thread pools compete for the cores. Without numba: BLAS gets the n threads.
+
+    BLAS is set through threadpoolctl, for every BLAS loaded (NumPy's, and SciPy's, which
+    numba's matmuls call: it is loaded first so that the limit reaches it); the pool through
+    numba.set_num_threads, which holds for the calling thread (a thread started later gets
+    numba's default, NUMBA_NUM_THREADS: call this in it too). Runs by itself, with n = 0,
+    the first time the kernels are chosen (`ops()`), unless it ran before.
     """
+    global _THREADS
     if n is None or n <= 0:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n = cores()
+    pool = numba_available()
+    if pool:
+        import numba
+        import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot calls SciPy's BLAS)
+
+        n = min(n, numba.config.NUMBA_NUM_THREADS)
+        numba.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(n)
+        threadpool_limits(1 if pool else n, user_api="blas")
     except ImportError:  # without threadpoolctl BLAS keeps its own setting
         pass
-    if numba_available() and os.environ.get("TINYGRAD_CHAR_CPU_PARALLEL") == "1":
-        import numba  # only the parallel build has threads of its own (starting them is
-        #               not free, so the serial default leaves numba's pool alone)
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    _THREADS = n
     return n
+
+
+def threads():
+    """The pool's thread count set by set_threads, or None before it ran."""
+    return _THREADS
+
+
+def use_threads_here(n):
+    """The kernels called from this thread run on n threads (numba keeps the count per
+    thread): a server's request threads, each on one, share the cores without competing.
+    Does nothing without numba."""
+    if numba_available():
+        import numba
+
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
 
 
 def ops():
     """The kernel wrappers by the names `kernels.select_ops` uses for their twins.
-    Imports numba (through the kernel modules): call only when `numba_available()`."""
-    from . import adamw, attention, cross_entropy, embedding, gelu, layernorm
+    Imports numba (through the kernel modules): call only when `numba_available()`.
+    Sets the threads (`set_threads()`, every core) unless they were set before, and with a
+    cold cache starts compiling the kernels ahead in a second process (warm.py)."""
+    from . import adamw, attention, cross_entropy, dropout, embedding, gelu, layernorm, linear
+    from . import warm
+
+    if _THREADS is None:
+        set_threads()
+    warm.start_in_background(_THREADS)
 
     return dict(
+        linear_forward=linear.linear_forward,
+        linear_backward=linear.linear_backward,
+        embedding_forward=embedding.embedding_forward,
         embedding_backward=embedding.embedding_backward,
+        position_embedding_forward=embedding.position_embedding_forward,
+        position_embedding_backward=embedding.position_embedding_backward,
+        dropout_forward=dropout.dropout_forward,
+        dropout_backward=dropout.dropout_backward,
         layernorm_forward=layernorm.layernorm_forward,
         layernorm_backward=layernorm.layernorm_backward,
         attention_forward=attention.attention_forward,
         attention_backward=attention.attention_backward,
+        gqa_attention_forward=attention.gqa_attention_forward,
+        gqa_attention_backward=attention.gqa_attention_backward,
         gelu_forward=gelu.gelu_forward,
         gelu_backward=gelu.gelu_backward,
         gelu_bias_forward=gelu.gelu_bias_forward,

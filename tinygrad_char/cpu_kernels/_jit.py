@@ -2,7 +2,7 @@
 
     @kernel
     def f(...): ...     # numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH,
-                        #            parallel=PARALLEL)
+                        #            parallel=True)
 
 - cache=True: compiled machine code is kept on disk beside the source (__pycache__), so
   only the first run of a checkout pays the compile (about 3 s for every kernel in float32
@@ -14,13 +14,18 @@
   mask and overflow checks rely on inf and NaN behaving as IEEE says, and a NaN gradient
   must stay NaN so that the training loop's divergence check sees it. Not "afn"
   (approximate library functions): the one approximation used is `tanh_approx`, stated.
-- PARALLEL = False: kernels are written with `prange` over rows (heads, chunks), but
-  compiled serial. On the 2-core machines measured, NumPy's BLAS runs the matmuls on both
-  cores; numba's OpenMP threads spinning between kernels took a step from 45 to ~300 ms,
-  the workqueue layer was slower than serial (50 vs 45 ms). Setting
-  TINYGRAD_CHAR_CPU_PARALLEL=1 before the kernels are imported compiles them parallel
-  (with the workqueue layer unless NUMBA_THREADING_LAYER says otherwise; numba.set_num_threads
-  or cpu_kernels.set_threads sets how many), for machines with cores to spare.
+- parallel=True: kernels loop over rows (heads, row blocks) with `prange`, on numba's
+  thread pool, and the matmuls beside them run on the same pool (cpu_kernels/linear.py,
+  attention.py: one single-threaded BLAS call per block and thread), so one pool does all
+  the work, as PyTorch's OpenMP pool does. Two pools would fight: with OpenBLAS on its own
+  two threads beside numba's, a loop of matmuls and ReLUs took 68 ms against 7.3 ms
+  (benchmarks/results/cpu_threads.md). `cpu_kernels.set_threads` sets BLAS to one thread
+  and the pool to n; it runs when the kernels are first chosen.
+- The threading layer is OpenMP where numba finds it (its idle threads spin briefly, so a
+  kernel right after a matmul starts at once; sleeping threads cost tens of microseconds
+  per kernel to wake on the machines measured), then TBB, then numba's workqueue. GNU
+  OpenMP does not survive fork(): a process that forks after the kernels ran must not run
+  them in the child (start children with spawn, as subprocess and mpiexec do).
 - The disk cache is keyed on each kernel's own source file: after editing this file, delete
   tinygrad_char/cpu_kernels/__pycache__/*.nb[ci] (or set NUMBA_CACHE_DIR to a fresh folder),
   or kernels that inline `exp_poly`/`tanh_approx` keep their old machine code.
@@ -34,24 +39,22 @@ import os
 import numba
 import numpy as np
 
-PARALLEL = os.environ.get("TINYGRAD_CHAR_CPU_PARALLEL", "0") == "1"
-if PARALLEL and "NUMBA_THREADING_LAYER" not in os.environ:
-    # numba's default picks OpenMP where it finds it, whose idle threads spin against
-    # OpenBLAS's; the workqueue layer's threads sleep between kernels
-    numba.config.THREADING_LAYER = "workqueue"
+if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in \
+        os.environ:
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 prange = numba.prange
 
 
 def kernel(fn):
     """Compile `fn` as a CPU kernel (see the module docstring for the options)."""
-    return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH,
-                      parallel=PARALLEL)(fn)
+    return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)(fn)
 
 
 def serial_kernel(fn):
     """Compile `fn` as a CPU kernel that is serial by design (no prange: a scatter-add whose
-    order must be fixed), with the options of `kernel` but never parallel."""
+    order must be fixed, a helper's test loop), with the options of `kernel` but never
+    parallel."""
     return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH)(fn)
 
 
@@ -71,9 +74,10 @@ def helper(fn):
 # view per row cost 20 us of it at V = 65).
 @helper
 def row_max_bits(bits, n):
-    """The int32 bits of max(row[:n]), given bits = the float32 row viewed as int32 (view
-    the whole array once: `z.view(np.int32)`), 1 <= n <= bits.size. Read the float back
-    through a float32 view of an int32 buffer that holds the result."""
+    """The int32 bits of max(row[:n]), given bits = the float32 row viewed as int32, 1 <= n
+    <= bits.size (view the whole array once per prange iteration, `z.view(np.int32)`: a
+    view made before the prange loop and written inside it lost its writes in numba
+    0.68). Read the float back through a float32 view of an int32 buffer that holds it."""
     m = np.int32(-2147483648)
     for j in range(n):
         i = bits[j]
@@ -172,7 +176,7 @@ def tanh_approx(x):
     return np.float32(-1.0) if small else t
 
 
-@kernel
+@serial_kernel
 def exp_array(x, out):
     """exp_into over a whole 1-d float32 array (for tests and benchmarks)."""
     bits = np.empty(x.size, np.int32)
@@ -182,13 +186,14 @@ def exp_array(x, out):
 @kernel
 def row_max_array(x, n, out):
     """max(x[i, :n]) by row_max_bits for each row of a 2-d float32 array (for tests)."""
-    x_bits, out_bits = x.view(np.int32), out.view(np.int32)
-    for i in range(x.shape[0]):
-        out_bits[i] = row_max_bits(x_bits[i], n)
+    for i in prange(x.shape[0]):
+        bits = np.empty(1, np.int32)
+        bits[0] = row_max_bits(x[i].view(np.int32), n)
+        out[i] = bits.view(np.float32)[0]
 
 
 @kernel
 def tanh_array(x, out):
     """tanh_approx over a whole 1-d float32 array (for tests and benchmarks)."""
-    for i in range(x.size):
+    for i in prange(x.size):
         out[i] = tanh_approx(x[i])

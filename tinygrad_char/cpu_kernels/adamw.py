@@ -38,9 +38,10 @@ def _adamw(p, g, grad_scale, m, v, beta1, beta2, eps, inv_sqrt_bias2, step_size,
 
 @kernel
 def _sum_squares(g):
-    """sum(g^2) of a 1-d array, accumulated in float64 (vectorised: 4 lanes a vector)."""
+    """sum(g^2) of a 1-d array, accumulated in float64 (vectorised: 4 lanes a vector; a
+    partial sum per thread, added in thread order)."""
     total = 0.0
-    for i in range(g.size):
+    for i in prange(g.size):
         x = np.float64(g[i])
         total += x * x
     return total

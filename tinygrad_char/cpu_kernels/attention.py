@@ -1,15 +1,16 @@
-"""Causal self-attention with its softmax passes as CPU kernels: twin of
-tinygrad_char/attention.py.
+"""Causal self-attention as CPU kernels: twin of tinygrad_char/attention.py.
 
-The four matmuls per head stay with NumPy's stacked matmul (BLAS, which runs them on
-every core it has); what runs here is everything between them, in one pass each way:
+One loop over the B * NH heads (`prange`: a head per thread at a time), each head done
+start to end while its (T, T) scores are in cache; its four matmuls are single-threaded
+BLAS calls (numba's np.dot), so the heads share the kernels' one thread pool:
 
-    forward:   S = q k^T                                   BLAS, (B, NH, T, T)
-               P = softmax(S * s + causal mask)             _softmax_forward (+ A = P * drop)
-               y = A v                                      BLAS, into y's merged layout
-    backward:  dA = dy v^T,  dv = A^T dy                    BLAS
-               dS = s * P * (dP - rowsum(dP * P)),  dP = dA * drop      _softmax_backward
-               dq = dS k,  dk = dS^T q                      BLAS
+    forward:   S = q k^T                                    BLAS, (T, T) per head
+               P = softmax(S * s + causal mask)              rows in place (+ A = P * drop)
+               y = A v                                       BLAS, written into y's merged
+                                                             (B, T, C) layout
+    backward:  dA = dy v^T,  dv = A^T dy                     BLAS
+               dS = s * P * (dP - rowsum(dP * P)),  dP = dA * drop
+               dq = dS k,  dk = dS^T q                       BLAS, into dqkv's layout
 
 Rows are queries (row t of P holds keys s <= t), so every reduction runs along a
 contiguous row, and the scale s = 1/sqrt(hs) is applied inside the kernels (q is kept
@@ -20,9 +21,11 @@ the same entries for the same seed. float32 only (the exp is exp_into's method);
 dtypes go to the twin.
 
 Why BLAS for the matmuls: a forward written as one numba loop per (b, h), computing only
-the causal half of q k^T (half the FLOPs), took 0.65 ms against 0.43 ms for this version at
+the causal half of q k^T (half the FLOPs), took 0.65 ms against 0.43 ms for BLAS at
 B=12, NH=4, T=64, hs=32 on one thread of a 2-core AMD EPYC (min of 50 calls); OpenBLAS's
-small GEMMs run near the core's FMA peak, and numba's dot-product loops do not.
+small GEMMs run near the core's FMA peak, and numba's dot-product loops do not. Why one
+loop over heads rather than NumPy's stacked matmuls around a softmax kernel: the stacked
+matmuls would need BLAS's own threads, which fight the pool's (see _jit.py).
 """
 
 import math
@@ -36,20 +39,24 @@ from ._jit import EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange, row_
 
 
 @kernel
-def _softmax_forward(S, scale, uniform_t, p_drop, A):
-    """In place: S (BH, T, T) scores -> P, causal softmax of S * scale over each row's keys
-    s <= t (zeros above). With p_drop > 0: A (BH, T, T) = P * (u^T >= p) / (1 - p), u^T
-    read from uniform_t (BH, T, T) transposed; A is not touched when p_drop == 0."""
-    BH, T, _ = S.shape
+def _forward_heads(q, k, v, scale, uniform_t, p_drop, P, A, y):
+    """Per head bh of q, k, v (BH, T, hs): P[bh] (T, T) = causal softmax of q k^T * scale
+    over each row's keys s <= t (zeros above); with p_drop > 0, A[bh] = P * (u^T >= p) /
+    (1 - p), u^T read from uniform_t (BH, T, T) transposed (A is not touched when p_drop
+    == 0); y (B, T, NH * hs) gets A v in its merged layout, head h in columns h*hs..."""
+    BH, T, hs = q.shape
+    NH = BH // y.shape[0]
     keep_scale = np.float32(1.0 / (1.0 - p_drop)) if p_drop > 0.0 else np.float32(1.0)
-    S_bits = S.view(np.int32)  # for the row max (see _jit.row_max_bits)
     for bh in prange(BH):
+        S = P[bh]
+        np.dot(q[bh], k[bh].T, S)  # (T, T) scores
+        S_bits = S.view(np.int32)  # for the row max (see _jit.row_max_bits)
         bits = np.empty(T, np.int32)  # exp's 2^k, built as float32 exponent bits; first the max
         two_k = bits.view(np.float32)
         for t in range(T):
-            row = S[bh, t]
+            row = S[t]
             n = t + 1  # keys 0..t are visible
-            bits[0] = row_max_bits(S_bits[bh, t], n)
+            bits[0] = row_max_bits(S_bits[t], n)
             m = two_k[0] * scale
             # exp(row * scale - m) inline (see _jit.exp_into for the method and its error;
             # cross_entropy.py has the same two passes and says why they are not shared)
@@ -75,18 +82,40 @@ def _softmax_forward(S, scale, uniform_t, p_drop, A):
                 for s in range(T):
                     keep = uniform_t[bh, s, t] >= p_drop
                     arow[s] = row[s] * keep_scale if keep else np.float32(0.0)
+        used = A[bh] if p_drop > 0.0 else S
+        yh = np.empty((T, hs), np.float32)
+        np.dot(used, v[bh], yh)  # (T, hs)
+        b, h = bh // NH, bh % NH
+        for t in range(T):
+            out = y[b, t]
+            for j in range(hs):
+                out[h * hs + j] = yh[t, j]
 
 
 @kernel
-def _softmax_backward(P, dA, scale, uniform_t, p_drop):
-    """In place: dA (BH, T, T) -> dS = scale * P * (dP - rowsum(dP * P)), with
-    dP = dA * drop (the forward's mask) when p_drop > 0; zeros above the diagonal."""
-    BH, T, _ = P.shape
+def _backward_heads(q, k, v, P, A, dy, scale, uniform_t, p_drop, dqkv):
+    """Per head bh: dqkv (B, T, 3, NH, hs) gets dq, dk, dv of the forward above, given
+    dy (B, T, NH * hs) in y's merged layout, P and A (BH, T, T) from the forward:
+    dS = scale * P * (dP - rowsum(dP * P)), dP = dy v^T * drop (zeros above the diagonal)."""
+    BH, T, hs = q.shape
+    NH = BH // dy.shape[0]
     keep_scale = np.float32(1.0 / (1.0 - p_drop)) if p_drop > 0.0 else np.float32(1.0)
     for bh in prange(BH):
+        b, h = bh // NH, bh % NH
+        dyh = np.empty((T, hs), np.float32)  # this head's dy, gathered contiguous
+        for t in range(T):
+            src = dy[b, t]
+            for j in range(hs):
+                dyh[t, j] = src[h * hs + j]
+        grad = np.empty((T, hs), np.float32)
+        np.dot(A[bh].T, dyh, grad)  # dv = A^T dy
+        for t in range(T):
+            dqkv[b, t, 2, h, :] = grad[t]
+        dS = np.empty((T, T), np.float32)
+        np.dot(dyh, v[bh].T, dS)  # dA = dy v^T
         for t in range(T):
             p = P[bh, t]
-            d = dA[bh, t]
+            d = dS[t]
             n = t + 1
             if p_drop > 0.0:
                 for s in range(n):
@@ -99,6 +128,12 @@ def _softmax_backward(P, dA, scale, uniform_t, p_drop):
                 d[s] = scale * p[s] * (d[s] - dot)
             for s in range(n, T):
                 d[s] = 0.0
+        np.dot(dS, k[bh], grad)  # dq = dS k (dS carries the scale)
+        for t in range(T):
+            dqkv[b, t, 0, h, :] = grad[t]
+        np.dot(dS.T, q[bh], grad)  # dk = dS^T q
+        for t in range(T):
+            dqkv[b, t, 1, h, :] = grad[t]
 
 
 def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
@@ -114,26 +149,24 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
+    BH = B * n_head
     scale = 1.0 / math.sqrt(hs)
     # (B, NH, T, hs) each, contiguous copies
     q, k, v = (np.ascontiguousarray(a) for a in xp_attention.split_heads(qkv, n_head, n_head))
-    # BLAS takes the stacked product fast only with a contiguous second operand: k^T copied
-    att = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # (B, NH, T, T): S = q k^T
     p_drop = float(dropout) if training and dropout > 0.0 else 0.0
+    att = np.empty((B, n_head, T, T), dtype=np.float32)  # P
     uniform = None
     att_used = att
     if p_drop > 0.0:
         # the twin's draw: same call, same shape, read transposed
         uniform = rng.random(att.shape, dtype=uniform_dtype(att.dtype))  # (B, NH, T, T)
         att_used = np.empty_like(att)
-    BH = B * n_head
-    _softmax_forward(att.reshape(BH, T, T), np.float32(scale),
-                     (uniform if uniform is not None else att).reshape(BH, T, T),
-                     np.float32(p_drop), att_used.reshape(BH, T, T))
-    y = np.empty((B, T, n_head, hs), dtype=qkv.dtype)
-    np.matmul(att_used, v, out=y.transpose(0, 2, 1, 3))  # y = A v, in the merged layout
-    return y.reshape(B, T, C), CpuCache(q=q, k=k, v=v, P=att, A=att_used, uniform=uniform,
-                                        p_drop=p_drop, scale=scale)
+    y = np.empty((B, T, C), dtype=np.float32)
+    _forward_heads(q.reshape(BH, T, hs), k.reshape(BH, T, hs), v.reshape(BH, T, hs),
+                   np.float32(scale), (uniform if uniform is not None else att).reshape(BH, T, T),
+                   np.float32(p_drop), att.reshape(BH, T, T), att_used.reshape(BH, T, T), y)
+    return y, CpuCache(q=q, k=k, v=v, P=att, A=att_used, uniform=uniform, p_drop=p_drop,
+                       scale=scale)
 
 
 def attention_backward(dy, cache):
@@ -143,17 +176,36 @@ def attention_backward(dy, cache):
         return xp_attention.attention_backward(dy, cache)
     q, k, v, P, A = cache["q"], cache["k"], cache["v"], cache["P"], cache["A"]
     B, NH, T, hs = q.shape
-    dy_h = np.ascontiguousarray(dy.reshape(B, T, NH, hs).transpose(0, 2, 1, 3),
-                                dtype=np.float32)  # (B, NH, T, hs)
-    dqkv = np.empty((B, T, 3, NH, hs), dtype=np.float32)  # dqkv's own layout
-    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, NH, T, hs), strided views
-    np.matmul(A.transpose(0, 1, 3, 2), dy_h, out=dv)  # dv = A^T dy
-    dA = dy_h @ np.ascontiguousarray(v.transpose(0, 1, 3, 2))  # (B, NH, T, T): dy v^T
-    uniform = cache["uniform"]
     BH = B * NH
-    _softmax_backward(P.reshape(BH, T, T), dA.reshape(BH, T, T), np.float32(cache["scale"]),
-                      (uniform if uniform is not None else P).reshape(BH, T, T),
-                      np.float32(cache["p_drop"]))
-    np.matmul(dA, k, out=dq)  # dq = dS k (dS carries the scale)
-    np.matmul(dA.transpose(0, 1, 3, 2), q, out=dk)  # dk = dS^T q
+    uniform = cache["uniform"]
+    dqkv = np.empty((B, T, 3, NH, hs), dtype=np.float32)  # dqkv's own layout
+    _backward_heads(q.reshape(BH, T, hs), k.reshape(BH, T, hs), v.reshape(BH, T, hs),
+                    P.reshape(BH, T, T), A.reshape(BH, T, T),
+                    np.ascontiguousarray(dy, dtype=np.float32).reshape(B, T, NH * hs),
+                    np.float32(cache["scale"]),
+                    (uniform if uniform is not None else P).reshape(BH, T, T),
+                    np.float32(cache["p_drop"]), dqkv)
     return dqkv.reshape(B, T, 3 * NH * hs)  # (B, T, 3C)
+
+
+def gqa_attention_forward(qkv, n_head, n_kv_head, dropout=0.0, rng=None, training=True,
+                          window=None):
+    """Kernel twin of attention.gqa_attention_forward, the same way: the key and value
+    heads repeated into the multi-head layout (attention.repeat_kv_heads), then the kernel
+    above. Sliding windows (window < T) and other dtypes go to the twin."""
+    if not applies(qkv) or (window is not None and window < qkv.shape[1]):
+        return xp_attention.gqa_attention_forward(qkv, n_head, n_kv_head, dropout, rng,
+                                                  training, window)
+    packed = xp_attention.repeat_kv_heads(qkv, n_head, n_kv_head)
+    y, cache = attention_forward(packed, n_head, dropout, rng, training)
+    return y, (cache, n_kv_head)
+
+
+def gqa_attention_backward(dy, cache):
+    """Kernel twin of attention.gqa_attention_backward."""
+    mha_cache, n_kv_head = cache
+    if not isinstance(mha_cache, CpuCache):
+        return xp_attention.gqa_attention_backward(dy, cache)
+    n_head = mha_cache["q"].shape[1]
+    return xp_attention.sum_repeated_kv_grads(attention_backward(dy, mha_cache), n_head,
+                                              n_kv_head)

@@ -34,8 +34,8 @@ def _forward(z, targets, losses, dz):
         n_valid += 1 if t >= 0 else 0
     inv_n_valid = np.float32(1.0 / max(n_valid, 1))
     n_chunks = (N + ROWS_PER_CHUNK - 1) // ROWS_PER_CHUNK
-    z_bits = z.view(np.int32)  # for the row max (see _jit.row_max_bits)
     for c in prange(n_chunks):
+        z_bits = z.view(np.int32)  # for the row max (see _jit.row_max_bits)
         bits = np.empty(V, np.int32)  # exp's 2^k as float32 exponent bits; first the max
         two_k = bits.view(np.float32)
         for n in range(c * ROWS_PER_CHUNK, min((c + 1) * ROWS_PER_CHUNK, N)):

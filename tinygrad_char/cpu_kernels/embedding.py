@@ -1,16 +1,35 @@
-"""The token embedding's backward as a CPU kernel: twin of embedding.embedding_backward.
+"""The token and learned position embeddings as CPU kernels: twins of
+embedding.embedding_forward / _backward and embedding.position_embedding_forward / _backward.
 
-dW[v] = sum of dout[n] over the positions n with idx[n] == v: one serial pass over the N
-rows adding each into its id's row (repeated ids add up correctly; the order is fixed, so
-the result is bit-reproducible). The forward stays the twin's gather (W[idx]).
-float32 and float64.
+Forward: out[n] = W[idx[n]], the rows copied on the kernels' threads (a row per position;
+ids outside [0, V) go to the twin, which raises as NumPy does, or wraps negative ones).
+Backward: dW[v] = sum of dout[n] over the positions n with idx[n] == v: one serial pass over
+the N rows adding each into its id's row (repeated ids add up correctly; the order is fixed,
+so the result is bit-reproducible). Positions: out[b, t] = x[b, t] + W[start + t], a row
+per (b, t) on the kernels' threads; backward dW[start + t] = sum over b of dout[b, t], a
+position per thread, summed in batch order. float32 and float64.
 """
 
 import numpy as np
 
 from .. import embedding as xp_embedding
 from . import applies
-from ._jit import serial_kernel
+from ._jit import kernel, prange, serial_kernel
+
+
+@kernel
+def _gather(idx, W, out):
+    """out (N, C) = W[idx] for idx (N,) ints; returns the count of ids outside [0, V) (their
+    rows are left unwritten)."""
+    V = W.shape[0]
+    bad = 0
+    for n in prange(idx.size):
+        i = idx[n]
+        if i < 0 or i >= V:
+            bad += 1
+        else:
+            out[n, :] = W[i]
+    return bad
 
 
 @serial_kernel
@@ -22,6 +41,20 @@ def _scatter_add(idx, dout, dW):
         src = dout[n]
         for j in range(C):
             row[j] += src[j]
+
+
+def embedding_forward(idx, W):
+    """Kernel twin of embedding.embedding_forward: out[b, t] = W[idx[b, t]]. Args: idx
+    (B, T) ints, W (V, C). Returns out (B, T, C) and the twin's cache (idx, V)."""
+    idx_np = np.asarray(idx) if isinstance(idx, np.ndarray) else None
+    if idx_np is None or idx_np.dtype.kind not in "iu" or not applies(
+            W, dtypes=(np.float32, np.float64)):
+        return xp_embedding.embedding_forward(idx, W)
+    W_c = np.ascontiguousarray(W)
+    out = np.empty((idx_np.size, W.shape[1]), dtype=W.dtype)
+    if _gather(np.ascontiguousarray(idx_np).reshape(-1), W_c, out):
+        return xp_embedding.embedding_forward(idx, W)  # raises (or wraps negative ids)
+    return out.reshape(*idx_np.shape, W.shape[1]), (idx, W.shape[0])
 
 
 def embedding_backward(dout, cache):
@@ -37,4 +70,51 @@ def embedding_backward(dout, cache):
                          f"[{flat_idx.min()}, {flat_idx.max()}]")
     dW = np.zeros((V, C), dtype=dout.dtype)
     _scatter_add(flat_idx, np.ascontiguousarray(dout).reshape(-1, C), dW)
+    return dW
+
+
+@kernel
+def _add_positions(x, W, start, out):
+    """out (B, T, C) = x + W[start + t] on every row (b, t)."""
+    B, T, C = x.shape
+    for r in prange(B * T):
+        b, t = r // T, r % T
+        src, pos, dst = x[b, t], W[start + t], out[b, t]
+        for j in range(C):
+            dst[j] = src[j] + pos[j]
+
+
+@kernel
+def _sum_over_batch(dout, start, dW):
+    """dW[start + t] (P, C) = sum over b of dout[b, t] (B, T, C); dW's other rows untouched."""
+    B, T, C = dout.shape
+    for t in prange(T):
+        dst = dW[start + t]
+        dst[:] = dout[0, t]
+        for b in range(1, B):
+            src = dout[b, t]
+            for j in range(C):
+                dst[j] += src[j]
+
+
+def position_embedding_forward(x, W, start=0):
+    """Kernel twin of embedding.position_embedding_forward: out[b, t] = x[b, t] + W[start + t].
+    Args: x (B, T, C), W (block_size, C). Returns out (B, T, C) and the twin's cache."""
+    if not applies(x, W, dtypes=(np.float32, np.float64)) or x.ndim != 3 or \
+            start + x.shape[1] > W.shape[0]:
+        return xp_embedding.position_embedding_forward(x, W, start)
+    out = np.empty(x.shape, dtype=x.dtype)
+    _add_positions(np.ascontiguousarray(x), np.ascontiguousarray(W), start, out)
+    return out, (W.shape, start)
+
+
+def position_embedding_backward(dout, cache):
+    """Kernel twin of embedding.position_embedding_backward. Args: dout (B, T, C). Returns
+    dW (block_size, C)."""
+    shape, start = cache
+    if not applies(dout, dtypes=(np.float32, np.float64)) or dout.ndim != 3 or \
+            dout.shape[0] == 0:
+        return xp_embedding.position_embedding_backward(dout, cache)
+    dW = np.zeros(shape, dtype=dout.dtype)
+    _sum_over_batch(np.ascontiguousarray(dout), start, dW)
     return dW
