@@ -8,9 +8,10 @@ with the backward hides.
 What is timed (medians over --steps training steps after --warmup, each step being
 train.forward_backward + clip_and_step on a random batch of the config's shapes):
 
-    one process, one BLAS thread      the baseline each rank is compared with
-    one process, every core            what a plain run gets (BLAS threads = cores)
-    mpiexec -n 2, one BLAS thread each the MPI transport, with the overlap on and off
+    one process, one thread            the baseline each rank is compared with
+    one process, every core            what a plain run gets (cpu_kernels.set_threads:
+                                       the kernels' pool on every core, BLAS on one)
+    mpiexec -n 2, one thread each      the MPI transport, with the overlap on and off
                                        (mpiexec -n 1 is the one-process run: no MPI)
 
 From the MPI runs: `exposed_ms`, the time a step spends inside MPI for its gradients
@@ -99,21 +100,20 @@ def time_steps(args, step, world=None):
 
 
 def job_single(args):
-    from threadpoolctl import threadpool_limits
-
+    from tinygrad_char import cpu_kernels
     from tinygrad_char.distributed import SingleProcess, split_rows
     from tinygrad_char.train import clip_and_step, forward_backward
 
-    with threadpool_limits(args.threads, user_api="blas"):
-        model, optimizer, x, y, cfg = build(args)
-        world = SingleProcess()
-        rows = split_rows(len(x), 1, 1)[0]
+    cpu_kernels.set_threads(args.threads)  # as a run with --threads N arranges them
+    model, optimizer, x, y, cfg = build(args)
+    world = SingleProcess()
+    rows = split_rows(len(x), 1, 1)[0]
 
-        def step():
-            grads, loss, _ = forward_backward(model, world, x, y, rows, 1)
-            clip_and_step(grads, optimizer, 1e-3, 1.0)
+    def step():
+        grads, loss, _ = forward_backward(model, world, x, y, rows, 1)
+        clip_and_step(grads, optimizer, 1e-3, 1.0)
 
-        result = time_steps(args, step)
+    result = time_steps(args, step)
     return {**result, "tokens_per_s": x.size / result["step_ms"] * 1e3,
             "num_params": model.num_params()}
 

@@ -45,14 +45,24 @@ def cpu_more():
     return k_lin, k_drop
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def pool_threads(request):
-    """Run a test on a pool of 1 and of 2 threads (the row blocks and the partial sums
-    change with the count), then put the pool back as it was."""
+@pytest.fixture(autouse=True, params=["as-called", "all-parallel"])
+def kernel_builds(request, monkeypatch):
+    """Every test twice: "as-called", on one thread with the library's small-work rules
+    (calls below _jit.SERIAL_BELOW take a kernel's serial build, small products and
+    lookups the twin); "all-parallel", every call through the parallel builds on a pool of
+    two threads (the row blocks and partial sums change with the count). The pool is put
+    back as it was."""
     from tinygrad_char import cpu_kernels
 
+    _jit, k_emb = cpu()[0], cpu()[4]
+    k_lin = cpu_more()[0]
     before = cpu_kernels.threads()
-    cpu_kernels.set_threads(request.param)
+    if request.param == "all-parallel":
+        for module, name in ((_jit, "SERIAL_BELOW"), (k_emb, "SERIAL_BELOW"), (k_lin, "SMALL")):
+            monkeypatch.setattr(module, name, 0)
+        cpu_kernels.set_threads(2)
+    else:
+        cpu_kernels.set_threads(1)
     yield request.param
     cpu_kernels.set_threads(before or 0)
 
@@ -316,7 +326,7 @@ def test_embedding_backward_kernel(B, T, V, C, dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B, T, V, C", [(1, 1, 1, 5), (2, BLOCK_SIZE, 65, 33), (3, 9, 300, 16)])
-def test_embedding_forward_kernel(B, T, V, C, dtype, pool_threads):
+def test_embedding_forward_kernel(B, T, V, C, dtype):
     k_emb = cpu()[4]
     rng = np.random.default_rng(10)
     idx = rng.integers(0, V, size=(B, T))
@@ -340,7 +350,7 @@ def test_embedding_forward_kernel_out_of_range_ids_behave_as_numpy():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B, T, C, start", [(1, 1, 5, 0), (2, BLOCK_SIZE, 33, 0),
                                             (3, 7, 16, 5)])
-def test_position_embedding_kernel(B, T, C, start, dtype, pool_threads):
+def test_position_embedding_kernel(B, T, C, start, dtype):
     k_emb = cpu()[4]
     rng = np.random.default_rng(11)
     tok, W = randn(rng, (B, T, C), dtype), randn(rng, (BLOCK_SIZE + 8, C), dtype)
@@ -356,7 +366,7 @@ def test_position_embedding_kernel(B, T, C, start, dtype, pool_threads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7, 33), (2, BLOCK_SIZE, 128)])
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
-def test_dropout_kernel_draws_and_applies_the_twins_mask(shape, p, dtype, pool_threads):
+def test_dropout_kernel_draws_and_applies_the_twins_mask(shape, p, dtype):
     from tinygrad_char import dropout
 
     k_drop = cpu_more()[1]
@@ -379,10 +389,11 @@ def test_dropout_kernel_draws_and_applies_the_twins_mask(shape, p, dtype, pool_t
 @pytest.mark.parametrize("shape_in, n_out", [((1, 1, 5), 3), ((2, BLOCK_SIZE, 33), 65),
                                              ((3, 7, 128), 512), ((5, 16), 1)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_kernel(shape_in, n_out, bias, dtype, pool_threads):
+def test_linear_kernel(shape_in, n_out, bias, dtype, monkeypatch):
     from tinygrad_char import linear
 
     k_lin = cpu_more()[0]
+    monkeypatch.setattr(k_lin, "SMALL", 0)  # the kernel on the tiny shapes too
     rng = np.random.default_rng(14)
     x = randn(rng, shape_in, dtype)
     W = randn(rng, (n_out, shape_in[-1]), dtype)
@@ -399,7 +410,17 @@ def test_linear_kernel(shape_in, n_out, bias, dtype, pool_threads):
             assert_close(f"linear {name}", got, want, dtype)
 
 
-def test_linear_kernel_is_deterministic_for_a_thread_count(pool_threads):
+def test_linear_kernel_small_products_go_to_the_twin(kernel_builds):
+    if kernel_builds == "all-parallel":
+        pytest.skip("the small-work rule is off in this variant (every call parallel)")
+    k_lin = cpu_more()[0]
+    x, W = np.ones((1, 1, 8), np.float32), np.ones((4, 8), np.float32)
+    assert x.size * W.shape[0] < k_lin.SMALL
+    y, cache = k_lin.linear_forward(x, W)
+    np.testing.assert_array_equal(y, np.full((1, 1, 4), 8.0, np.float32))
+
+
+def test_linear_kernel_is_deterministic_for_a_thread_count():
     k_lin = cpu_more()[0]
     rng = np.random.default_rng(15)
     x, W, dy = randn(rng, (4, 33, 40)), randn(rng, (24, 40)), randn(rng, (4, 33, 24))
@@ -412,7 +433,7 @@ def test_linear_kernel_is_deterministic_for_a_thread_count(pool_threads):
 
 @pytest.mark.parametrize("NH, NKV", [(4, 2), (4, 1), (2, 2)])
 @pytest.mark.parametrize("dropout", [0.0, 0.25])
-def test_gqa_attention_kernel(NH, NKV, dropout, pool_threads):
+def test_gqa_attention_kernel(NH, NKV, dropout):
     k_att = cpu()[2]
     rng = np.random.default_rng(16)
     B, T, hs = 2, 9, 4
@@ -430,7 +451,7 @@ def test_gqa_attention_kernel(NH, NKV, dropout, pool_threads):
     assert not isinstance(cache_w[0], CpuCache)
 
 
-def test_attention_kernel_on_one_and_two_threads(pool_threads):
+def test_attention_kernel_on_one_and_two_threads():
     k_att = cpu()[2]
     rng = np.random.default_rng(17)
     qkv = randn(rng, (3, 17, 3 * 2 * 5), scale=2.0)
@@ -461,6 +482,27 @@ def test_set_threads_gives_the_pool_the_cores_and_blas_one_thread():
                    for lib in blas), [lib["filepath"] for lib in blas]
     finally:
         cpu_kernels.set_threads(before or 0)
+
+
+def test_few_rows_gives_blas_the_threads_and_the_kernels_one_for_a_block():
+    from threadpoolctl import threadpool_info
+
+    import numba
+    from tinygrad_char import cpu_kernels
+
+    if cpu_kernels.cores() < 2 or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 cores: with one there is nothing to move between the pools")
+
+    def blas():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    cpu_kernels.set_threads(2)
+    with cpu_kernels.few_rows():
+        assert numba.get_num_threads() == 1 and all(n == 2 for n in blas()), blas()
+    assert numba.get_num_threads() == 2 and all(n == 1 for n in blas()), blas()
+    cpu_kernels.set_threads(1)
+    with cpu_kernels.few_rows():  # a pool of one: nothing moves
+        assert numba.get_num_threads() == 1 and all(n == 1 for n in blas())
 
 
 # == AdamW =====================================================================================

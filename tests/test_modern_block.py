@@ -382,6 +382,7 @@ def test_fused_kernels_fall_back_to_xp_for_the_new_parts_and_say_so(caplog):
                                  activation="swiglu", n_head=2, n_kv_head=1))
     assert parts == ["rmsnorm", "rope", "swiglu", "grouped-query attention (n_kv_head < "
                                                   "n_head)"]
+    assert xp_only_parts(config(n_head=2, n_kv_head=1), cpu_kernels=True) == []
     with caplog.at_level(logging.INFO, logger="tinygrad_char.model"):
         GPT(config(normalization="rmsnorm", n_kv_head=1), kernels="auto")
     assert any("rmsnorm" in r.getMessage() and "xp ops" in r.getMessage()

@@ -26,10 +26,10 @@ One forward serves training and generation: `forward(idx, kv_cache=cache)` runs 
 new positions (absolute positions offset by the cache's length) against the keys and
 values a `sampling.KVCache` holds, with the same block code.
 
-Fused kernels (kernels.select_ops) cover the GPT-2 block only. RMSNorm, RoPE, SwiGLU, the
-exact GELU, grouped-query attention (n_kv_head < n_head) and sliding-window attention
-(sequences past block_size) always run on the xp ops of this package; a model asked for
-other kernels logs which parts fall back, once (`xp_only_parts`).
+Fused kernels (kernels.select_ops) cover the GPT-2 block, and the CPU kernels grouped-query
+attention (n_kv_head < n_head) too. RMSNorm, RoPE, SwiGLU, the exact GELU and sliding-window
+attention (sequences past block_size) always run on the xp ops of this package; a model
+asked for other kernels logs which parts fall back, once (`xp_only_parts`).
 """
 
 import logging
@@ -175,10 +175,11 @@ def init_params(config, seed=0):
     return params
 
 
-def xp_only_parts(config):
+def xp_only_parts(config, cpu_kernels=False):
     """The parts of this config that no fused kernel covers (they always run on the xp
-    ops); an empty list for GPT-2's block. Sliding-window attention (past block_size) is
-    not listed: it is a property of a call, not of the config."""
+    ops); an empty list for GPT-2's block. cpu_kernels: the numba kernels run (they cover
+    grouped-query attention, the CUDA ones do not). Sliding-window attention (past
+    block_size) is not listed: it is a property of a call, not of the config."""
     parts = []
     if config.normalization == "rmsnorm":
         parts.append("rmsnorm")
@@ -186,7 +187,7 @@ def xp_only_parts(config):
         parts.append("rope")
     if config.activation in ("gelu_exact", "swiglu"):
         parts.append(config.activation)
-    if config.kv_heads != config.n_head:
+    if config.kv_heads != config.n_head and not cpu_kernels:
         parts.append("grouped-query attention (n_kv_head < n_head)")
     return parts
 
@@ -237,7 +238,8 @@ class GPT:
         self.rng = self.xp.random.default_rng(seed)  # dropout masks
         self._pos_table, self._pos_table_len = None, 0  # sinusoidal or rope (`_positions`)
         self._caches = None
-        fallback = xp_only_parts(config)
+        fallback = xp_only_parts(config, cpu_kernels=self.ops.mode == "cpu" or (
+            self.ops.mode == "auto" and self.backend.name == "numpy"))
         if self.ops.mode != "xp" and fallback:
             log.info("kernels %r: no fused kernel for %s; those run on the xp ops",
                         self.ops.mode, ", ".join(fallback))

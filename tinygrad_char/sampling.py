@@ -14,9 +14,12 @@ length), a beam search, or a second copy of the model: the cached forward is the
 own forward (one block definition), this file only chooses tokens and keeps the cache.
 """
 
+import contextlib
+
 import numpy as np
 
 from .backend import get_array_module
+from .cpu_kernels import few_rows
 
 
 # -- choosing the next token ---------------------------------------------------------------
@@ -220,31 +223,36 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
 
     was_training = model.training
     model.eval()
+    # a few rows a step: BLAS's threads for the small matmuls, the CPU kernels serial
+    few = few_rows() if xp is np else contextlib.nullcontext()
     try:
-        for n in range(T0, T0 + max_new_tokens):  # n: index of the token to sample
-            window_start = max(0, n - block_size)
-            if not use_cache:
-                logits, _ = model.forward(out[:, window_start:n])  # (B, Tw, V)
-            elif cache.length == 0 and cache.slides:
-                # first step of a sliding cache: the whole prompt, in chunks of block_size
-                for c in range(0, n, block_size):
-                    logits, _ = model.forward(out[:, c:min(c + block_size, n)], kv_cache=cache)
-            elif cache.length == 0 or (window_start != cache_offset and not cache.slides):
-                # first step, or the learned positions' window slid: rebuild from it
-                cache.reset()
-                cache_offset = window_start
-                logits, _ = model.forward(out[:, window_start:n], kv_cache=cache)  # (B,Tw,V)
-            else:
-                # the cache holds everything before n - 1: feed only last step's token
-                logits, _ = model.forward(out[:, n - 1:n], kv_cache=cache)  # (B, 1, V)
-            last = logits[:, -1, :]  # (B, V)
-            if banned is not None:
-                last = last.copy()
-                last[:, banned] = -xp.inf
-            next_ids = sample_next(last, rng, temperature, top_k, top_p)  # (B,)
-            out[:, n] = next_ids
-            if on_token is not None:
-                on_token(next_ids)
+        with few:
+            for n in range(T0, T0 + max_new_tokens):  # n: index of the token to sample
+                window_start = max(0, n - block_size)
+                if not use_cache:
+                    logits, _ = model.forward(out[:, window_start:n])  # (B, Tw, V)
+                elif cache.length == 0 and cache.slides:
+                    # first step of a sliding cache: the whole prompt, in block_size chunks
+                    for c in range(0, n, block_size):
+                        logits, _ = model.forward(out[:, c:min(c + block_size, n)],
+                                                  kv_cache=cache)
+                elif cache.length == 0 or (window_start != cache_offset and not cache.slides):
+                    # first step, or the learned positions' window slid: rebuild from it
+                    cache.reset()
+                    cache_offset = window_start
+                    logits, _ = model.forward(out[:, window_start:n],
+                                              kv_cache=cache)  # (B, Tw, V)
+                else:
+                    # the cache holds everything before n - 1: feed only last step's token
+                    logits, _ = model.forward(out[:, n - 1:n], kv_cache=cache)  # (B, 1, V)
+                last = logits[:, -1, :]  # (B, V)
+                if banned is not None:
+                    last = last.copy()
+                    last[:, banned] = -xp.inf
+                next_ids = sample_next(last, rng, temperature, top_k, top_p)  # (B,)
+                out[:, n] = next_ids
+                if on_token is not None:
+                    on_token(next_ids)
     finally:
         model.training = was_training
     return out

@@ -14,10 +14,10 @@ import numpy as np
 
 from .. import embedding as xp_embedding
 from . import applies
-from ._jit import kernel, prange, serial_kernel
+from ._jit import SERIAL_BELOW, kernel, prange, serial_kernel
 
 
-@kernel
+@kernel(work=2)
 def _gather(idx, W, out):
     """out (N, C) = W[idx] for idx (N,) ints; returns the count of ids outside [0, V) (their
     rows are left unwritten)."""
@@ -46,10 +46,10 @@ def _scatter_add(idx, dout, dW):
 def embedding_forward(idx, W):
     """Kernel twin of embedding.embedding_forward: out[b, t] = W[idx[b, t]]. Args: idx
     (B, T) ints, W (V, C). Returns out (B, T, C) and the twin's cache (idx, V)."""
-    idx_np = np.asarray(idx) if isinstance(idx, np.ndarray) else None
-    if idx_np is None or idx_np.dtype.kind not in "iu" or not applies(
-            W, dtypes=(np.float32, np.float64)):
-        return xp_embedding.embedding_forward(idx, W)
+    if not isinstance(idx, np.ndarray) or idx.size * W.shape[-1] < SERIAL_BELOW or \
+            idx.dtype.kind not in "iu" or not applies(W, dtypes=(np.float32, np.float64)):
+        return xp_embedding.embedding_forward(idx, W)  # and a few rows: NumPy's take is as fast
+    idx_np = idx
     W_c = np.ascontiguousarray(W)
     out = np.empty((idx_np.size, W.shape[1]), dtype=W.dtype)
     if _gather(np.ascontiguousarray(idx_np).reshape(-1), W_c, out):
@@ -100,9 +100,9 @@ def _sum_over_batch(dout, start, dW):
 def position_embedding_forward(x, W, start=0):
     """Kernel twin of embedding.position_embedding_forward: out[b, t] = x[b, t] + W[start + t].
     Args: x (B, T, C), W (block_size, C). Returns out (B, T, C) and the twin's cache."""
-    if not applies(x, W, dtypes=(np.float32, np.float64)) or x.ndim != 3 or \
-            start + x.shape[1] > W.shape[0]:
-        return xp_embedding.position_embedding_forward(x, W, start)
+    if x.size < SERIAL_BELOW or not applies(x, W, dtypes=(np.float32, np.float64)) or \
+            x.ndim != 3 or start + x.shape[1] > W.shape[0]:
+        return xp_embedding.position_embedding_forward(x, W, start)  # few rows: NumPy's add
     out = np.empty(x.shape, dtype=x.dtype)
     _add_positions(np.ascontiguousarray(x), np.ascontiguousarray(W), start, out)
     return out, (W.shape, start)

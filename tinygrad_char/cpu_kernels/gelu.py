@@ -6,8 +6,8 @@ twins of tinygrad_char/activations.py (and of kernels.gelu_bias_*_xp).
 with s = sqrt(2/pi), a = 0.044715 (activations.GELU_SCALE, GELU_CUBIC). One pass each way:
 the cache keeps only the input (and b); the backward recomputes h, which costs less than
 reading a stored copy. tanh is `_jit.tanh_approx` (Eigen's rational form, vectorised; its
-worst error against np.tanh is `_jit.TANH_MAX_ABS_ERROR`). GELU is float32 only; ReLU
-takes float32 and float64.
+worst error against np.tanh is `_jit.TANH_MAX_ABS_ERROR`). Rows (GELU) and elements (ReLU)
+are spread over the kernels' threads. GELU is float32 only; ReLU takes float32 and float64.
 """
 
 import numpy as np

@@ -7,7 +7,8 @@ recomputes norm = (x - mean) * rstd in the same pass that uses it).
 Backward, per row, with n = norm and dn = dy * w:
     dx = rstd * (dn - mean(dn) - n * mean(dn * n))
 and dw = sum over rows of dy * n, db = sum over rows of dy, summed per chunk of rows into
-(n_chunks, C) partials and then in chunk order: deterministic, and ready for `prange`.
+(n_chunks, C) partials and then in chunk order: deterministic whatever the thread count
+(rows and chunks are spread over the kernels' threads).
 float32 and float64.
 """
 

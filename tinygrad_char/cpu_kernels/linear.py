@@ -13,7 +13,8 @@ x2 = x as (N, in), dy2 = dy as (N, out), and rows c the c-th block of rows:
 
 The partials are summed in a fixed order, so a result depends on the thread count (float
 rounding) but never on timing. float32 and float64 (BLAS sgemm / dgemm through numba's
-np.dot); other dtypes (float16 mixed precision) and CuPy arrays go to the twin.
+np.dot); other dtypes (float16 mixed precision), CuPy arrays and products too small to
+share out (under SMALL multiply-adds: a token of generation) go to the twin.
 """
 
 import numba
@@ -76,6 +77,11 @@ def _sum_blocks(part, out):
         out[j] = s
 
 
+SMALL = 1 << 20  # multiply-adds below which the twin runs: generation's products, a few rows
+#                 each (cutting one row's (1, 128) x (128, 384) in blocks cost 5.5 us
+#                 against 3.5 us; 63 tokens of 8 rows took 36.9 ms with them cut, 29.9 not)
+
+
 def _as_rows(a):
     return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
 
@@ -83,13 +89,15 @@ def _as_rows(a):
 def linear_forward(x, W, b=None):
     """Kernel twin of linear.linear_forward: y = x @ W.T + b. Args: x (..., in), W (out, in),
     b (out,) or None. Returns y (..., out) and the twin's cache (x, W, has_bias)."""
-    if not applies(x, W, *(() if b is None else (b,)), dtypes=(np.float32, np.float64)):
+    if x.size * W.shape[0] < SMALL or not applies(x, W, *(() if b is None else (b,)),
+                                                  dtypes=(np.float32, np.float64)):
         return xp_linear.linear_forward(x, W, b)
     x2 = _as_rows(x)  # (N, in)
     y = np.empty((x2.shape[0], W.shape[0]), dtype=x.dtype)  # (N, out)
     W = np.ascontiguousarray(W)
     bias = W[0] if b is None else np.ascontiguousarray(b)  # not read without a bias
-    _matmul_rows(x2, W.T, bias, b is not None, numba.get_num_threads(), y)  # W.T: BLAS reads it transposed
+    # W.T: BLAS reads it transposed
+    _matmul_rows(x2, W.T, bias, b is not None, numba.get_num_threads(), y)
     return y.reshape(*x.shape[:-1], W.shape[0]), (x, W, b is not None)
 
 
@@ -97,7 +105,7 @@ def linear_backward(dy, cache):
     """Kernel twin of linear.linear_backward. Returns (dx, dW, db); db is None when the
     forward had no bias."""
     x, W, has_bias = cache
-    if not applies(dy, x, W, dtypes=(np.float32, np.float64)):
+    if x.size * W.shape[0] < SMALL or not applies(dy, x, W, dtypes=(np.float32, np.float64)):
         return xp_linear.linear_backward(dy, cache)
     dy2, x2 = _as_rows(dy), _as_rows(x)  # (N, out), (N, in)
     W = np.ascontiguousarray(W)

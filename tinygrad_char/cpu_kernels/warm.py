@@ -23,14 +23,17 @@ import sys
 import numpy as np
 
 
-def exercises():
+SHAPES = (dict(B=2, T=4, C=8, NH=2, V=5),  # below _jit.SERIAL_BELOW: the serial builds
+          dict(B=4, T=64, C=128, NH=2, V=65))  # above it: the parallel builds
+
+
+def exercises(B, T, C, NH, V):
     """(name, fn) pairs in training-step order; fn calls one op's kernels (forward and
-    backward) on tiny float32 inputs with the types training passes them."""
+    backward) on float32 inputs of these sizes, with the types training passes them."""
     from . import ops as kernel_ops
 
     ops = kernel_ops()
     rng = np.random.default_rng(0)
-    B, T, C, NH, V = 2, 4, 8, 2, 5
     f32 = np.float32
 
     def x():
@@ -41,11 +44,12 @@ def exercises():
         bwd(np.ones_like(out), cache)
 
     def cross_entropy():
-        loss, cache = ops["cross_entropy_forward"](x()[..., :V], rng.integers(0, V, (B, T)))
+        logits = rng.standard_normal((B, T, V)).astype(f32)
+        loss, cache = ops["cross_entropy_forward"](logits, rng.integers(0, V, (B, T)))
         ops["cross_entropy_backward"](1.0, cache)
 
     def adamw():
-        params = {"w": rng.standard_normal((C, C)).astype(f32)}
+        params = {"w": rng.standard_normal((C, C)).astype(f32), "b": np.zeros(C, f32)}
         opt = ops["AdamW"](params, lr=1e-3)
         opt.step(params, grad_scale=opt.grad_norm(params))
 
@@ -76,15 +80,16 @@ def exercises():
 
 
 def compile_all(reverse=False):
-    """Run every exercise, compiling what the cache lacks. reverse: the helper's order,
-    attention first (the largest compile, needed in the middle of the forward), then the
-    rest from the step's end (AdamW) back to its start."""
-    todo = exercises()
-    if reverse:
-        todo = [e for e in todo if e[0] == "attention"] + \
-            [e for e in reversed(todo) if e[0] != "attention"]
-    for _, fn in todo:
-        fn()
+    """Run every exercise at both sizes, compiling what the cache lacks. reverse: the
+    helper's order, attention first (the largest compile, needed in the middle of the
+    forward), then the rest from the step's end (AdamW) back to its start."""
+    for shape in reversed(SHAPES) if reverse else SHAPES:
+        todo = exercises(**shape)
+        if reverse:
+            todo = [e for e in todo if e[0] == "attention"] + \
+                [e for e in reversed(todo) if e[0] != "attention"]
+        for _, fn in todo:
+            fn()
 
 
 def cache_is_warm():
@@ -93,8 +98,9 @@ def cache_is_warm():
     from . import adamw, embedding
 
     try:
-        return all(os.path.exists(k._cache._cache_file._index_path)
-                   for k in (embedding._gather, adamw._adamw))
+        return all(os.path.exists(build._cache._cache_file._index_path)
+                   for k in (embedding._gather, adamw._adamw)
+                   for build in (k.parallel, k.serial))
     except AttributeError:  # another numba's cache internals: assume warm, start nothing
         return True
 
