@@ -130,9 +130,11 @@ _BLAS = None  # threadpoolctl's controller of the loaded BLAS libraries (None: n
 def few_rows():
     """For a block of work a few rows at a time (generation: one new token per row): its
     matmuls are too small to cut over the pool, so while the block runs BLAS gets this
-    thread's pool size and the kernels run serial on it; both are put back after. A no-op
-    without numba, or on a pool of one (a server's request threads). Measured on 2 cores,
-    63 tokens of 8 rows: 29.7 ms, against 32.7 ms on the pool with BLAS on one thread."""
+    thread's pool size and every kernel runs its serial build on the calling thread (a BLAS
+    on threads called from inside the pool's parallel loops stalls: 63 steps without the
+    cache took 2.2 s so, 52 ms serial); all is put back after. A no-op without numba, or on
+    a pool of one (a server's request threads). Measured on 2 cores, 63 tokens of 8 rows:
+    29.7 ms, against 32.7 ms on the pool with BLAS on one thread."""
     global _BLAS
     n = 1
     if numba_available():
@@ -140,21 +142,42 @@ def few_rows():
 
         n = numba.get_num_threads()
     if n > 1 and _BLAS is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS = ThreadpoolController().select(user_api="blas")  # ~1 ms: made once
-        except ImportError:
-            _BLAS = False
+        _BLAS = _numpy_blas() or False
     if n == 1 or not _BLAS:
         yield
         return
+    from . import _jit
+
     numba.set_num_threads(1)
+    _jit.SERIAL_ONLY = True
     try:
         with _BLAS.limit(limits=n):  # ~5 us in and out
             yield
     finally:
+        _jit.SERIAL_ONLY = False
         numba.set_num_threads(n)
+
+
+def _numpy_blas():
+    """threadpoolctl's controller of the BLAS NumPy's matmuls call (~1 ms to make), or None.
+    Only NumPy's: SciPy's (the kernels' np.dot) stays on one thread, because two OpenBLAS
+    libraries each on threads spin against each other (63 steps of generation without the
+    cache took 2.3 s with both on two threads, 46 ms with NumPy's alone). Where NumPy and
+    SciPy share one BLAS (as in conda) it is that one; two that are not told apart: None."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    controller = ThreadpoolController().select(user_api="blas")
+    libs = controller.lib_controllers
+    numpy_dir = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    own = [lib for lib in libs if os.path.basename(os.path.dirname(lib.filepath)) ==
+           "numpy.libs" or os.path.dirname(lib.filepath) == os.path.join(numpy_dir, "numpy")]
+    chosen = own if own else (libs if len(libs) == 1 else [])
+    if not chosen:
+        return None
+    controller.lib_controllers = chosen
+    return controller
 
 
 def use_threads_here(n):

@@ -48,6 +48,7 @@ prange = numba.prange
 
 
 SERIAL_BELOW = 1 << 14  # elements of a kernel's work array below which it runs serial
+SERIAL_ONLY = False  # every call serial (set by cpu_kernels.few_rows while BLAS has threads)
 
 
 class Kernel:
@@ -70,8 +71,8 @@ class Kernel:
         self.__name__, self.__doc__, self.__wrapped__ = fn.__name__, fn.__doc__, fn
 
     def __call__(self, *args):
-        small = args[self.work].size < SERIAL_BELOW
-        return (self.serial if small else self.parallel)(*args)
+        serial = SERIAL_ONLY or args[self.work].size < SERIAL_BELOW
+        return (self.serial if serial else self.parallel)(*args)
 
 
 def kernel(fn=None, work=0):

@@ -5,9 +5,9 @@ Forward: out[n] = W[idx[n]], the rows copied on the kernels' threads (a row per 
 ids outside [0, V) go to the twin, which raises as NumPy does, or wraps negative ones).
 Backward: dW[v] = sum of dout[n] over the positions n with idx[n] == v: one serial pass over
 the N rows adding each into its id's row (repeated ids add up correctly; the order is fixed,
-so the result is bit-reproducible). Positions: out[b, t] = x[b, t] + W[start + t], a row
-per (b, t) on the kernels' threads; backward dW[start + t] = sum over b of dout[b, t], a
-position per thread, summed in batch order. float32 and float64.
+so the result is bit-reproducible). Positions: out[b, t] = x[b, t] + W[start + t]; backward dW[start + t] = sum over b of dout[b, t], a
+position per thread, summed in batch order (the forward: a batch row per thread, the
+position rows added as one contiguous T C loop). float32 and float64.
 """
 
 import numpy as np
@@ -74,14 +74,14 @@ def embedding_backward(dout, cache):
 
 
 @kernel
-def _add_positions(x, W, start, out):
-    """out (B, T, C) = x + W[start + t] on every row (b, t)."""
-    B, T, C = x.shape
-    for r in prange(B * T):
-        b, t = r // T, r % T
-        src, pos, dst = x[b, t], W[start + t], out[b, t]
-        for j in range(C):
-            dst[j] = src[j] + pos[j]
+def _add_positions(x, W, out):
+    """out (B, T C) = x (B, T C) + W (T C): the position rows used, flattened, added to
+    each row of the batch (one long contiguous loop per row)."""
+    B, n = x.shape
+    for b in prange(B):
+        src, dst = x[b], out[b]
+        for j in range(n):
+            dst[j] = src[j] + W[j]
 
 
 @kernel
@@ -103,8 +103,10 @@ def position_embedding_forward(x, W, start=0):
     if x.size < SERIAL_BELOW or not applies(x, W, dtypes=(np.float32, np.float64)) or \
             x.ndim != 3 or start + x.shape[1] > W.shape[0]:
         return xp_embedding.position_embedding_forward(x, W, start)  # few rows: NumPy's add
+    B, T, C = x.shape
     out = np.empty(x.shape, dtype=x.dtype)
-    _add_positions(np.ascontiguousarray(x), np.ascontiguousarray(W), start, out)
+    _add_positions(np.ascontiguousarray(x).reshape(B, T * C),
+                   np.ascontiguousarray(W[start:start + T]).reshape(T * C), out.reshape(B, T * C))
     return out, (W.shape, start)
 
 
