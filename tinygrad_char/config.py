@@ -153,9 +153,10 @@ class TrainConfig:
     # ops; "fused": the CUDA kernels (GPU); "cpu": the numba kernels (needs numba)
     kernels: str = "auto"
     workers: int = 1  # retired (only 1 is accepted): run `mpiexec -n N` instead (distributed.py)
-    # BLAS threads of this process (the numba kernels run on the calling thread between
-    # the matmuls, so the two never compete); 0: every core it may run on. Under mpiexec
-    # each rank takes its share of its node's cores unless this is set
+    # threads of this process: the numba kernels' one pool, which runs the matmuls too
+    # (BLAS on one thread, so the two never compete; without numba, BLAS's threads); 0:
+    # every core it may run on. Under mpiexec each rank takes its share of its node's
+    # cores unless this is set
     threads: int = 0
     # micro-batches per step and rank: the batch is cut into this many pieces whose
     # gradients are summed before the step (a batch too big for memory still trains)
