@@ -147,7 +147,9 @@ def test_lab_cpu_threads_runs_each_arrangement_in_its_own_process(tmp_path):
     records = read_jsonl(tmp_path / "cpu_threads.jsonl")
     assert [r["arrangement"] for r in records] == ["blas2-serial"]
     r = records[0]
-    assert r["relu_393216_us"] > 0 and r["step_us"] > r["matmuls_only_us"] > 0, r
+    # figures only, no timing comparison (a smoke test: the order of two timings is noise)
+    assert all(r[k] > 0 for k in ("relu_393216_us", "relu_1572864_us", "step_us",
+                                  "matmuls_only_us")), r
     assert "| blas2-serial |" in (tmp_path / "cpu_threads.md").read_text()
     assert "blas2-serial" in out
     bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lab_cpu_threads.py"),
