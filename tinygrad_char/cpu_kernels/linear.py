@@ -22,18 +22,24 @@ import numpy as np
 
 from .. import linear as xp_linear
 from . import applies
-from ._jit import kernel, prange
+from ._jit import helper, kernel, prange
+
+
+@helper
+def _block(c, n_blocks, n):
+    """Rows lo..hi of block c when n rows are cut in n_blocks blocks (the last may be
+    short, or empty)."""
+    size = (n + n_blocks - 1) // n_blocks
+    lo = c * size
+    return lo, (n if lo + size > n else lo + size)
 
 
 @kernel
 def _matmul_rows(a, b, bias, has_bias, n_blocks, out):
     """out (M, N) = a (M, K) @ b (K, N) (+ bias (N,) on every row), a's rows cut in
     n_blocks blocks (one per thread); the bias is added to a block while it is in cache."""
-    M = a.shape[0]
-    size = (M + n_blocks - 1) // n_blocks
     for c in prange(n_blocks):
-        lo = c * size
-        hi = M if lo + size > M else lo + size
+        lo, hi = _block(c, n_blocks, a.shape[0])
         if lo < hi:
             np.dot(a[lo:hi], b, out[lo:hi])
             if has_bias:
@@ -47,12 +53,9 @@ def _matmul_rows(a, b, bias, has_bias, n_blocks, out):
 def _weight_grad(dy, x, has_bias, dW_part, db_part):
     """dW_part[c] (out, in) = dy[rows c].T @ x[rows c], db_part[c] (out,) = the rows' sum of
     dy, for dy (N, out), x (N, in) and one block c per thread (the caller sums them)."""
-    N = dy.shape[0]
     n_blocks = dW_part.shape[0]
-    size = (N + n_blocks - 1) // n_blocks
     for c in prange(n_blocks):
-        lo = c * size
-        hi = N if lo + size > N else lo + size
+        lo, hi = _block(c, n_blocks, dy.shape[0])
         if lo < hi:
             np.dot(dy[lo:hi].T, x[lo:hi], dW_part[c])
         else:
