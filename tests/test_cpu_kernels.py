@@ -9,7 +9,12 @@ near zero (masked probabilities, far-off classes) do not need an absolute tolera
 - float32: 1e-5. The kernels sum in another order than NumPy/BLAS and use the
   approximations of cpu_kernels/_jit.py (exp 3e-7, tanh 3e-7 worst error); measured errors
   are 1e-7 to 3e-6 (GELU's backward is the largest: h (1 - h) amplifies tanh's error).
-- float64 (LayerNorm, ReLU, embedding, AdamW): 1e-12, the same math in another order.
+- float64 (linear, LayerNorm, ReLU, embedding, dropout, AdamW): 1e-12, the same math in
+  another order.
+
+Every test runs twice (the `kernel_builds` fixture): with the library's rules for small
+work on one thread (serial builds, twins for small products), and with every call through
+the parallel builds on a pool of two threads.
 """
 
 import os

@@ -198,7 +198,7 @@ class MPIWorld(SingleProcess):
         # the ranks on one machine share its cores out (one thread each on 2 cores, 2 ranks):
         # the kernels' pool, or BLAS without numba (cpu_kernels.set_threads)
         threads = max(min(cpu_kernels.cores(), (os.cpu_count() or 1) // self.local_size), 1)
-        self.threads = cpu_kernels.set_threads(threads)
+        cpu_kernels.set_threads(threads)
         # CuPy gradients: handed to MPI as device buffers only when the user says the MPI
         # library is CUDA-aware (no MPI call reports it portably); else through host copies
         self.cuda_aware = os.environ.get("TINYGRAD_CHAR_CUDA_AWARE_MPI", "0") == "1"

@@ -1,12 +1,12 @@
 """How every CPU kernel is compiled, and the vectorisable math they share.
 
     @kernel
-    def f(...): ...     # numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH,
-                        #            parallel=True)
+    def f(...): ...     # numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH),
+                        # built twice: parallel=True, and serial for small calls (Kernel)
 
 - cache=True: compiled machine code is kept on disk beside the source (__pycache__), so
-  only the first run of a checkout pays the compile (about 3 s for every kernel in float32
-  on a 2-core EPYC; a warm start 0.3 to 0.6 s: kernels/README.md has the figures).
+  only the first run of a checkout pays the compile (12.6 s for a training step's kernels
+  on a 2-core EPYC, less with warm.py's helper; a warm start 0.4 s: kernels/README.md).
 - error_model="numpy": a division by zero gives inf/nan as NumPy does instead of raising;
   numba's default error model checks every division, which stops loops vectorising.
 - FASTMATH: only the flags that let LLVM vectorise reductions and fuse multiply-adds

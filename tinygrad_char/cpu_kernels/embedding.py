@@ -49,12 +49,10 @@ def embedding_forward(idx, W):
     if not isinstance(idx, np.ndarray) or idx.size * W.shape[-1] < SERIAL_BELOW or \
             idx.dtype.kind not in "iu" or not applies(W, dtypes=(np.float32, np.float64)):
         return xp_embedding.embedding_forward(idx, W)  # and a few rows: NumPy's take is as fast
-    idx_np = idx
-    W_c = np.ascontiguousarray(W)
-    out = np.empty((idx_np.size, W.shape[1]), dtype=W.dtype)
-    if _gather(np.ascontiguousarray(idx_np).reshape(-1), W_c, out):
+    out = np.empty((idx.size, W.shape[1]), dtype=W.dtype)
+    if _gather(np.ascontiguousarray(idx).reshape(-1), np.ascontiguousarray(W), out):
         return xp_embedding.embedding_forward(idx, W)  # raises (or wraps negative ids)
-    return out.reshape(*idx_np.shape, W.shape[1]), (idx, W.shape[0])
+    return out.reshape(*idx.shape, W.shape[1]), (idx, W.shape[0])
 
 
 def embedding_backward(dout, cache):

@@ -10,8 +10,8 @@ reverse order of a training step (attention, the largest, first; then AdamW back
 embedding) while training compiles
 them in step order as it meets them: each kernel is compiled by whichever process reaches
 it first and loaded from the cache by the other (numba replaces cache files atomically, and
-both compile the same code), so the first step costs about half. The helper runs at a lower
-priority and ends with the process that started it. TINYGRAD_CHAR_COMPILE_AHEAD=0 turns it
+both compile the same code), so the first step costs less (12.6 s -> 8.8-10.7 s measured).
+The helper ends with the process that started it. TINYGRAD_CHAR_COMPILE_AHEAD=0 turns it
 off; running this module by hand (an image build, a CI step) leaves nothing to compile.
 """
 
@@ -139,10 +139,7 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description="Compile the CPU kernels into numba's cache.")
     p.add_argument("--reverse", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--nice", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.nice and hasattr(os, "nice"):
-        os.nice(5)
     from . import numba_available
 
     if not numba_available():
