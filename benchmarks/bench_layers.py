@@ -34,8 +34,8 @@ from benchmarks.harness import (SPEED_VS_TORCH, add_run_args, append_jsonl,
                                 busy_warning, check_close, cupy_or_none, limit_threads,
                                 machine_info, machine_summary, pick, pyplot_or_none,
                                 save_figure, threads_for, time_fn, to_numpy,
-                                torch_cuda_or_none,
-                                torch_or_none, write_markdown_table)  # noqa: E402
+                                torch_cuda_or_none, torch_or_none,
+                                write_markdown_table)  # noqa: E402
 from tinygrad_char.backend import get_array_module  # noqa: E402
 from tinygrad_char.cpu_kernels import numba_available  # noqa: E402
 from tinygrad_char.kernels import select_ops  # noqa: E402

@@ -442,8 +442,9 @@ def import_state(ckpt, tokenizer, out_path, reference_logits, ckpt_path="ckpt.pt
                  to_numpy=_float64_array, dtype="float32", activation=None):
     """Convert nanoGPT's unpickled ckpt.pt `ckpt` (see ckpt_contents for `ckpt_path` and
     `to_numpy`), with the vocabulary `tokenizer` (read_meta), into our checkpoint `out_path`
-    (check it with check_output_file before reading anything); return a report: config, step, activation, notes,
-    and compare_with_reference's figures against `reference_logits`.
+    (check it with check_output_file before reading anything); return a report: config,
+    step, activation, notes, and compare_with_reference's figures against
+    `reference_logits`.
 
     activation None: what an export of ours recorded, else exact_gelu() when available
     (nanoGPT's GELU, no warning), else "gelu" with a GeluApproximationWarning."""

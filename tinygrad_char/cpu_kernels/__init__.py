@@ -106,7 +106,7 @@ def set_threads(n=0):
         import numba
         import scipy.linalg.cython_blas  # noqa: F401  (numba's np.dot calls SciPy's BLAS)
 
-        n = min(n, numba.config.NUMBA_NUM_THREADS)
+        n = _pool_size(n)
         numba.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
@@ -116,6 +116,13 @@ def set_threads(n=0):
         pass
     _THREADS = n
     return n
+
+
+def _pool_size(n):
+    """n threads for numba's pool, at least 1 and at most the pool it started with."""
+    import numba
+
+    return max(1, min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 def threads():
@@ -129,12 +136,12 @@ _BLAS = None  # threadpoolctl's controller of the loaded BLAS libraries (None: n
 @contextlib.contextmanager
 def few_rows():
     """For a block of work a few rows at a time (generation: one new token per row): its
-    matmuls are too small to cut over the pool, so while the block runs BLAS gets this
-    thread's pool size and every kernel runs its serial build on the calling thread (a BLAS
-    on threads called from inside the pool's parallel loops stalls: 63 steps without the
-    cache took 2.2 s so, 52 ms serial); all is put back after. A no-op without numba, or on
-    a pool of one (a server's request threads). Measured on 2 cores, 63 tokens of 8 rows:
-    29.7 ms, against 32.7 ms on the pool with BLAS on one thread."""
+    matmuls are too small to cut over the pool, so while the block runs NumPy's BLAS gets
+    this thread's pool size (`_numpy_blas`: only NumPy's) and every kernel runs its serial
+    build on the calling thread (the pool is down to one thread, so a parallel build would
+    only pay its start); all is put back after. A no-op without numba, or on a pool of one
+    (a server's request threads). Measured on 2 cores, 63 tokens of 8 rows: 29.7-31.4 ms,
+    against 32.7 ms on the pool with BLAS on one thread."""
     global _BLAS
     n = 1
     if numba_available():
@@ -187,7 +194,7 @@ def use_threads_here(n):
     if numba_available():
         import numba
 
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        numba.set_num_threads(_pool_size(n))
 
 
 def ops():

@@ -44,6 +44,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY
         os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+OPTIONS = dict(cache=True, error_model="numpy", fastmath=FASTMATH)  # every build's
 prange = numba.prange
 
 
@@ -57,16 +58,16 @@ class Kernel:
     array (argument `work`, default the first) holds fewer than SERIAL_BELOW elements take
     the serial build: starting the pool costs ~2 us a call, more than such a call's work
     (generation, a row at a time: 63 tokens took 18.9 ms with every call parallel, 16.5 ms
-    with this rule, 2-core AMD EPYC). Both builds are cached on disk, the serial one under the name `<name>_serial`
-    (numba's cache key holds the function's name and bytecode, not its options)."""
+    with this rule, 2-core AMD EPYC). Both builds are cached on disk, the serial one under
+    the name `<name>_serial` (numba's cache key holds the function's name and bytecode, not
+    its options)."""
 
     def __init__(self, fn, work=0):
-        options = dict(cache=True, error_model="numpy", fastmath=FASTMATH)
-        self.parallel = numba.njit(parallel=True, **options)(fn)
+        self.parallel = numba.njit(parallel=True, **OPTIONS)(fn)
         twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                                   fn.__defaults__, fn.__closure__)
         twin.__qualname__ = fn.__qualname__ + "_serial"
-        self.serial = numba.njit(**options)(twin)
+        self.serial = serial_kernel(twin)
         self.work = work
         self.__name__, self.__doc__, self.__wrapped__ = fn.__name__, fn.__doc__, fn
 
@@ -87,12 +88,12 @@ def serial_kernel(fn):
     """Compile `fn` as a CPU kernel that is serial by design (no prange: a scatter-add whose
     order must be fixed, a helper's test loop), with the options of `kernel` but never
     parallel."""
-    return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH)(fn)
+    return numba.njit(**OPTIONS)(fn)
 
 
 def helper(fn):
     """Compile a small function called from kernels (inlined by LLVM)."""
-    return numba.njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")(fn)
+    return numba.njit(inline="always", **OPTIONS)(fn)
 
 
 # -- row max: a loop-carried float `m = x if x > m else m` does not vectorise (LLVM makes a

@@ -184,8 +184,9 @@ def attention_backward(dy, cache):
     BH = B * NH
     uniform = cache["uniform"]
     dqkv = np.empty((B, T, 3, NH, hs), dtype=np.float32)  # dqkv's own layout
-    v_t = np.ascontiguousarray(v.reshape(BH, T, hs).transpose(0, 2, 1))  # (BH, hs, T),
-    _backward_heads(q.reshape(BH, T, hs), k.reshape(BH, T, hs), v_t,  # as k^T forward
+    # v^T (BH, hs, T) as a contiguous copy, for dy v^T: as k^T in the forward
+    v_t = np.ascontiguousarray(v.reshape(BH, T, hs).transpose(0, 2, 1))
+    _backward_heads(q.reshape(BH, T, hs), k.reshape(BH, T, hs), v_t,
                     P.reshape(BH, T, T), A.reshape(BH, T, T),
                     np.ascontiguousarray(dy, dtype=np.float32).reshape(B, T, NH * hs),
                     np.float32(cache["scale"]),

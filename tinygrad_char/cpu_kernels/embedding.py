@@ -5,9 +5,11 @@ Forward: out[n] = W[idx[n]], the rows copied on the kernels' threads (a row per 
 ids outside [0, V) go to the twin, which raises as NumPy does, or wraps negative ones).
 Backward: dW[v] = sum of dout[n] over the positions n with idx[n] == v: one serial pass over
 the N rows adding each into its id's row (repeated ids add up correctly; the order is fixed,
-so the result is bit-reproducible). Positions: out[b, t] = x[b, t] + W[start + t]; backward dW[start + t] = sum over b of dout[b, t], a
-position per thread, summed in batch order (the forward: a batch row per thread, the
-position rows added as one contiguous T C loop). float32 and float64.
+so the result is bit-reproducible). Positions: out[b, t] = x[b, t] + W[start + t], a batch
+row per thread (the position rows added as one contiguous T C loop); backward dW[start + t]
+= sum over b of dout[b, t], a position per thread, summed in batch order. Few rows (under
+_jit.SERIAL_BELOW elements) go to the twins: NumPy's take and add are as fast there.
+float32 and float64.
 """
 
 import numpy as np

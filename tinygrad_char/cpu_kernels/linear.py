@@ -34,6 +34,13 @@ def _block(c, n_blocks, n):
     return lo, (n if lo + size > n else lo + size)
 
 
+@helper
+def _add_into(dst, src):
+    """dst += src, two 1-d rows of one length."""
+    for j in range(dst.size):
+        dst[j] += src[j]
+
+
 @kernel
 def _matmul_rows(a, b, bias, has_bias, n_blocks, out):
     """out (M, N) = a (M, K) @ b (K, N) (+ bias (N,) on every row), a's rows cut in
@@ -44,9 +51,7 @@ def _matmul_rows(a, b, bias, has_bias, n_blocks, out):
             np.dot(a[lo:hi], b, out[lo:hi])
             if has_bias:
                 for i in range(lo, hi):
-                    row = out[i]
-                    for j in range(row.size):
-                        row[j] += bias[j]
+                    _add_into(out[i], bias)
 
 
 @kernel
@@ -64,9 +69,7 @@ def _weight_grad(dy, x, has_bias, dW_part, db_part):
         dbp[:] = 0.0
         if has_bias:
             for n in range(lo, hi):
-                row = dy[n]
-                for j in range(row.size):
-                    dbp[j] += row[j]
+                _add_into(dbp, dy[n])
 
 
 @kernel

@@ -2,13 +2,12 @@
 
     python -m tinygrad_char.cpu_kernels.warm     # every float32 kernel of training, now
 
-A fresh install compiles its kernels on the first training step: about 13 s on a 2-core
-AMD EPYC (kernels/README.md has the figures), and 0.2 s from the cache afterwards. So when
-the kernels are first chosen with a cold cache and the process has a core to spare,
+A fresh install compiles its kernels on the first training step: 12.6 s on a 2-core AMD
+EPYC (kernels/README.md has the figures), and 0.4 s from the cache afterwards. So when the
+kernels are first chosen with a cold cache and the process has a core to spare,
 `start_in_background` starts this module in a second process that compiles them in the
 reverse order of a training step (attention, the largest, first; then AdamW back to the
-embedding) while training compiles
-them in step order as it meets them: each kernel is compiled by whichever process reaches
+embedding) while training compiles them in step order as it meets them: each kernel is compiled by whichever process reaches
 it first and loaded from the cache by the other (numba replaces cache files atomically, and
 both compile the same code), so the first step costs less (12.6 s -> 8.8-10.7 s measured).
 The helper ends with the process that started it. TINYGRAD_CHAR_COMPILE_AHEAD=0 turns it
