@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.harness import (append_jsonl, cupy_or_none, machine_info,  # noqa: E402
                                 machine_summary, pick, rel_error, torch_cuda_or_none,
                                 torch_or_none, write_markdown_table)
-from tinygrad_char import attention  # noqa: E402
+from tinygrad_char.ops import attention  # noqa: E402
 
 IMPLS = ["numpy", "cupy", "cupy-fused", "torch-cuda"]
 MIB = 2 ** 20
@@ -53,7 +53,7 @@ def measure_numpy(qkv, dy, n_head):
 
 
 def measure_cupy(cupy, fused, qkv, dy, n_head):
-    from tinygrad_char import kernels
+    from tinygrad_char.fused import cuda as kernels
 
     forward = kernels.attention_forward if fused else attention.attention_forward
     backward = kernels.attention_backward if fused else attention.attention_backward

@@ -20,9 +20,9 @@ from harness import (add_run_args, append_jsonl, available_named_configs,  # noq
                      machine_info, time_fn, write_markdown_table)
 
 from tinygrad_char import GPT, AdamW  # noqa: E402
-from tinygrad_char.checkpoint import (load_checkpoint, load_training_state,  # noqa: E402
-                                      save_checkpoint)
-from tinygrad_char.tokenizer import CharTokenizer  # noqa: E402
+from tinygrad_char.training.checkpoint import (load_checkpoint, load_training_state, # noqa: E402
+                                               save_checkpoint)
+from tinygrad_char.training.tokenizer import CharTokenizer  # noqa: E402
 
 
 def main():

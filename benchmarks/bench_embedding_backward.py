@@ -1,5 +1,5 @@
 """The token embedding's backward, four exact ways: the figure behind the one-hot choice in
-tinygrad_char/embedding.py.
+tinygrad_char/ops/embedding.py.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python benchmarks/bench_embedding_backward.py --threads 2
@@ -10,7 +10,7 @@ idx (N,) ids in [0, V). `dW[idx] += dout` would drop repeated ids, so the candid
   one-hot    onehot(idx).T @ dout: a (V, N) x (N, C) matmul (what the library does)
   bincount   np.bincount(idx * C + c, weights=dout) over the flattened (N, C), reshaped
   sort+reduceat  sort dout by id, np.add.reduceat over each run of equal ids (NumPy only)
-  library    tinygrad_char.embedding.embedding_backward (should track one-hot)
+  library    tinygrad_char.ops.embedding.embedding_backward (should track one-hot)
 for character vocabularies V in {65, 283} at (N, C) in {(768, 128), (2048, 192),
 (8192, 384)} (N = B * T). Each is checked against a float64 np.add.at first. The table
 gives the median ms and "x fastest" = ms / fastest ms at that size (1.00 = the fastest).
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.harness import (add_run_args, append_jsonl, busy_warning, check_close,
                                 cupy_or_none, limit_threads, machine_info,
                                 machine_summary, time_fn, write_markdown_table)  # noqa: E402
-from tinygrad_char.embedding import embedding_backward  # noqa: E402
+from tinygrad_char.ops.embedding import embedding_backward  # noqa: E402
 
 VOCABS = [65, 283]  # Tiny Shakespeare; WikiText-2's characters
 SHAPES = [(768, 128), (2048, 192), (8192, 384)]  # (N, C): tiny-cpu, larger, gpu-preset-ish

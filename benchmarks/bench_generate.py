@@ -3,7 +3,7 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python benchmarks/bench_generate.py --threads 2
 
-`tinygrad_char.sampling.generate` is timed for batch sizes 1 and 8, with use_cache True and
+`tinygrad_char.inference.sampling.generate` is timed for batch sizes 1 and 8, with use_cache True and
 False, in two regimes:
   * inside the window: a 1-character prompt grows to block_size characters, so every step
     fits in the context and the cache runs one new position per step;
@@ -36,7 +36,7 @@ from benchmarks.harness import (NAMED_CONFIGS, add_run_args, append_jsonl,
                                 limit_threads, machine_info, machine_summary, pick,
                                 time_fn, write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT  # noqa: E402
-from tinygrad_char.sampling import generate  # noqa: E402
+from tinygrad_char.inference.sampling import generate  # noqa: E402
 
 
 def prompts(cfg, batch_size, regime, new_tokens, seed=0):

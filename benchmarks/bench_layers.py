@@ -15,8 +15,8 @@ Results: <out>/layers.jsonl (appended, one line per size x op x pass), <out>/lay
 
 Not here: the model as a whole (bench_train_step.py), and kernel development (a kernel
 lab of numbered versions belongs in benchmarks/ too, but is a separate script). The numba
-CPU kernels (numpy-cpu) are timed for every op that has one (kernels.select_ops("cpu")). CuPy
-fused kernels are timed when `tinygrad_char.kernels` exists and exports a function named
+CPU kernels (numpy-cpu) are timed for every op that has one (dispatch.select_ops("cpu")). CuPy
+fused kernels are timed when `tinygrad_char.fused.cuda` exists and exports a function named
 like the op's (`layernorm_forward`, ...), with the xp op's signature.
 """
 
@@ -37,8 +37,8 @@ from benchmarks.harness import (SPEED_VS_TORCH, add_run_args, append_jsonl,
                                 torch_cuda_or_none, torch_or_none,
                                 write_markdown_table)  # noqa: E402
 from tinygrad_char.backend import get_array_module  # noqa: E402
-from tinygrad_char.cpu_kernels import numba_available  # noqa: E402
-from tinygrad_char.kernels import select_ops  # noqa: E402
+from tinygrad_char.fused.cpu import numba_available  # noqa: E402
+from tinygrad_char.fused.dispatch import select_ops  # noqa: E402
 
 # B batch, T time, C channels, NH heads, V vocabulary
 SIZES = {
@@ -77,7 +77,7 @@ class Case:
 
 def make_case(op, B, T, C, NH, V, seed=0, ops=None):
     """The inputs, our pair and its torch twin for `op` at these sizes (float32). ops: the
-    op table our pair comes from (kernels.select_ops; default "xp", "cpu" for numpy-cpu)."""
+    op table our pair comes from (dispatch.select_ops; default "xp", "cpu" for numpy-cpu)."""
     ops = ops or select_ops("xp")
     torch = torch_or_none()
     F = torch.nn.functional if torch is not None else None  # only called with torch
@@ -216,11 +216,11 @@ def check_against(case, impl, out, grads, ref_out, ref_grads):
 
 
 def fused_kernels():
-    """(tinygrad_char.kernels, None), or (None, why it is skipped)."""
+    """(tinygrad_char.fused.cuda, None), or (None, why it is skipped)."""
     try:
-        from tinygrad_char import kernels
+        from tinygrad_char.fused import cuda as kernels
     except ImportError as e:
-        return None, f"fused CuPy kernels skipped: tinygrad_char.kernels not importable ({e})"
+        return None, f"fused CuPy kernels skipped: tinygrad_char.fused.cuda not importable ({e})"
     return kernels, None
 
 
@@ -294,7 +294,7 @@ def with_fused(impls, kernels, op, notes):
 
 
 def with_cpu_kernels(impls, op, shape, notes):
-    """impls plus "numpy-cpu" (the numba CPU kernels, kernels.select_ops("cpu")) when op has
+    """impls plus "numpy-cpu" (the numba CPU kernels, dispatch.select_ops("cpu")) when op has
     a CPU kernel for its forward or backward; the case is rebuilt on that op table, so its
     pair has the xp case's signature."""
     if not numba_available():

@@ -100,9 +100,9 @@ def time_steps(args, step, world=None):
 
 
 def job_single(args):
-    from tinygrad_char import cpu_kernels
-    from tinygrad_char.distributed import SingleProcess, split_rows
-    from tinygrad_char.train import clip_and_step, forward_backward
+    from tinygrad_char.fused import cpu as cpu_kernels
+    from tinygrad_char.training.distributed import SingleProcess, split_rows
+    from tinygrad_char.training.train import clip_and_step, forward_backward
 
     cpu_kernels.set_threads(args.threads)  # as a run with --threads N arranges them
     model, optimizer, x, y, cfg = build(args)
@@ -119,8 +119,8 @@ def job_single(args):
 
 
 def job_mpi(args):
-    from tinygrad_char.distributed import connect, split_rows
-    from tinygrad_char.train import clip_and_step, forward_backward
+    from tinygrad_char.training.distributed import connect, split_rows
+    from tinygrad_char.training.train import clip_and_step, forward_backward
 
     world = connect()
     model, optimizer, x, y, cfg = build(args, world)

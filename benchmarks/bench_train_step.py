@@ -51,9 +51,9 @@ from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_
                                 save_figure, threads_for, time_fn, torch_cuda_or_none,
                                 torch_or_none, write_markdown_table)  # noqa: E402
 from tinygrad_char import GPT  # noqa: E402
-from tinygrad_char.train import clip_and_step  # noqa: E402
+from tinygrad_char.training.train import clip_and_step  # noqa: E402
 from tinygrad_char.model import init_params, param_shapes  # noqa: E402
-from tinygrad_char.precision import LossScaler, dtypes, set_tf32  # noqa: E402
+from tinygrad_char.training.precision import LossScaler, dtypes, set_tf32  # noqa: E402
 
 LOSS_RTOL = 1e-4  # float32 loss of two libraries on the same batch and weights
 ADAM_EPS = 1e-8
@@ -104,7 +104,7 @@ def memory_now(impl, xp=None, torch=None):
     return mem
 
 
-# -- torch's update after the backward (ours: tinygrad_char.train.clip_and_step) -----------
+# -- torch's update after the backward (ours: tinygrad_char.training.train.clip_and_step) -----------
 
 def torch_update(torch, model, opt, scaler, grad_clip):
     """Clip + AdamW + zero_grad; with a GradScaler (float16): unscale_ first, then
@@ -459,7 +459,7 @@ def main(argv=None):
     torch = torch_or_none() if any(i.startswith("torch") for i in wanted) else None
     cupy, cupy_why = cupy_or_none()
     torch_cuda = torch_cuda_or_none(torch)
-    from tinygrad_char.cpu_kernels import numba_available
+    from tinygrad_char.fused.cpu import numba_available
 
     available = {"numpy": True, "numpy-cpu": numba_available(),
                  "torch": torch is not None,

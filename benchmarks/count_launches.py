@@ -71,8 +71,8 @@ def cuda_events(prof):
 def make_step(impl, model_cfg, train_cfg, batch, precision, torch, cupy):
     """A zero-argument function running one full training step of `impl`."""
     from benchmarks.bench_train_step import ours_model, torch_model_and_opt, torch_update
-    from tinygrad_char.precision import LossScaler, dtypes
-    from tinygrad_char.train import clip_and_step
+    from tinygrad_char.training.precision import LossScaler, dtypes
+    from tinygrad_char.training.train import clip_and_step
 
     if impl.startswith("cupy"):
         _, compute = dtypes(precision)

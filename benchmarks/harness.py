@@ -194,7 +194,7 @@ def threads_for(impl, n):
     of whatever ran before (OpenMP's spin for a while) are asleep when the timing starts."""
     from threadpoolctl import threadpool_limits
 
-    from tinygrad_char import cpu_kernels
+    from tinygrad_char.fused import cpu as cpu_kernels
 
     if impl == "numpy-cpu":
         cpu_kernels.set_threads(n)
@@ -377,7 +377,7 @@ def named_config(name, vocab_size=65):
     cpu-preset / gpu-preset: examples/configs/cpu.json / gpu.json. vocab_size defaults to
     Tiny Shakespeare's 65 characters.
     """
-    from tinygrad_char.config import TrainConfig, load_config_file
+    from tinygrad_char.training.config import TrainConfig, load_config_file
 
     if name not in NAMED_CONFIGS:
         raise ValueError(f"unknown config {name!r}; choose from {sorted(NAMED_CONFIGS)}")

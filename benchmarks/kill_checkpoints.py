@@ -54,7 +54,7 @@ def make_text(path):
 
 
 def config(out_dir):
-    from tinygrad_char.config import TrainConfig
+    from tinygrad_char.training.config import TrainConfig
 
     # wide and shallow, tiny batches: most of a step's time is its save
     return TrainConfig(n_layer=2, n_head=2, n_embd=256, block_size=16, batch_size=2,
@@ -66,9 +66,9 @@ def config(out_dir):
 def run_child(out_dir, text, point):
     """The training process. `point` "fn:n:when" pauses at that call of every save after
     the first; "" runs freely. Prints SAVED <step> after each completed save."""
-    import tinygrad_char.checkpoint as checkpoint
-    from tinygrad_char.data import prepare_text
-    from tinygrad_char.train import train
+    import tinygrad_char.training.checkpoint as checkpoint
+    from tinygrad_char.training.data import prepare_text
+    from tinygrad_char.training.train import train
 
     real = {"fsync": os.fsync, "replace": os.replace, "remove": os.remove}
     counts = {"fsync": 0, "replace": 0, "remove": 0}
@@ -104,7 +104,7 @@ def run_child(out_dir, text, point):
         saves[0] += 1
         print(f"SAVED {args[3]}", flush=True)
 
-    import tinygrad_char.train as train_module
+    import tinygrad_char.training.train as train_module
     train_module.save_checkpoint = save
     train(config(out_dir), prepare_text(text, verbose=False), progress=False,
           out=lambda *a: None)
@@ -112,13 +112,13 @@ def run_child(out_dir, text, point):
 
 def reference(work, text):
     """Final parameters of a run that is never killed."""
-    from tinygrad_char.data import prepare_text
-    from tinygrad_char.train import train
+    from tinygrad_char.training.data import prepare_text
+    from tinygrad_char.training.train import train
 
     out_dir = os.path.join(work, "reference")
     result = train(config(out_dir), prepare_text(text, verbose=False), progress=False,
                    out=lambda *a: None)
-    from tinygrad_char.checkpoint import load_checkpoint
+    from tinygrad_char.training.checkpoint import load_checkpoint
 
     return {k: np.array(v) for k, v in load_checkpoint(result["checkpoint"])[0].params.items()}
 
@@ -149,9 +149,10 @@ def check(out_dir, text, expected):
     """Load what the kill left, resume to the end, compare with the reference. Returns
     (step loaded, problem or None)."""
     from tinygrad_char import AdamW
-    from tinygrad_char.checkpoint import CheckpointError, load_checkpoint, load_training_state
-    from tinygrad_char.data import prepare_text
-    from tinygrad_char.train import train
+    from tinygrad_char.training.checkpoint import (CheckpointError, load_checkpoint,
+                                                   load_training_state)
+    from tinygrad_char.training.data import prepare_text
+    from tinygrad_char.training.train import train
 
     path = os.path.join(out_dir, "ckpt.safetensors")
     try:

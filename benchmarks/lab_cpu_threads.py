@@ -23,7 +23,7 @@ blas1-onepool also the model's real training step with the library's kernels as 
 (tiny-cpu and the CPU preset shapes, kernels "cpu", forward + backward + clip + AdamW, ms).
 Results: benchmarks/results/cpu_threads.jsonl and cpu_threads.md.
 
-Not here: the kernels themselves (tinygrad_char/cpu_kernels/) and the step benchmark
+Not here: the kernels themselves (tinygrad_char/fused/cpu/) and the step benchmark
 (bench_train_step.py); this only decides how they are threaded.
 """
 
@@ -146,7 +146,7 @@ def model_step_ms(batch, repeat):
     "cpu": the library's one pool, cpu_kernels.set_threads(2))."""
     import numpy as np
 
-    from tinygrad_char import cpu_kernels
+    from tinygrad_char.fused import cpu as cpu_kernels
     from tinygrad_char.model import GPT, GPTConfig
     from tinygrad_char.optim import clip_scale
 

@@ -4,9 +4,9 @@ that our training run is compared against (validation loss within 0.05 nats).
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/train_torch.py \\
         --preset cpu --data-dir $DATA/wikitext-2-raw --train-split validation
 
-Everything that can be shared is: the data and tokenizer (tinygrad_char.data), the initial
+Everything that can be shared is: the data and tokenizer (tinygrad_char.training.data), the initial
 weights (tinygrad_char.model.init_params, same seed), the batch of each step (the same
-per-step seeds as tinygrad_char.train), the learning-rate schedule, gradient clipping, and
+per-step seeds as tinygrad_char.training.train), the learning-rate schedule, gradient clipping, and
 AdamW with the same rule (only 2-d tensors decay). The model is benchmarks/torch_gpt.py
 (scaled_dot_product_attention). Evaluation walks the whole validation and test splits in the
 same windows as ours. Dropout masks differ (torch draws its own). Results are appended to
@@ -28,11 +28,11 @@ from benchmarks.harness import (RESULTS, append_jsonl, available_cores,  # noqa:
                                 limit_threads, machine_info)
 from benchmarks.torch_gpt import TorchGPT  # noqa: E402
 from examples.train_wikitext import PRESETS  # noqa: E402
-from tinygrad_char.data import eval_batches, get_batch, prepare_text, prepare_wikitext2  # noqa
+from tinygrad_char.training.data import eval_batches, get_batch, prepare_text, prepare_wikitext2  # noqa
 from tinygrad_char.model import init_params  # noqa: E402
 from tinygrad_char.optim import cosine_lr  # noqa: E402
-from tinygrad_char.config import build_parser, resolve_config  # noqa: E402
-from tinygrad_char.train import step_seed  # noqa: E402
+from tinygrad_char.training.config import build_parser, resolve_config  # noqa: E402
+from tinygrad_char.training.train import step_seed  # noqa: E402
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@
     python sample.py --out_dir=out-nano --device=cpu
 
 A thin command line over export_nanogpt of nanogpt_torch.py beside it (which writes
-ckpt.pt with torch; tinygrad_char.nanogpt's docstring says what can be exported and how
+ckpt.pt with torch; tinygrad_char.interop.nanogpt's docstring says what can be exported and how
 GELU differs: our default "gelu" is the tanh approximation,
 nanoGPT computes exact erf GELU, so a "gelu" model gets a warning with the measured
 logits difference; a "gelu_exact" model exports exactly). Our unknown id is an ordinary
@@ -21,9 +21,9 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for nanogpt_torch
 
 from nanogpt_torch import export_nanogpt  # noqa: E402
-from tinygrad_char.cli import Parser, run_cli  # noqa: E402
-from tinygrad_char.nanogpt import (DEFAULT_DATASET, ConversionError,  # noqa: E402
-                                   GeluApproximationWarning)
+from tinygrad_char.training.cli import Parser, run_cli  # noqa: E402
+from tinygrad_char.interop.nanogpt import (DEFAULT_DATASET, ConversionError, # noqa: E402
+                                           GeluApproximationWarning)
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 
     python examples/export_onnx.py --checkpoint out/ckpt.safetensors --out model.onnx
 
-The graph is built from the parameters with onnx.helper (tinygrad_char.onnx_export): input
+The graph is built from the parameters with onnx.helper (tinygrad_char.interop.onnx_export): input
 `idx` int64 (batch, seq), output `logits` float32 (batch, seq, V); the config and the
 vocabulary travel in the file's metadata. After onnx.checker, the script runs the file on
 onnxruntime (when installed) and prints the largest relative logits difference from
@@ -15,9 +15,9 @@ import sys
 import numpy as np
 
 from tinygrad_char.backend import BackendError
-from tinygrad_char.checkpoint import load_checkpoint
-from tinygrad_char.cli import Parser, UsageError, check_output_path, run_cli
-from tinygrad_char.onnx_export import OnnxModel, save_onnx
+from tinygrad_char.training.checkpoint import load_checkpoint
+from tinygrad_char.training.cli import Parser, UsageError, check_output_path, run_cli
+from tinygrad_char.interop.onnx_export import OnnxModel, save_onnx
 
 TOLERANCE = 1e-4  # float32 forward vs onnxruntime, relative to the largest logit
 

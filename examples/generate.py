@@ -11,7 +11,7 @@ context (block_size characters), a model with rope or sinusoidal positions keeps
 window of cached keys and values (sliding-window attention, at cache speed), while
 --no-cache crops the context to its last block_size characters, so their texts differ there.
 
-A thin script over tinygrad_char.checkpoint and tinygrad_char.sampling: it parses
+A thin script over tinygrad_char.training.checkpoint and tinygrad_char.inference.sampling: it parses
 arguments, checks them before any output (the memory the samples need included), and
 prints. No sampling logic lives here. Every error is one line "error: ..." on stderr and
 exit status 2.
@@ -21,10 +21,10 @@ import sys
 
 import numpy as np
 
-from tinygrad_char.cli import MAX_SEED, Parser, UsageError, float_arg, int_arg, run_cli
-from tinygrad_char.config import check_memory, generation_memory_bytes
-from tinygrad_char.onnx_export import load_for_sampling
-from tinygrad_char.sampling import check_sampling_args, generate_text
+from tinygrad_char.training.cli import MAX_SEED, Parser, UsageError, float_arg, int_arg, run_cli
+from tinygrad_char.training.config import check_memory, generation_memory_bytes
+from tinygrad_char.interop.onnx_export import load_for_sampling
+from tinygrad_char.inference.sampling import check_sampling_args, generate_text
 
 SEPARATOR = "-" * 40  # printed on its own line between samples
 

@@ -4,7 +4,7 @@
         data/shakespeare_char/meta.pkl shakespeare_char.safetensors
 
 A thin command line over import_nanogpt of nanogpt_torch.py beside it (which reads
-ckpt.pt with torch; tinygrad_char.nanogpt's docstring says what is converted, what is
+ckpt.pt with torch; tinygrad_char.interop.nanogpt's docstring says what is converted, what is
 refused and how GELU differs). It prints what it wrote, the notes
 of the conversion and, when the imported model uses our tanh GELU, the measured logits
 difference from nanoGPT's exact-erf GELU. Needs PyTorch (to read ckpt.pt). Every error
@@ -18,9 +18,9 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for nanogpt_torch
 
 from nanogpt_torch import import_nanogpt  # noqa: E402
-from tinygrad_char.cli import Parser, run_cli  # noqa: E402
-from tinygrad_char.nanogpt import (ConversionError, GeluApproximationWarning,  # noqa: E402
-                                   exact_gelu)
+from tinygrad_char.training.cli import Parser, run_cli  # noqa: E402
+from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWarning, # noqa: E402
+                                           exact_gelu)
 
 
 def main(argv=None):

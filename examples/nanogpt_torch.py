@@ -12,10 +12,10 @@ and examples/export_nanogpt.py call:
   as nanoGPT saves them);
 - `reference_logits`: nanoGPT's forward in float64 PyTorch, which verifies every conversion;
 - `import_nanogpt` and `export_nanogpt`: the two whole conversions, these three wrapped
-  around tinygrad_char.nanogpt's `import_state` and `export_state`.
+  around tinygrad_char.interop.nanogpt's `import_state` and `export_state`.
 
 What it is not: every check, message, layout conversion, the vocabulary, meta.pkl and the
-comparison of logits are tinygrad_char.nanogpt's (its docstring says what is converted, what
+comparison of logits are tinygrad_char.interop.nanogpt's (its docstring says what is converted, what
 is refused and how GELU differs); nothing of that is repeated here. torch is imported
 inside the functions, never at module level, so `import nanogpt_torch` works without it;
 without torch every entry point raises one ConversionError line saying how to install it.
@@ -25,8 +25,8 @@ import os
 
 import numpy as np
 
-from tinygrad_char import nanogpt
-from tinygrad_char.nanogpt import DEFAULT_DATASET, ConversionError
+from tinygrad_char.interop import nanogpt
+from tinygrad_char.interop.nanogpt import DEFAULT_DATASET, ConversionError
 
 
 def _torch(what):
@@ -113,7 +113,7 @@ def reference_logits(params, config, idx, approximate):
 def import_nanogpt(ckpt_path, meta_path, out_path, trust_pickle=False, dtype="float32",
                    activation=None):
     """Convert nanoGPT's ckpt.pt + meta.pkl into our checkpoint `out_path`; return the
-    report of tinygrad_char.nanogpt.import_state (config, step, activation, notes, the
+    report of tinygrad_char.interop.nanogpt.import_state (config, step, activation, notes, the
     logits differences from reference_logits). The output path and meta.pkl are checked
     before ckpt.pt is read; activation as import_state's."""
     out_path = os.fspath(out_path)

@@ -12,17 +12,17 @@ onnxruntime instead; --checkpoint is then optional and, when given, must match i
 Requests run concurrently in threads, each on one BLAS thread (--blas-threads 1): with
 OpenBLAS's default of one thread per core, concurrent requests contend for its threads
 and throughput drops (measured 53 vs 130 requests/s at 16 concurrent on 2 cores).
-A thin script over tinygrad_char.serve.create_app; see docs/serving.md.
+A thin script over tinygrad_char.inference.serve.create_app; see docs/serving.md.
 """
 
 import os
 import socket
 import sys
 
-from tinygrad_char.cli import Parser, UsageError, int_arg, run_cli
-from tinygrad_char.config import check_memory, generation_memory_bytes
-from tinygrad_char.cpu_kernels import numba_available
-from tinygrad_char.onnx_export import load_for_sampling
+from tinygrad_char.training.cli import Parser, UsageError, int_arg, run_cli
+from tinygrad_char.training.config import check_memory, generation_memory_bytes
+from tinygrad_char.fused.cpu import numba_available
+from tinygrad_char.interop.onnx_export import load_for_sampling
 
 
 def bind(host, port):
@@ -62,7 +62,7 @@ def main(argv=None):
         import uvicorn
         from threadpoolctl import threadpool_limits
 
-        from tinygrad_char.serve import create_app
+        from tinygrad_char.inference.serve import create_app
     except ImportError as e:
         raise UsageError(f'{e}; install the serving extra: pip install '
                          f'"tinygrad-char[serve]"') from None

@@ -12,8 +12,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_wikitext import main as train_main  # noqa: E402
 
-from tinygrad_char.cli import run_cli  # noqa: E402
-from tinygrad_char.distributed import run_ranks  # noqa: E402
+from tinygrad_char.training.cli import run_cli  # noqa: E402
+from tinygrad_char.training.distributed import run_ranks  # noqa: E402
 
 
 def main(argv=None):

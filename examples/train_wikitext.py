@@ -16,11 +16,12 @@ import os
 import signal
 import sys
 
-from tinygrad_char.cli import int_arg, run_cli
-from tinygrad_char.config import build_parser, check_out_dir, check_train_memory, resolve_config
-from tinygrad_char.distributed import launched_world, run_ranks
-from tinygrad_char.data import WIKITEXT2_FILES, prepare_text, prepare_wikitext2
-from tinygrad_char.train import NonFiniteLoss, train
+from tinygrad_char.training.cli import int_arg, run_cli
+from tinygrad_char.training.config import (build_parser, check_out_dir, check_train_memory,
+                                           resolve_config)
+from tinygrad_char.training.distributed import launched_world, run_ranks
+from tinygrad_char.training.data import WIKITEXT2_FILES, prepare_text, prepare_wikitext2
+from tinygrad_char.training.train import NonFiniteLoss, train
 
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 

@@ -2,7 +2,7 @@
  * attention.cu: causal multi-head self-attention, forward and backward, float32, that
  * never writes the (B, NH, T, T) score matrix to memory ("flash" attention: online
  * softmax in the forward, recomputed scores in the backward). Head size hs <= 128.
- * xp twin (the oracle): tinygrad_char/attention.py (no dropout). Wrapper: kernels.py.
+ * xp twin (the oracle): tinygrad_char/ops/attention.py (no dropout). Wrapper: kernels.py.
  *
  * Layout: qkv (B, T, 3C) as produced by c_attn, q, k, v stacked along the last axis;
  * head h of q uses columns h*hs .. h*hs+hs-1, of k C + h*hs .., of v 2C + h*hs ..

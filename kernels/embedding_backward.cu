@@ -1,6 +1,6 @@
 /*
  * embedding_backward.cu: the token embedding's weight gradient, float32.
- * xp twin (the oracle): tinygrad_char/embedding.py embedding_backward (a one-hot matmul,
+ * xp twin (the oracle): tinygrad_char/ops/embedding.py embedding_backward (a one-hot matmul,
  * which sums repeated ids correctly). Wrapper: kernels.py.
  *
  * Math: dW[v] = sum of dout[n] over every position n with idx[n] == v, for idx (N,),

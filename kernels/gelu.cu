@@ -1,6 +1,6 @@
 /*
  * gelu.cu: tanh-GELU fused with the bias add that precedes it, y = gelu(x + b), float32.
- * xp twin (the oracle): tinygrad_char/activations.py gelu_forward / gelu_backward applied
+ * xp twin (the oracle): tinygrad_char/ops/activations.py gelu_forward / gelu_backward applied
  * to x + b (the bias add of linear_forward). Wrapper: kernels.py.
  *
  * Math (constants as activations.py: GELU_SCALE = sqrt(2/pi), GELU_CUBIC = 0.044715):

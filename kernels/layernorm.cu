@@ -1,6 +1,6 @@
 /*
  * layernorm.cu: LayerNorm over the last axis, forward and backward, float32.
- * xp twin (the oracle): tinygrad_char/layernorm.py. Wrapper: tinygrad_char/kernels.py.
+ * xp twin (the oracle): tinygrad_char/ops/layernorm.py. Wrapper: tinygrad_char/fused/cuda.py.
  *
  * Math, per row of C values (x: the row, w: gain, b: bias, eps 1e-5):
  *     mean = sum(x) / C
@@ -29,7 +29,7 @@
  *   Every sum has a fixed order for a given (N, C), so dx, dw and db are bit-reproducible
  *   run to run (no atomics anywhere in this file).
  *
- * Launch configuration (as tinygrad_char/kernels.py launches it):
+ * Launch configuration (as tinygrad_char/fused/cuda.py launches it):
  *   layernorm_forward, layernorm_backward_dx: block 128 (4 warps = 4 rows), grid ceil(N / 4).
  *   layernorm_backward_dwdb_partial: block (32, 8), grid (ceil(C / 32), ceil(N / 64)).
  *   layernorm_backward_dwdb_reduce: block 256, grid ceil(C / 256).

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import settings
 from safetensors import safe_open
 
-import tinygrad_char.train as train_module
+import tinygrad_char.training.train as train_module
 from tinygrad_char.backend import BackendError, _cupy_or_error
-from tinygrad_char.data import prepare_text
-from tinygrad_char.config import TrainConfig
+from tinygrad_char.training.data import prepare_text
+from tinygrad_char.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"  # the data sets live beside the repo, never in it

@@ -1,4 +1,4 @@
-"""Tests for tinygrad_char.checkpoint: round trips of every architecture variant and of the
+"""Tests for tinygrad_char.training.checkpoint: round trips of every architecture variant and of the
 optimizer state, atomic saves under a simulated crash, every way a file can be broken or
 foreign (each must be one CheckpointError naming the problem), and PyTorch loading the
 file as a nanoGPT state dict.
@@ -17,10 +17,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tinygrad_char import GPT, AdamW, GPTConfig
-from tinygrad_char.checkpoint import (CheckpointError, load_checkpoint, load_training_state,
-                                      peek_checkpoint, save_checkpoint, train_state_path)
+from tinygrad_char.training.checkpoint import (CheckpointError, load_checkpoint,
+                                               load_training_state, peek_checkpoint,
+                                               save_checkpoint, train_state_path)
 from tinygrad_char.model import param_shapes
-from tinygrad_char.tokenizer import CharTokenizer
+from tinygrad_char.training.tokenizer import CharTokenizer
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHARS = "abcdefghij"

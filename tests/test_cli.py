@@ -20,8 +20,8 @@ import time
 import pytest
 
 from conftest import CUPY_MISSING, DATA, REPO
-from tinygrad_char.checkpoint import load_checkpoint
-from tinygrad_char.config import TrainConfig, build_parser, resolve_config
+from tinygrad_char.training.checkpoint import load_checkpoint
+from tinygrad_char.training.config import TrainConfig, build_parser, resolve_config
 
 WIKITEXT = DATA / "wikitext-2-raw"
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
@@ -235,7 +235,7 @@ def test_a_second_ctrl_c_soon_after_the_first_is_one_line_and_the_pair_resumes(t
     being finished, in the save, or after it): never a traceback, at most the one line
     "interrupted again: ...", and the checkpoint pair on disk loads and resumes."""
     from tinygrad_char import AdamW
-    from tinygrad_char.checkpoint import load_training_state
+    from tinygrad_char.training.checkpoint import load_training_state
 
     args = [*WIKI, *TINY, "--max-steps", "400", "--eval-interval", "10", "--out-dir",
             tmp_path]

@@ -26,12 +26,13 @@ import pytest
 
 from conftest import REPO
 from tinygrad_char import GPT, GPTConfig
-from tinygrad_char.checkpoint import save_checkpoint
-from tinygrad_char.cli import MAX_SEED, run_cli
-from tinygrad_char.config import (CHOICES, RANGES, TrainConfig, check_train_memory,
-                                  count_params, generation_memory_bytes, train_memory_bytes)
+from tinygrad_char.training.checkpoint import save_checkpoint
+from tinygrad_char.training.cli import MAX_SEED, run_cli
+from tinygrad_char.training.config import (CHOICES, RANGES, TrainConfig, check_train_memory,
+                                           count_params, generation_memory_bytes,
+                                           train_memory_bytes)
 from tinygrad_char.model import ConfigError, param_shapes
-from tinygrad_char.tokenizer import CharTokenizer
+from tinygrad_char.training.tokenizer import CharTokenizer
 
 EXAMPLES = REPO / "examples"
 
@@ -465,7 +466,7 @@ def test_memory_estimate_is_a_lower_bound_that_grows_with_the_sizes():
 
 
 def test_help_after_a_config_file_shows_its_defaults(files, capsys, tmp_path):
-    from tinygrad_char.config import build_parser
+    from tinygrad_char.training.config import build_parser
 
     config = tmp_path / "run.json"
     config.write_text('{"n_layer": 7, "activation": "relu"}')

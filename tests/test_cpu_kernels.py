@@ -1,5 +1,5 @@
-"""The numba CPU kernels (tinygrad_char/cpu_kernels/) against their xp twins, the dispatch
-of kernels.select_ops for modes "cpu" and "auto", and the package without numba.
+"""The numba CPU kernels (tinygrad_char/fused/cpu/) against their xp twins, the dispatch
+of dispatch.select_ops for modes "cpu" and "auto", and the package without numba.
 
 Every kernel runs on awkward shapes (T = 1, T = block_size, C not a multiple of the 8-float
 vector width, V = 1 and a large V, ignored targets, logits near +-1000), forward and
@@ -24,9 +24,10 @@ import sys
 import numpy as np
 import pytest
 
-from tinygrad_char import activations, attention, cross_entropy, embedding, kernels, layernorm
+from tinygrad_char.ops import activations, attention, cross_entropy, embedding, layernorm
+from tinygrad_char.fused import cuda as kernels, dispatch
 from tinygrad_char import optim
-from tinygrad_char.cpu_kernels import CpuCache, numba_available
+from tinygrad_char.fused.cpu import CpuCache, numba_available
 from tinygrad_char.model import GPT, GPTConfig
 
 from conftest import REPO
@@ -39,14 +40,14 @@ BLOCK_SIZE = 64  # the T = block_size case of the tests below
 
 
 def cpu():
-    from tinygrad_char.cpu_kernels import _jit, adamw, attention as k_att  # noqa: F401
-    from tinygrad_char.cpu_kernels import cross_entropy as k_ce, embedding as k_emb
-    from tinygrad_char.cpu_kernels import gelu as k_gelu, layernorm as k_ln
+    from tinygrad_char.fused.cpu import _jit, adamw, attention as k_att  # noqa: F401
+    from tinygrad_char.fused.cpu import cross_entropy as k_ce, embedding as k_emb
+    from tinygrad_char.fused.cpu import gelu as k_gelu, layernorm as k_ln
     return _jit, adamw, k_att, k_ce, k_emb, k_gelu, k_ln
 
 
 def cpu_more():
-    from tinygrad_char.cpu_kernels import dropout as k_drop, linear as k_lin
+    from tinygrad_char.fused.cpu import dropout as k_drop, linear as k_lin
     return k_lin, k_drop
 
 
@@ -57,7 +58,7 @@ def kernel_builds(request, monkeypatch):
     lookups the twin); "all-parallel", every call through the parallel builds on a pool of
     two threads (the row blocks and partial sums change with the count). The pool is put
     back as it was."""
-    from tinygrad_char import cpu_kernels
+    from tinygrad_char.fused import cpu as cpu_kernels
 
     _jit, k_emb = cpu()[0], cpu()[4]
     k_lin = cpu_more()[0]
@@ -372,7 +373,7 @@ def test_position_embedding_kernel(B, T, C, start, dtype):
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7, 33), (2, BLOCK_SIZE, 128)])
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
 def test_dropout_kernel_draws_and_applies_the_twins_mask(shape, p, dtype):
-    from tinygrad_char import dropout
+    from tinygrad_char.ops import dropout
 
     k_drop = cpu_more()[1]
     x = randn(np.random.default_rng(12), shape, dtype)
@@ -395,7 +396,7 @@ def test_dropout_kernel_draws_and_applies_the_twins_mask(shape, p, dtype):
                                              ((3, 7, 128), 512), ((5, 16), 1)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_kernel(shape_in, n_out, bias, dtype, monkeypatch):
-    from tinygrad_char import linear
+    from tinygrad_char.ops import linear
 
     k_lin = cpu_more()[0]
     monkeypatch.setattr(k_lin, "SMALL", 0)  # the kernel on the tiny shapes too
@@ -472,7 +473,7 @@ def test_set_threads_gives_the_pool_the_cores_and_blas_one_thread():
     from threadpoolctl import threadpool_info
 
     import numba
-    from tinygrad_char import cpu_kernels
+    from tinygrad_char.fused import cpu as cpu_kernels
 
     before = cpu_kernels.threads()
     try:
@@ -493,7 +494,7 @@ def test_few_rows_gives_blas_the_threads_and_the_kernels_one_for_a_block():
     from threadpoolctl import threadpool_info
 
     import numba
-    from tinygrad_char import cpu_kernels
+    from tinygrad_char.fused import cpu as cpu_kernels
 
     if cpu_kernels.cores() < 2 or numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs 2 cores: with one there is nothing to move between the pools")
@@ -557,17 +558,17 @@ def test_cpu_adamw_matches_optim_adamw(dtype, weight_decay):
 # == dispatch ==================================================================================
 
 def test_select_ops_cpu_uses_the_kernels():
-    from tinygrad_char import cpu_kernels
+    from tinygrad_char.fused import cpu as cpu_kernels
 
-    ops = kernels.select_ops("cpu")
+    ops = dispatch.select_ops("cpu")
     assert ops.mode == "cpu"
     for name, op in cpu_kernels.ops().items():
         assert getattr(ops, name) is op, f"select_ops('cpu').{name} is not the CPU kernel"
-    assert ops.swiglu_forward is kernels.select_ops("xp").swiglu_forward  # no kernel
+    assert ops.swiglu_forward is dispatch.select_ops("xp").swiglu_forward  # no kernel
 
 
 def test_select_ops_auto_runs_cpu_kernels_on_numpy():
-    ops = kernels.select_ops("auto")
+    ops = dispatch.select_ops("auto")
     assert ops.mode == "auto"
     x = np.ones((2, 3, 8), np.float32)
     _, cache = ops.layernorm_forward(x, np.ones(8, np.float32), np.zeros(8, np.float32))
@@ -577,18 +578,18 @@ def test_select_ops_auto_runs_cpu_kernels_on_numpy():
     # float16 (mixed precision) has no kernel: the twin runs
     _, cache = ops.gelu_forward(np.ones((2, 4), np.float16))
     assert isinstance(cache, tuple)
-    from tinygrad_char.cpu_kernels.adamw import CpuAdamW
+    from tinygrad_char.fused.cpu.adamw import CpuAdamW
 
     assert isinstance(ops.AdamW({"w": np.ones((2, 2), np.float32)}), CpuAdamW)
 
 
 def test_select_ops_rejects_unknown_mode_listing_the_choices():
     with pytest.raises(ValueError, match="auto.*xp.*fused.*cpu"):
-        kernels.select_ops("numba")
+        dispatch.select_ops("numba")
 
 
 def test_train_config_defaults_to_auto_and_accepts_cpu():
-    from tinygrad_char.config import TrainConfig
+    from tinygrad_char.training.config import TrainConfig
     from tinygrad_char.model import ConfigError
 
     assert TrainConfig().kernels == "auto"
@@ -620,7 +621,7 @@ def test_model_gradients_with_default_kernels_match_xp(variant):
 
 
 def test_model_trains_the_same_with_cpu_kernels():
-    from tinygrad_char.train import clip_and_step
+    from tinygrad_char.training.train import clip_and_step
 
     cfg = GPTConfig(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.1)
     rng = np.random.default_rng(12)
@@ -644,15 +645,15 @@ import sys
 sys.modules["numba"] = None  # import numba now raises ImportError
 import numpy as np
 import tinygrad_char
-from tinygrad_char import kernels
+from tinygrad_char.fused import cuda as kernels, dispatch
 from tinygrad_char.backend import BackendError
 from tinygrad_char.model import GPT, GPTConfig
-from tinygrad_char.train import clip_and_step
-ops = kernels.select_ops("auto")
+from tinygrad_char.training.train import clip_and_step
+ops = dispatch.select_ops("auto")
 assert ops.layernorm_forward(np.ones((2, 4), np.float32), np.ones(4, np.float32))[1].__class__ \
     is tuple, "auto without numba must run the xp ops"
 try:
-    kernels.select_ops("cpu")
+    dispatch.select_ops("cpu")
     raise SystemExit("select_ops('cpu') without numba did not raise")
 except BackendError as e:
     assert "numba" in str(e) and "--kernels xp" in str(e), str(e)

@@ -1,4 +1,4 @@
-"""Compiling the CPU kernels ahead (tinygrad_char/cpu_kernels/warm.py): what it compiles
+"""Compiling the CPU kernels ahead (tinygrad_char/fused/cpu/warm.py): what it compiles
 covers a training step, and the background helper starts only when it can help.
 
 Each check runs in a subprocess with its own empty NUMBA_CACHE_DIR (numba reads it when it
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tinygrad_char.cpu_kernels import numba_available
+from tinygrad_char.fused.cpu import numba_available
 
 from conftest import REPO
 
@@ -20,11 +20,11 @@ pytestmark = pytest.mark.skipif(not numba_available(),
 
 STEP_COMPILES_NOTHING = """
 import numpy as np
-from tinygrad_char import cpu_kernels
-from tinygrad_char.cpu_kernels import (adamw, attention, cross_entropy, dropout, embedding,
-                                       gelu, layernorm, linear)
+from tinygrad_char.fused import cpu as cpu_kernels
+from tinygrad_char.fused.cpu import (adamw, attention, cross_entropy, dropout, embedding, gelu,
+                                     layernorm, linear)
 from tinygrad_char.model import GPT, GPTConfig
-from tinygrad_char.train import clip_and_step
+from tinygrad_char.training.train import clip_and_step
 
 cpu_kernels.set_threads(2)
 # one small model (the serial builds) and one above _jit.SERIAL_BELOW (the parallel ones)
@@ -48,7 +48,7 @@ print("compiled:", ",".join(compiled) or "nothing")
 
 HELPER_RULES = """
 import os
-from tinygrad_char.cpu_kernels import warm
+from tinygrad_char.fused.cpu import warm
 
 assert not warm.cache_is_warm(), "the cache of this fresh NUMBA_CACHE_DIR is warm"
 assert warm.start_in_background(1) is None, "started without a spare core"
@@ -69,7 +69,7 @@ def run(code, cache_dir, **env):
 
 
 def test_warm_leaves_a_training_step_nothing_to_compile(tmp_path):
-    warmed = subprocess.run([sys.executable, "-m", "tinygrad_char.cpu_kernels.warm"],
+    warmed = subprocess.run([sys.executable, "-m", "tinygrad_char.fused.cpu.warm"],
                             capture_output=True, text=True, cwd=REPO, timeout=300,
                             env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path),
                                  "TINYGRAD_CHAR_COMPILE_AHEAD": "0"})

@@ -1,4 +1,4 @@
-"""Tests for tinygrad_char.data: loading WikiText-2 and text files, the packaged sample
+"""Tests for tinygrad_char.training.data: loading WikiText-2 and text files, the packaged sample
 text and the fallback to it, splits, batches.
 
 The real files live in ../shared/data beside the repository (never copied into it):
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tinygrad_char.data as data_module
-from tinygrad_char.config import TrainConfig, load_config_file
+import tinygrad_char.training.data as data_module
+from tinygrad_char.training.config import TrainConfig, load_config_file
 from tinygrad_char.model import ConfigError
-from tinygrad_char.data import (SAMPLE_FILE, DataError, count_eval_targets, eval_batches,
-                                get_batch, load_sample_text, load_text, load_wikitext2,
-                                prepare_sample_text, prepare_text, prepare_wikitext2)
+from tinygrad_char.training.data import (SAMPLE_FILE, DataError, count_eval_targets, eval_batches,
+                                         get_batch, load_sample_text, load_text, load_wikitext2,
+                                         prepare_sample_text, prepare_text, prepare_wikitext2)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WIKI_DIR = SHARED_DATA / "wikitext-2-raw"
@@ -499,7 +499,7 @@ def test_eval_batches_rejects_a_split_with_no_pairs():
 
 
 def test_windows_cut_at_the_starts_equal_get_batch():
-    from tinygrad_char.data import batch_starts, windows
+    from tinygrad_char.training.data import batch_starts, windows
 
     ids = np.arange(100) * 3
     starts = batch_starts(len(ids), 5, 8, np.random.default_rng(4))

@@ -1,4 +1,4 @@
-"""Data-parallel training (tinygrad_char.distributed) on real `mpiexec -n 2` runs over
+"""Data-parallel training (tinygrad_char.training.distributed) on real `mpiexec -n 2` runs over
 loopback: two ranks train the same parameters as one process on the same global batches
 (float64, 1e-10 relative), --grad-accum equals the unsplit batch, a run resumes exactly on
 2 ranks and on 1, rank 0 alone writes the metrics, a killed rank ends the job within
@@ -24,12 +24,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SHAKESPEARE, quiet, read_safetensors, tiny_train_config
-from tinygrad_char.checkpoint import load_checkpoint, load_training_state, train_state_path
-from tinygrad_char.data import prepare_text
-from tinygrad_char.distributed import SingleProcess, connect, launched_world, split_rows
+from tinygrad_char.training.checkpoint import (load_checkpoint, load_training_state,
+                                               train_state_path)
+from tinygrad_char.training.data import prepare_text
+from tinygrad_char.training.distributed import SingleProcess, connect, launched_world, split_rows
 from tinygrad_char.model import ConfigError
 from tinygrad_char.optim import AdamW
-from tinygrad_char.train import train
+from tinygrad_char.training.train import train
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep
                        + os.environ.get("PATH", ""))
@@ -149,7 +150,7 @@ def test_the_rank_watcher_names_the_first_rank_to_die(story, expected):
     """The watcher (rank_watch.py, as rank 0 starts it) with two fake ranks on sockets:
     a connection that closes without "done" or "abort" is a rank that died; only the first
     is named, on one line."""
-    from tinygrad_char import rank_watch
+    from tinygrad_char.training import rank_watch
 
     proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -183,7 +184,7 @@ def watched_pair(hang):
     """The watcher (as rank 0 starts it, hang time `hang`) with two fake ranks connected,
     introduced and inside collective 1. Rank 0's pid is a stand-in process (the watcher
     kills rank 0 to end a job). Yields (watcher, [conn0, conn1], stand-in)."""
-    from tinygrad_char import rank_watch
+    from tinygrad_char.training import rank_watch
 
     rank0 = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     proc = subprocess.Popen([sys.executable, rank_watch.__file__, "2", str(hang)],
@@ -245,7 +246,7 @@ def test_the_rank_watcher_names_a_rank_that_falls_silent():
                                             ("abc", None), ("-1", None), ("inf", None),
                                             ("nan", None), ("", None)])
 def test_the_hang_time_is_read_from_the_environment_or_refused(monkeypatch, text, expected):
-    from tinygrad_char import rank_watch
+    from tinygrad_char.training import rank_watch
 
     if text is None:
         monkeypatch.delenv("TINYGRAD_CHAR_HANG_SECONDS", raising=False)
@@ -262,7 +263,7 @@ def test_the_hang_time_is_read_from_the_environment_or_refused(monkeypatch, text
 def test_a_rank_that_cannot_reach_the_watcher_runs_unwatched():
     """connect() to a port nobody listens on returns the reason (rank 0 prints it as a
     note) instead of raising, and say() is then a no-op."""
-    from tinygrad_char import rank_watch
+    from tinygrad_char.training import rank_watch
 
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
@@ -293,8 +294,8 @@ def test_each_rank_and_micro_batch_draws_its_own_dropout_masks():
     """With dropout, rank r's micro-batch m is seeded share_seed(step seed, r * K + m): the
     ranks' weighted gradients add up to running those shares by hand."""
     from tinygrad_char import GPT, GPTConfig
-    from tinygrad_char.distributed import share_seed
-    from tinygrad_char.train import forward_backward
+    from tinygrad_char.training.distributed import share_seed
+    from tinygrad_char.training.train import forward_backward
 
     cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.3)
     rng = np.random.default_rng(0)
@@ -540,7 +541,7 @@ stream = types.SimpleNamespace(synchronize=lambda: synced.append(1))
 cupy.cuda = types.SimpleNamespace(get_current_stream=lambda: stream)
 sys.modules["cupy"] = cupy
 
-from tinygrad_char.distributed import MPIWorld
+from tinygrad_char.training.distributed import MPIWorld
 world = MPIWorld()
 r = world.rank
 shapes = {"transformer.h.0.w": (3, 2), "transformer.h.1.w": (4,), "transformer.wte.weight": (5, 2)}
@@ -566,7 +567,7 @@ def test_a_second_world_in_one_process_keeps_the_first_watcher(tmp_path):
     drop its first watcher connection: that watcher would report the rank as dead."""
     script = tmp_path / "two_worlds.py"
     script.write_text("import time\n"
-                      "from tinygrad_char.distributed import MPIWorld\n"
+                      "from tinygrad_char.training.distributed import MPIWorld\n"
                       "first, second = MPIWorld(), MPIWorld()\n"
                       "second.allreduce_sum(1.0)\n"
                       "time.sleep(0.5)\n"
@@ -653,7 +654,7 @@ def test_a_rank_that_fails_alone_ends_the_job(text, tmp_path):
 def test_workers_is_retired_with_a_pointer_to_mpiexec(workers):
     """--workers N (shared-memory processes on one machine) gave way to mpiexec -n N: the
     same split measured within a few percent of it (benchmarks/results/scaling.md)."""
-    from tinygrad_char.config import TrainConfig
+    from tinygrad_char.training.config import TrainConfig
 
     with pytest.raises(ConfigError, match=(r"workers must be|--workers was replaced by MPI "
                                            r"ranks.*mpiexec -n")):

@@ -1,4 +1,4 @@
-"""The export direction (tinygrad_char.nanogpt and its torch half,
+"""The export direction (tinygrad_char.interop.nanogpt and its torch half,
 examples/nanogpt_torch.py) and examples/export_nanogpt.py: our checkpoint to nanoGPT's
 ckpt.pt + meta.pkl, loaded back three ways: by our importer (the round trip
 gives the same parameters, vocabulary, unknown id, config and step), by the nanoGPT twin
@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from tinygrad_char import GPT, GPTConfig
-from tinygrad_char.checkpoint import load_checkpoint, save_checkpoint
-from tinygrad_char.cli import run_cli
+from tinygrad_char.training.checkpoint import load_checkpoint, save_checkpoint
+from tinygrad_char.training.cli import run_cli
 from tinygrad_char.model import init_params
-from tinygrad_char.nanogpt import (ConversionError, GeluApproximationWarning, exact_gelu,
-                                   read_meta, to_nanogpt, to_ours)
-from tinygrad_char.tokenizer import UNK_CHAR, CharTokenizer
+from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWarning, exact_gelu,
+                                           read_meta, to_nanogpt, to_ours)
+from tinygrad_char.training.tokenizer import UNK_CHAR, CharTokenizer
 
 from conftest import REPO
 
@@ -132,8 +132,8 @@ def test_refuses_what_nanogpt_cannot_compute(overrides, match):
 
 
 def test_module_does_not_import_torch():
-    code = ("import sys, tinygrad_char.nanogpt, tinygrad_char\n"
-            "assert 'torch' not in sys.modules, 'tinygrad_char.nanogpt imported torch'\n"
+    code = ("import sys, tinygrad_char.interop.nanogpt, tinygrad_char\n"
+            "assert 'torch' not in sys.modules, 'tinygrad_char.interop.nanogpt imported torch'\n"
             f"sys.path.insert(0, {str(REPO / 'examples')!r})\n"
             "import nanogpt_torch\n"
             "assert 'torch' not in sys.modules, 'nanogpt_torch imported torch at load'")

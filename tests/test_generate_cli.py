@@ -16,11 +16,11 @@ import sys
 import pytest
 
 from conftest import CUPY_MISSING, DATA, REPO, gpu
-from tinygrad_char.checkpoint import load_checkpoint
-from tinygrad_char.data import prepare_text
-from tinygrad_char.sampling import generate_text
-from tinygrad_char.config import TrainConfig
-from tinygrad_char.train import train
+from tinygrad_char.training.checkpoint import load_checkpoint
+from tinygrad_char.training.data import prepare_text
+from tinygrad_char.inference.sampling import generate_text
+from tinygrad_char.training.config import TrainConfig
+from tinygrad_char.training.train import train
 
 GENERATE = str(REPO / "examples" / "generate.py")
 SEPARATOR = "-" * 40

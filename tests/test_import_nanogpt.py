@@ -1,4 +1,4 @@
-"""The import direction (tinygrad_char.nanogpt and its torch half,
+"""The import direction (tinygrad_char.interop.nanogpt and its torch half,
 examples/nanogpt_torch.py) and examples/import_nanogpt.py, against the nanoGPT twin of
 nanogpt_twin.py: models saved the way nanoGPT's train.py and prepare.py save (torch.save
 of {'model', 'model_args', ...} plus a pickled meta.pkl), converted, loaded with
@@ -18,10 +18,11 @@ import warnings
 import numpy as np
 import pytest
 
-from tinygrad_char.checkpoint import load_checkpoint
-from tinygrad_char.cli import run_cli
-from tinygrad_char.nanogpt import (ConversionError, GeluApproximationWarning, check_output_file,
-                                   exact_gelu, import_state, read_meta, to_ours)
+from tinygrad_char.training.checkpoint import load_checkpoint
+from tinygrad_char.training.cli import run_cli
+from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWarning,
+                                           check_output_file, exact_gelu, import_state, read_meta,
+                                           to_ours)
 
 from conftest import REPO
 
@@ -109,7 +110,7 @@ def test_bad_meta_is_one_clear_error(tmp_path, what, match):
 def _state(args):
     """A nanoGPT state dict of the right shapes (NumPy), tied head."""
     from tinygrad_char.model import init_params
-    from tinygrad_char.nanogpt import nanogpt_config
+    from tinygrad_char.interop.nanogpt import nanogpt_config
 
     params = init_params(nanogpt_config(args, "gelu"))
     params["lm_head.weight"] = params["transformer.wte.weight"]

@@ -1,4 +1,4 @@
-"""The fused CUDA kernels (kernels/*.cu, wrapped by tinygrad_char/kernels.py) against their
+"""The fused CUDA kernels (kernels/*.cu, wrapped by tinygrad_char/fused/cuda.py) against their
 xp twins, in three layers that fail loudly:
 
 1. Compile: every .cu compiles with nvcc for sm_80 and sm_90 (where nvcc exists) and with
@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_char import activations, attention, cross_entropy, embedding, kernels, layernorm
+from tinygrad_char.ops import activations, attention, cross_entropy, embedding, layernorm
+from tinygrad_char.fused import cuda as kernels, dispatch
 from tinygrad_char import optim
 from tinygrad_char.backend import BackendError
 
@@ -377,25 +378,25 @@ def test_fused_adamw(kxp, weight_decay):
 # == dispatch and fallbacks (anywhere) =====================================================
 
 def test_kernels_module_imports_without_cupy():
-    code = "import sys, tinygrad_char.kernels; sys.exit('cupy' in sys.modules)"
+    code = "import sys, tinygrad_char.fused.cuda; sys.exit('cupy' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, f"importing tinygrad_char.kernels imported CuPy: {done.stderr}"
+    assert done.returncode == 0, f"importing tinygrad_char.fused.cuda imported CuPy: {done.stderr}"
 
 
 def test_select_ops_xp_is_the_op_modules():
-    ops = kernels.select_ops("xp")
+    ops = dispatch.select_ops("xp")
     assert ops.mode == "xp"
     assert ops.layernorm_forward is layernorm.layernorm_forward
     assert ops.attention_backward is attention.attention_backward
     assert ops.cross_entropy_forward is cross_entropy.cross_entropy_forward
     assert ops.embedding_backward is embedding.embedding_backward
     assert ops.AdamW is optim.AdamW
-    assert set(kernels._fused_ops()) <= set(vars(ops)), "a fused op has no xp twin"
+    assert set(dispatch._fused_ops()) <= set(vars(ops)), "a fused op has no xp twin"
 
 
 def test_select_ops_xp_runs_on_numpy():
     """A tiny attention block through the namespace, forward and backward, on NumPy."""
-    ops = kernels.select_ops("xp")
+    ops = dispatch.select_ops("xp")
     rng = np.random.default_rng(7)
     B, T, C, NH, V = 2, 5, 8, 2, 11
     idx, targets = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
@@ -421,20 +422,20 @@ def test_select_ops_xp_runs_on_numpy():
 @pytest.mark.skipif(CUPY_MISSING is None, reason="a GPU works here: 'fused' is available")
 def test_select_ops_fused_without_gpu_names_the_fix():
     with pytest.raises(BackendError, match="--kernels xp"):
-        kernels.select_ops("fused")
+        dispatch.select_ops("fused")
 
 
 @gpu
 @pytest.mark.gpu
 def test_select_ops_fused_on_gpu():
-    ops = kernels.select_ops("fused")
+    ops = dispatch.select_ops("fused")
     assert ops.mode == "fused" and ops.layernorm_forward is kernels.layernorm_forward
-    assert set(vars(ops)) == set(vars(kernels.select_ops("xp")))
+    assert set(vars(ops)) == set(vars(dispatch.select_ops("xp")))
 
 
 def test_select_ops_rejects_unknown_mode():
     with pytest.raises(ValueError, match="xp"):
-        kernels.select_ops("cuda")
+        dispatch.select_ops("cuda")
 
 
 def test_wrappers_fall_back_to_twins_where_no_kernel_runs():

@@ -133,7 +133,7 @@ def test_tied_embedding_gets_both_uses():
     grads = model.backward()
     # the head's share alone: the gradient of sum(logits * dlogits) w.r.t. the head weight
     logits, _ = model.forward(idx, targets)
-    from tinygrad_char.cross_entropy import cross_entropy_backward, cross_entropy_forward
+    from tinygrad_char.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
     _, ce_cache = cross_entropy_forward(logits, targets)
     dlogits = cross_entropy_backward(1.0, ce_cache)
     x_final = model._caches["head"][0]

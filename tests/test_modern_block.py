@@ -16,16 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinygrad_char import GPT, GPTConfig
-from tinygrad_char.activations import (erf, gelu_exact_backward, gelu_exact_forward,
-                                       swiglu_backward, swiglu_forward)
-from tinygrad_char.attention import (attention_forward, cached_attention_forward,
-                                     gqa_attention_backward, gqa_attention_forward,
-                                     split_heads)
+from tinygrad_char.ops.activations import (erf, gelu_exact_backward, gelu_exact_forward,
+                                           swiglu_backward, swiglu_forward)
+from tinygrad_char.ops.attention import (attention_forward, cached_attention_forward,
+                                         gqa_attention_backward, gqa_attention_forward,
+                                         split_heads)
 from tinygrad_char.gradcheck import check_model, check_op
-from tinygrad_char.layernorm import rmsnorm_backward, rmsnorm_forward
+from tinygrad_char.ops.layernorm import rmsnorm_backward, rmsnorm_forward
 from tinygrad_char.model import param_shapes, xp_only_parts
-from tinygrad_char.rope import rope_backward, rope_forward, rope_tables
-from tinygrad_char.sampling import KVCache
+from tinygrad_char.ops.rope import rope_backward, rope_forward, rope_tables
+from tinygrad_char.inference.sampling import KVCache
 
 from conftest import HYP, REPO, TOL, assert_grads, randn, to_np
 
@@ -433,8 +433,8 @@ def test_matches_pytorch_autograd_float64(new, old):
 # -- checkpoints and the command line -------------------------------------------------------
 
 def test_checkpoint_carries_the_new_options(tmp_path):
-    from tinygrad_char.checkpoint import load_checkpoint, save_checkpoint
-    from tinygrad_char.tokenizer import CharTokenizer
+    from tinygrad_char.training.checkpoint import load_checkpoint, save_checkpoint
+    from tinygrad_char.training.tokenizer import CharTokenizer
 
     cfg = config(pos_encoding="rope", rope_base=500.0, normalization="rmsnorm",
                  activation="swiglu", n_head=4, n_kv_head=2, vocab_size=5)
@@ -451,7 +451,7 @@ def test_checkpoint_carries_the_new_options(tmp_path):
 
 
 def test_train_flags_and_presets_reach_the_model_config():
-    from tinygrad_char.config import ConfigError, build_parser, resolve_config
+    from tinygrad_char.training.config import ConfigError, build_parser, resolve_config
 
     presets = str(REPO / "examples" / "configs")
     parser = build_parser("t", presets)

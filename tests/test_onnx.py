@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tinygrad_char import GPT, GPTConfig
-from tinygrad_char.checkpoint import save_checkpoint
-from tinygrad_char.sampling import generate, generate_text
-from tinygrad_char.tokenizer import CharTokenizer
+from tinygrad_char.training.checkpoint import save_checkpoint
+from tinygrad_char.inference.sampling import generate, generate_text
+from tinygrad_char.training.tokenizer import CharTokenizer
 
 from conftest import TOL
 
@@ -19,8 +19,8 @@ onnx = pytest.importorskip("onnx", reason="onnx not installed: the export needs 
                                           '(pip install "tinygrad-char[onnx]")')
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: the comparison "
                                                 'needs it (pip install "tinygrad-char[onnx]")')
-from tinygrad_char.onnx_export import (OnnxModel, export_onnx, load_for_sampling,  # noqa: E402
-                                       load_onnx, save_onnx)
+from tinygrad_char.interop.onnx_export import (  # noqa: E402
+    OnnxModel, export_onnx, load_for_sampling, load_onnx, save_onnx)
 
 VARIANTS = list(itertools.product(["learned", "sinusoidal"], ["pre", "post"],
                                   ["gelu", "relu"], [True, False], [True, False]))

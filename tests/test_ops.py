@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinygrad_char.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
-from tinygrad_char.attention import attention_backward, attention_forward
-from tinygrad_char.cross_entropy import cross_entropy_backward, cross_entropy_forward
-from tinygrad_char.dropout import dropout_backward, dropout_forward
-from tinygrad_char.embedding import (embedding_backward, embedding_forward,
-                                     position_embedding_backward, position_embedding_forward,
-                                     sinusoidal_encoding)
+from tinygrad_char.ops.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
+from tinygrad_char.ops.attention import attention_backward, attention_forward
+from tinygrad_char.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
+from tinygrad_char.ops.dropout import dropout_backward, dropout_forward
+from tinygrad_char.ops.embedding import (embedding_backward, embedding_forward,
+                                         position_embedding_backward, position_embedding_forward,
+                                         sinusoidal_encoding)
 from tinygrad_char.gradcheck import check_op
-from tinygrad_char.layernorm import layernorm_backward, layernorm_forward
-from tinygrad_char.linear import linear_backward, linear_forward
+from tinygrad_char.ops.layernorm import layernorm_backward, layernorm_forward
+from tinygrad_char.ops.linear import linear_backward, linear_forward
 
 from conftest import HYP, assert_grads, randn, to_np
 

@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-import tinygrad_char.train as train_module
+import tinygrad_char.training.train as train_module
 from tinygrad_char import GPT
 from tinygrad_char.backend import BackendError
 from tinygrad_char.model import ConfigError, GPTConfig
 from tinygrad_char.optim import clip_grad_norm
-from tinygrad_char.precision import LossScaler, dtypes, set_tf32
-from tinygrad_char.train import train
+from tinygrad_char.training.precision import LossScaler, dtypes, set_tf32
+from tinygrad_char.training.train import train
 
 from conftest import gpu, interrupt_at, quiet, tiny_train_config, to_np
 
@@ -172,7 +172,7 @@ def test_float16_resume_restores_the_loss_scaler(shakespeare_20k, tmp_path, monk
         (whole["skipped_steps"], whole["loss_scale"])
     from safetensors import safe_open
 
-    from tinygrad_char.checkpoint import train_state_path
+    from tinygrad_char.training.checkpoint import train_state_path
 
     for run in ("full", "cut"):
         path = tmp_path / run / "ckpt.safetensors"

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from tinygrad_char import GPT, GPTConfig
-from tinygrad_char.attention import cached_attention_forward
-from tinygrad_char.sampling import KVCache, generate, generate_text, sample_next
-from tinygrad_char.tokenizer import CharTokenizer
+from tinygrad_char.ops.attention import cached_attention_forward
+from tinygrad_char.inference.sampling import KVCache, generate, generate_text, sample_next
+from tinygrad_char.training.tokenizer import CharTokenizer
 
 from conftest import TOL, gpu, to_np
 
@@ -411,7 +411,7 @@ def test_cupy_forward_cached_and_generate_match():
 
 @pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -0.5])
 def test_sampling_refuses_a_temperature_it_cannot_use(temperature):
-    from tinygrad_char.sampling import check_sampling_args
+    from tinygrad_char.inference.sampling import check_sampling_args
 
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         check_sampling_args(temperature, None, None)

@@ -25,9 +25,9 @@ import numpy as np
 import pytest
 
 from tinygrad_char import GPT, GPTConfig
-from tinygrad_char.checkpoint import save_checkpoint
-from tinygrad_char.sampling import generate_text
-from tinygrad_char.tokenizer import CharTokenizer
+from tinygrad_char.training.checkpoint import save_checkpoint
+from tinygrad_char.inference.sampling import generate_text
+from tinygrad_char.training.tokenizer import CharTokenizer
 
 from conftest import REPO
 
@@ -35,7 +35,7 @@ pytest.importorskip("fastapi", reason='fastapi not installed (pip install '
                                       '"tinygrad-char[serve]")')
 uvicorn = pytest.importorskip("uvicorn", reason='uvicorn not installed (pip install '
                                                 '"tinygrad-char[serve]")')
-from tinygrad_char.serve import create_app  # noqa: E402
+from tinygrad_char.inference.serve import create_app  # noqa: E402
 
 CHARS = "\n !',.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 LIMIT = 300  # the server's max_new_tokens_limit in these tests
@@ -330,7 +330,7 @@ def test_onnx_model_is_served(tmp_path):
     """create_app over an OnnxModel: the no-cache path, same greedy text as NumPy."""
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed (the extra onnx)")
     pytest.importorskip("onnx", reason="onnx not installed (the extra onnx)")
-    from tinygrad_char.onnx_export import load_onnx, save_onnx
+    from tinygrad_char.interop.onnx_export import load_onnx, save_onnx
 
     model, tokenizer = make_model()
     path = str(tmp_path / "m.onnx")
@@ -350,8 +350,8 @@ def test_onnx_model_is_served(tmp_path):
 
 def test_package_imports_without_fastapi():
     code = ("import sys; sys.modules['fastapi'] = None; sys.modules['onnx'] = None; "
-            "sys.modules['onnxruntime'] = None; import tinygrad_char, tinygrad_char.serve, "
-            "tinygrad_char.onnx_export; print('ok')")
+            "sys.modules['onnxruntime'] = None; import tinygrad_char, tinygrad_char.inference.serve, "
+            "tinygrad_char.interop.onnx_export; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

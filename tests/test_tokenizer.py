@@ -1,4 +1,4 @@
-"""Tests for tinygrad_char.tokenizer: ids, round trips, unknown characters, serialisation.
+"""Tests for tinygrad_char.training.tokenizer: ids, round trips, unknown characters, serialisation.
 
 Includes a timing check on the real WikiText-2 validation file (1.1 MB), found in
 ../shared/data beside the repository; that one test is skipped only if the file is absent.
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_char.tokenizer import UNK_CHAR, CharTokenizer
+from tinygrad_char.training.tokenizer import UNK_CHAR, CharTokenizer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 WIKI_VALID = SHARED_DATA / "wikitext-2-raw" / "wiki.valid.raw"

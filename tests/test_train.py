@@ -1,4 +1,4 @@
-"""Tests for tinygrad_char.train at the library level: exact resume after Ctrl-C, what an
+"""Tests for tinygrad_char.training.train at the library level: exact resume after Ctrl-C, what an
 interrupted run leaves behind, divergence (NonFiniteLoss) leaving the last good checkpoint
 untouched, resume refusing another architecture or vocabulary, evaluate() against a
 hand computation, the metrics log and loss curve, and a model that actually learns.
@@ -18,15 +18,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import tinygrad_char.train as train_module
+import tinygrad_char.training.train as train_module
 from conftest import (TOL, interrupt_at, quiet, read_safetensors,
                       shakespeare_prefix, tiny_train_config)
 from tinygrad_char import GPT, AdamW, GPTConfig
-from tinygrad_char.checkpoint import load_checkpoint, load_training_state, train_state_path
-from tinygrad_char.data import CharData, prepare_text
+from tinygrad_char.training.checkpoint import (load_checkpoint, load_training_state,
+                                               train_state_path)
+from tinygrad_char.training.data import CharData, prepare_text
 from tinygrad_char.model import ConfigError
-from tinygrad_char.tokenizer import CharTokenizer
-from tinygrad_char.train import NonFiniteLoss, evaluate, plot_losses, train
+from tinygrad_char.training.tokenizer import CharTokenizer
+from tinygrad_char.training.train import NonFiniteLoss, evaluate, plot_losses, train
 
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory):
@@ -323,8 +324,8 @@ def test_each_step_trains_on_get_batch_of_its_step_seed(shakespeare, tmp_path, m
     """The loop cuts its batches from starts drawn a log interval ahead; step s's batch is
     exactly get_batch(train split, B, T, default_rng(step_seed(seed, s))), whatever the log
     interval (so runs and resumes see the same data on every backend)."""
-    from tinygrad_char.data import get_batch
-    from tinygrad_char.train import step_seed
+    from tinygrad_char.training.data import get_batch
+    from tinygrad_char.training.train import step_seed
 
     seen = []
     real_windows = train_module.windows

@@ -17,7 +17,7 @@ not an autograd: it only evaluates the functions you give it.
 
 import numpy as np
 
-from .backend import get_array_module
+from tinygrad_char.backend import get_array_module
 
 
 def rel_error(analytic, numeric):

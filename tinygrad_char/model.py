@@ -26,7 +26,7 @@ One forward serves training and generation: `forward(idx, kv_cache=cache)` runs 
 new positions (absolute positions offset by the cache's length) against the keys and
 values a `sampling.KVCache` holds, with the same block code.
 
-Fused kernels (kernels.select_ops) cover the GPT-2 block, and the CPU kernels grouped-query
+Fused kernels (dispatch.select_ops) cover the GPT-2 block, and the CPU kernels grouped-query
 attention (n_kv_head < n_head) too. RMSNorm, RoPE, SwiGLU, the exact GELU and sliding-window
 attention (sequences past block_size) always run on the xp ops of this package; a model
 asked for other kernels logs which parts fall back, once (`xp_only_parts`).
@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import attention, rope
-from .backend import get_backend
-from .embedding import sinusoidal_encoding
-from .kernels import select_ops
+from tinygrad_char.ops import attention, rope
+from tinygrad_char.backend import get_backend
+from tinygrad_char.ops.embedding import sinusoidal_encoding
+from tinygrad_char.fused.dispatch import select_ops
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class GPT:
     fused kernels for the arrays at hand, numba on NumPy when it imports, CUDA on CuPy),
     "xp" (the ops of this package), "cpu" (the numba kernels of cpu_kernels/) or "fused"
     (the CUDA kernels of kernels/; GPU only), each falling back to the xp op where it has
-    no kernel (kernels.select_ops);
+    no kernel (dispatch.select_ops);
     compute_dtype: None, or "float16" for mixed precision (precision.py): the matmuls,
     attention and GELU run in float16 on a float16 copy of the float32 `params`, while the
     embeddings, the residual stream, LayerNorm and the cross-entropy stay float32.
@@ -226,7 +226,7 @@ class GPT:
         self.config = config
         self.backend = get_backend(backend, seed)
         # the op functions: the xp pairs of this package, or fused kernels (numba, CUDA)
-        # where one exists; decided in one place, kernels.select_ops
+        # where one exists; decided in one place, dispatch.select_ops
         self.ops = select_ops(kernels)
         self.xp = self.backend.xp
         self.dtype = dtype

@@ -5,7 +5,7 @@ All three work on the model's flat dicts (name -> array); nothing here knows abo
 
 import math
 
-from .backend import get_array_module
+from tinygrad_char.backend import get_array_module
 
 
 def decays(name, param):

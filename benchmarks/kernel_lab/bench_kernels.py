@@ -1,4 +1,4 @@
-"""Validate, then time, every fused kernel (tinygrad_char/kernels.py) against its xp twin
+"""Validate, then time, every fused kernel (tinygrad_char/fused/cuda.py) against its xp twin
 on a CUDA GPU, and append one JSON line per measurement to benchmarks/results/kernels.jsonl.
 
     python benchmarks/kernel_lab/bench_kernels.py                     # GPT-2-small-ish shapes
@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tinygrad_char import (attention, cross_entropy, embedding, kernels,  # noqa: E402
-                           layernorm, optim)
+from tinygrad_char.ops import attention, cross_entropy, embedding, layernorm  # noqa: E402
+from tinygrad_char.fused import cuda as kernels  # noqa: E402
+from tinygrad_char import optim  # noqa: E402
 from tinygrad_char.backend import BackendError, get_backend  # noqa: E402
 from tinygrad_char.model import GPTConfig, param_shapes  # noqa: E402
 

@@ -15,7 +15,7 @@ turns into NaN in the result.
 What it is not: a GPU. It checks the kernels' logic (indices, tiling, causal masks,
 barriers, reductions) and nothing about the memory model, warp timing, NVRTC, register
 or shared-memory limits, or speed. The GPU tests in tests/test_kernels.py stay the oracle;
-tinygrad_char/kernels.py is exercised here by pointing its `_launch` at `launch` below.
+tinygrad_char/fused/cuda.py is exercised here by pointing its `_launch` at `launch` below.
 """
 
 import ctypes
@@ -147,7 +147,7 @@ _MODULES = {}
 
 
 def launch(kernels_dir, file, name, grid, block, args):
-    """Drop-in for tinygrad_char.kernels._launch (with the folder bound): runs on the CPU."""
+    """Drop-in for tinygrad_char.fused.cuda._launch (with the folder bound): runs on the CPU."""
     key = (str(kernels_dir), file)
     if key not in _MODULES:
         _MODULES[key] = EmulatedModule(Path(kernels_dir) / file)

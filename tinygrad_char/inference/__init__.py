@@ -1,0 +1,1 @@
+"""Generating text from a trained model: sampling with a KV cache, and the HTTP server."""

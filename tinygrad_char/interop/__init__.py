@@ -1,0 +1,1 @@
+"""Moving models in and out: ONNX export, and nanoGPT checkpoint import and export."""

@@ -1,0 +1,47 @@
+"""Softmax cross-entropy over the vocabulary, fused (softmax and log-loss in one op)."""
+
+from tinygrad_char.backend import get_array_module
+
+IGNORE_INDEX = -1  # targets equal to this do not count (as PyTorch's ignore_index=-1)
+
+
+def cross_entropy_forward(logits, targets):
+    """loss = mean over valid positions n of  -log softmax(logits[n])[targets[n]].
+
+    Computed stably as  logsumexp(z) - z[target]  with z = logits - max(logits).
+    Args:
+        logits: (N, V) or (B, T, V) scores.
+        targets: (N,) or (B, T) integer ids; -1 marks a position to ignore.
+    Returns:
+        loss: a 0-d array (0.0 when every target is ignored).
+        cache: (probs (N, V), safe targets (N,) with ignored ones set to 0, valid (N,)
+            bool, n_valid (0-d, at least 1), the logits' shape) for the backward.
+    """
+    xp = get_array_module(logits)
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V) - logits.reshape(-1, V).max(axis=-1, keepdims=True)  # (N, V)
+    flat_t = targets.reshape(-1)  # (N,)
+    valid = flat_t != IGNORE_INDEX  # (N,)
+    safe_t = xp.where(valid, flat_t, 0)  # any in-range id; masked out below
+    n_valid = xp.maximum(valid.sum(), 1)  # a 0-d array: no host sync on the GPU
+    z_target = xp.take_along_axis(z, safe_t[:, None], axis=1)[:, 0]  # (N,)
+    probs = xp.exp(z, out=z)  # (N, V), reuses z's buffer
+    sum_exp = probs.sum(axis=-1)  # (N,)
+    nll = xp.log(sum_exp) - z_target  # (N,)
+    loss = (nll * valid).sum() / n_valid.astype(nll.dtype)
+    probs /= sum_exp[:, None]
+    return loss, (probs, safe_t, valid, n_valid, logits.shape)
+
+
+def cross_entropy_backward(dloss, cache):
+    """dlogits = dloss * (softmax(logits) - onehot(target)) / n_valid, zero on ignored rows.
+
+    From loss_n = logsumexp(z) - z[t]:  d loss_n / d z_j = p_j - [j == t].
+    Returns dlogits with the shape of the forward's logits.
+    """
+    probs, safe_t, valid, n_valid, shape = cache
+    xp = get_array_module(probs)
+    dlogits = probs.copy()  # (N, V)
+    dlogits[xp.arange(probs.shape[0]), safe_t] -= 1.0
+    dlogits *= (valid * (dloss / n_valid)).astype(probs.dtype)[:, None]
+    return dlogits.reshape(shape)
