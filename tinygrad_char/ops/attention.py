@@ -74,12 +74,12 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True, window=
     hs = C3 // 3 // n_head
     scale = 1.0 / math.sqrt(hs)
     q, k, v = split_heads(qkv, n_head, n_head)  # (B, NH, T, hs) each
-    scores = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, NH, T, T)
-    scores = scores + causal_mask_bias(T, xp, scores.dtype, window)  # (T, T) broadcast
+    att = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, NH, T, T): S
+    att = att + causal_mask_bias(T, xp, att.dtype, window)  # (T, T), broadcast
     # stable softmax over the keys: subtracting the row max changes nothing mathematically
     # but keeps exp() from overflowing; a query always sees its own key, so the max is finite
-    e = xp.exp(scores - scores.max(axis=-1, keepdims=True))
-    att = e / e.sum(axis=-1, keepdims=True)  # P, (B, NH, T, T)
+    att = xp.exp(att - att.max(axis=-1, keepdims=True))
+    att = att / att.sum(axis=-1, keepdims=True)  # P, (B, NH, T, T)
     drop = None
     att_used = att
     if training and dropout > 0.0:
@@ -96,12 +96,12 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True, window=
 def attention_backward(dy, cache):
     """Gradients with respect to qkv.
 
-    Forward, per head:  S = q k^T * s,  P = softmax(S + mask),  A = P * drop,  y = A v.
+    Forward, per head:  S = q k^T * scale,  P = softmax(S + mask),  A = P * drop,  y = A v.
         dA = dy v^T,    dv = A^T dy
         dP = dA * drop
         dS = P * (dP - rowsum(dP * P))     softmax backward: dS_ij = P_ij (dP_ij - sum_k dP_ik P_ik)
                                            (masked entries have P = 0, so they get no gradient)
-        dq = dS k * s,  dk = dS^T q * s
+        dq = dS k * scale,  dk = dS^T q * scale
     Args: dy (B, T, C). Returns dqkv (B, T, 3C): dq, dk, dv stacked as qkv.
     """
     q, k, v, att, drop, scale = cache
@@ -115,7 +115,7 @@ def attention_backward(dy, cache):
         datt = datt * drop  # dP
     dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))  # dS, (B, NH, T, T)
     dq = (dscores @ k) * scale  # (B, NH, T, hs)
-    dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale  # (B, NH, T, hs): dS^T q * s
+    dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale  # (B, NH, T, hs): dS^T q * scale
     return xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)],
                           axis=-1)  # (B, T, 3C)
 
