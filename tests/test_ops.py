@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinygrad_char.ops.activations import gelu_backward, gelu_forward, relu_backward, relu_forward
-from tinygrad_char.ops.attention import attention_backward, attention_forward
+from tinygrad_char.ops.attention import (attention_backward, attention_forward,
+                                         causal_mask_bias)
 from tinygrad_char.ops.cross_entropy import cross_entropy_backward, cross_entropy_forward
 from tinygrad_char.ops.dropout import dropout_backward, dropout_forward
 from tinygrad_char.ops.embedding import (embedding_backward, embedding_forward,
@@ -57,6 +58,14 @@ def naive_gelu(x):
 
 
 # -- linear --------------------------------------------------------------------------------
+
+def test_linear_bias_gradient_accumulates_float16_in_float32(xp):
+    """db sums 4096 rows: a float16 running sum would stop at 2048 (1 is below its spacing)."""
+    x, W = xp.zeros((4096, 3), np.float16), xp.zeros((2, 3), np.float16)
+    _, cache = linear_forward(x, W, xp.zeros(2, np.float16))
+    db = linear_backward(xp.ones((4096, 2), np.float16), cache)[2]
+    assert db.dtype == np.float16 and np.all(to_np(db) == 4096), to_np(db)
+
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear(xp, bias):
@@ -165,7 +174,7 @@ def test_attention_properties(B, T, NH, hs, seed):
     rng = np.random.default_rng(seed)
     qkv = rng.standard_normal((B, T, 3 * NH * hs)) * 2
     y, cache = attention_forward(qkv, NH)
-    att = cache[3].transpose(0, 1, 3, 2)  # (B, NH, T, T) probabilities (stored transposed)
+    att = cache[3]  # (B, NH, T, T) probabilities, rows queries
     np.testing.assert_allclose(att.sum(axis=-1), 1.0, rtol=1e-12)
     assert np.all(att[..., np.triu_indices(T, k=1)[0], np.triu_indices(T, k=1)[1]] == 0)
     # causality: changing the last position changes nothing before it
@@ -182,7 +191,7 @@ def test_attention_large_scores_stable(xp):
     qkv[0, :, 0] = 1000.0  # q
     qkv[0, :, 2] = xp.asarray([1.0, -1.0, 1.0])  # k: scores of +-1000/sqrt(2)
     y, cache = attention_forward(qkv, 1)
-    assert np.all(np.isfinite(to_np(y))) and np.all(np.isfinite(to_np(cache[3])))  # P^T
+    assert np.all(np.isfinite(to_np(y))) and np.all(np.isfinite(to_np(cache[3])))  # P
 
 
 def test_attention_dropout_backward(xp):
@@ -193,6 +202,31 @@ def test_attention_dropout_backward(xp):
         return attention_forward(a, 2, dropout=0.3, rng=xp.random.default_rng(0))
 
     assert_grads("attention+dropout", check_op(fwd, attention_backward, [qkv]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_attention_dropout_mask_is_the_key_major_draw(dtype):
+    """The mask of query t and key s is uniform[b, h, s, t] >= p for one (B, NH, T, T)
+    draw: the order the CPU kernel reads, so a seed gives the same dropped entries there,
+    here, and in every earlier run of that seed."""
+    B, NH, T, hs, p = 2, 3, 5, 4, 0.3
+    qkv = np.random.default_rng(11).standard_normal((B, T, 3 * NH * hs)).astype(dtype)
+    _, cache = attention_forward(qkv, NH, dropout=p, rng=np.random.default_rng(12))
+    uniform = np.random.default_rng(12).random((B, NH, T, T), dtype=dtype)
+    want = np.zeros((B, NH, T, T), dtype)
+    for b, h, t, s in np.ndindex(B, NH, T, T):
+        want[b, h, t, s] = (uniform[b, h, s, t] >= p) / (1 - p)
+    np.testing.assert_array_equal(cache[4], want, err_msg="attention dropout mask moved")
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, 9])
+def test_causal_mask_bias(xp, window):
+    T = 6
+    mask = to_np(causal_mask_bias(T, xp, "float32", window))
+    assert mask.shape == (T, T) and mask.dtype == np.float32
+    for t, s in np.ndindex(T, T):
+        visible = s <= t and (window is None or t - s < window)
+        assert mask[t, s] == (0.0 if visible else -np.inf), (window, t, s, mask[t, s])
 
 
 # -- activations ----------------------------------------------------------------------------
@@ -299,7 +333,13 @@ def test_ops_do_not_modify_inputs(xp):
     x, W, b = randn(xp, rng, 2, 3, 6), randn(xp, rng, 6, 6), randn(xp, rng, 6)
     qkv = randn(xp, rng, 2, 3, 18)
     logits, targets = randn(xp, rng, 4, 5), xp.asarray([0, 1, -1, 4])
+    idx = xp.asarray([[0, 5, 5], [1, 0, 5]])
     cases = [
+        (lambda: embedding_forward(idx, W), embedding_backward),
+        (lambda: position_embedding_forward(x, W, 1), position_embedding_backward),
+        (lambda: dropout_forward(x, 0.5, xp.random.default_rng(0)), dropout_backward),
+        (lambda: attention_forward(qkv, 2, dropout=0.5, rng=xp.random.default_rng(0)),
+         attention_backward),
         (lambda: linear_forward(x, W, b), linear_backward),
         (lambda: layernorm_forward(x, W[0], b), layernorm_backward),
         (lambda: attention_forward(qkv, 2), attention_backward),
@@ -308,11 +348,11 @@ def test_ops_do_not_modify_inputs(xp):
         (lambda: cross_entropy_forward(logits, targets), cross_entropy_backward),
     ]
     for fwd, bwd in cases:
-        before = [to_np(a).copy() for a in (x, W, b, qkv, logits, targets)]
+        before = [to_np(a).copy() for a in (x, W, b, qkv, logits, targets, idx)]
         out, cache = fwd()
         dout = xp.ones_like(out)
         dout_before = to_np(dout).copy()
         bwd(dout, cache)
-        for a, ref in zip((x, W, b, qkv, logits, targets), before):
+        for a, ref in zip((x, W, b, qkv, logits, targets, idx), before):
             np.testing.assert_array_equal(to_np(a), ref)
         np.testing.assert_array_equal(to_np(dout), dout_before)

@@ -32,25 +32,6 @@ def get_array_module(*arrays):
     return np
 
 
-CPU_BLOCK_ELEMENTS = 1 << 16  # 256 KiB of float32: a block and its temporaries stay in L2
-
-
-def row_blocks(a):
-    """Slices of the leading axis of a 2-D array, for elementwise chains run block by block.
-
-    On the CPU each NumPy ufunc is one pass over memory; a chain of them over a (768, 512)
-    activation streams 1.5 MB per pass through the caches. Run over row blocks of about
-    CPU_BLOCK_ELEMENTS, the chain's later passes read what the earlier ones left in L2
-    (GELU forward on (12, 64, 512) float32: 0.78 ms whole, 0.54 ms in blocks). On the GPU
-    one block: each ufunc is a kernel launch, and blocks would only multiply them.
-    """
-    n_rows, row_len = a.shape
-    if get_array_module(a) is not np:
-        return [slice(0, n_rows)]
-    step = max(1, CPU_BLOCK_ELEMENTS // max(row_len, 1))
-    return [slice(i, min(i + step, n_rows)) for i in range(0, n_rows, step)]
-
-
 def _cupy_or_error():
     """Import CuPy and touch the device; raise one BackendError saying what is missing."""
     fix = 'install the GPU extra (pip install "tinygrad-char[cuda12]", or [cuda13] for ' \

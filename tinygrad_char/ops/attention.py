@@ -6,6 +6,10 @@ This op is the middle of the attention block: `c_attn` (a linear) produces qkv, 
 mixes positions, `c_proj` (a linear) follows. The (B, NH, T, T) attention matrix is kept
 for the backward, so memory grows with T^2; the fused GPU kernel (kernels/attention.cu,
 online softmax) is the one that avoids it.
+
+Shapes: B batch, T time, NH query heads, NKV key/value heads (NH without grouped-query
+attention), hs head size, C = NH hs. Every (T, T) matrix has queries t as rows and keys s
+as columns. dtype: float32 (float64 for checks, float16 in mixed precision).
 """
 
 import math
@@ -13,116 +17,6 @@ import math
 from tinygrad_char.backend import get_array_module
 from tinygrad_char.ops.dropout import uniform_dtype
 
-
-def column_sum(a):
-    """Sums over axis -2, keeping it: (..., S, T) -> (..., 1, T).
-
-    A batched matrix-vector product with a row of ones: BLAS gemv is much faster than
-    NumPy's reduction over a strided axis ((12, 4, 64, 64) float32: a.sum(axis=-2) 66 us,
-    ones @ a 10 us). Same numbers up to rounding.
-    """
-    xp = get_array_module(a)
-    return xp.ones((1, a.shape[-2]), dtype=a.dtype) @ a
-
-
-def causal_mask_bias(T, xp, dtype):
-    """(T, T) additive mask: 0 on and below the diagonal, -inf above (the future)."""
-    return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
-
-
-def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True, window=None):
-    """y = merge_heads(softmax(mask(q k^T / sqrt(hs))) v)
-
-    The probabilities are computed and kept transposed, P^T[s, t] = P[t, s] (key s, query
-    t), so that every softmax reduction runs over axis -2, and the backward needs no copy of
-    a (T, T) matrix. Both are NumPy speed facts, measured at B=12, NH=4, T=64, hs=32:
-    a max over the last axis of (B, NH, T, T) takes 0.31 ms, over axis -2 0.07 ms; and the
-    stacked matmul calls BLAS only when its *second* operand has a contiguous last axis
-    (q @ k^T on a transposed view: 14 ms at T=128, on a contiguous copy 0.9 ms), while a
-    transposed view as the *first* operand costs nothing extra.
-
-    Args:
-        qkv: (B, T, 3C), q, k and v stacked in that order along the last axis.
-        n_head: NH; head size hs = C / NH.
-        dropout, rng, training: dropout on the attention probabilities (as nanoGPT's
-            attn_dropout), with the model's seeded generator.
-        window: None (causal), or W: sliding-window attention, a banded mask where query t
-            sees the keys t - W < s <= t (the W most recent positions, itself included).
-    Returns:
-        y: (B, T, C)
-        cache: (q * scale, k, v, P^T, mask^T, scale) for the backward: q, k, v are
-            (B, NH, T, hs), P^T the (B, NH, T, T) transposed probabilities, mask^T the
-            scaled dropout mask (same layout) or None.
-    """
-    xp = get_array_module(qkv)
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // n_head
-    scale = 1.0 / math.sqrt(hs)
-    # (B, NH, T, hs) each, contiguous copies
-    q, k, v = (xp.ascontiguousarray(a) for a in split_heads(qkv, n_head, n_head))
-    q *= scale  # scaled here: q is smaller than the (T, T) scores
-    att_t = k @ xp.ascontiguousarray(q.transpose(0, 1, 3, 2))  # (B, NH, T, T): S^T = k q^T s
-    # the mask in the same transposed layout, built contiguous: adding a transposed view
-    # instead took 1.2 ms against 0.25 ms at B=16, NH=6, T=128
-    att_t += xp.tril(xp.full((T, T), -xp.inf, dtype=att_t.dtype), k=-1)  # key s > query t
-    if window is not None and window < T:
-        att_t += xp.triu(xp.full((T, T), -xp.inf, dtype=att_t.dtype), k=window)  # s <= t - W
-    # stable softmax over the keys (axis -2): subtracting the max changes nothing
-    # mathematically but keeps exp() from overflowing; a query always sees its own key,
-    # so every max is finite.
-    att_t -= att_t.max(axis=-2, keepdims=True)
-    xp.exp(att_t, out=att_t)
-    att_t *= 1.0 / column_sum(att_t)  # one reciprocal per query
-    mask_t = None
-    att_used_t = att_t
-    if training and dropout > 0.0:
-        uniform = rng.random(att_t.shape, dtype=uniform_dtype(att_t.dtype))
-        mask_t = (uniform >= dropout).astype(att_t.dtype)
-        mask_t *= 1.0 / (1.0 - dropout)
-        att_used_t = att_t * mask_t
-    # y = P v, written straight into the merged-heads layout (B, T, NH, hs) through a
-    # transposed view: BLAS accepts the strided output, and no merge copy follows
-    y = xp.empty((B, T, n_head, hs), dtype=qkv.dtype)
-    xp.matmul(att_used_t.transpose(0, 1, 3, 2), v, out=y.transpose(0, 2, 1, 3))
-    return y.reshape(B, T, C), (q, k, v, att_t, mask_t, scale)
-
-
-def attention_backward(dy, cache):
-    """Gradients with respect to qkv.
-
-    Forward, per head:  S = q k^T * s,  P = softmax(S + mask),  A = P * drop,  y = A v.
-        dA = dy v^T,    dv = A^T dy
-        dP = dA * drop
-        dS = P * (dP - rowsum(dP * P))     softmax backward: dS_ij = P_ij (dP_ij - sum_k dP_ik P_ik)
-                                           (masked entries have P = 0, so they get no gradient)
-        dq = dS k * s,  dk = dS^T q * s
-    Computed in the forward's transposed layout (dP^T, dS^T; the row sums become sums
-    over axis -2). Args: dy (B, T, C). Returns dqkv (B, T, 3C).
-    """
-    q_scaled, k, v, att_t, mask_t, scale = cache
-    xp = get_array_module(dy)
-    B, NH, T, hs = q_scaled.shape
-    dy_h = xp.ascontiguousarray(dy.reshape(B, T, NH, hs).transpose(0, 2, 1, 3))  # (B, NH, T, hs)
-    att_used_t = att_t if mask_t is None else att_t * mask_t
-    # the gradients are written through a (3, B, NH, T, hs) view of a (B, T, 3, NH, hs)
-    # buffer, which is dqkv's own layout: no final transpose copy
-    dqkv = xp.empty((B, T, 3, NH, hs), dtype=dy.dtype)
-    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)  # each (B, NH, T, hs), strided views
-    xp.matmul(att_used_t, dy_h, out=dv)  # dv = A^T dy
-    datt_t = v @ xp.ascontiguousarray(dy_h.transpose(0, 1, 3, 2))  # (B, NH, T, T): dA^T = v dy^T
-    if mask_t is not None:
-        datt_t *= mask_t  # dP^T
-    dscores_t = datt_t
-    dscores_t -= column_sum(datt_t * att_t)  # rowsum(dP * P), in the transposed layout
-    dscores_t *= att_t  # dS^T, the gradient of the scaled scores S = q k^T * s
-    xp.matmul(dscores_t.transpose(0, 1, 3, 2), k, out=dq)  # dS k
-    dq *= scale  # dq = dS k * s
-    xp.matmul(dscores_t, q_scaled, out=dk)  # dk = dS^T (q * s)
-    return dqkv.reshape(B, T, 3 * NH * hs)  # (B, T, 3C)
-
-
-# -- grouped-query attention -----------------------------------------------------------------
 
 def split_heads(qkv, n_head, n_kv_head):
     """q, k, v of the packed qkv, as (B, H, T, hs) views (H = NH for q, NKV for k and v).
@@ -134,6 +28,99 @@ def split_heads(qkv, n_head, n_kv_head):
     return (heads[:, :n_head], heads[:, n_head:n_head + n_kv_head],
             heads[:, n_head + n_kv_head:])
 
+
+def merge_heads(a):
+    """The inverse of split_heads for one of q, k, v: (B, H, T, hs) -> (B, T, H hs), head h
+    in columns h hs .. (h + 1) hs - 1. A new array."""
+    B, H, T, hs = a.shape
+    return a.transpose(0, 2, 1, 3).reshape(B, T, H * hs)  # (B, T, H hs)
+
+
+def causal_mask_bias(T, xp, dtype, window=None):
+    """(T, T) additive mask, rows queries t, columns keys s: 0 where query t sees key s,
+    -inf elsewhere. Causal: s <= t. With a window W (sliding-window attention) also
+    s > t - W: the W most recent positions, t itself included."""
+    t = xp.arange(T)[:, None]  # (T, 1) query positions
+    s = xp.arange(T)[None, :]  # (1, T) key positions
+    visible = s <= t  # (T, T)
+    if window is not None:
+        visible &= s > t - window
+    return xp.where(visible, 0.0, -xp.inf).astype(dtype)  # (T, T)
+
+
+def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True, window=None):
+    """y = merge_heads(softmax(q k^T / sqrt(hs) + mask) v), per batch row and head.
+
+        S = q k^T / sqrt(hs)           scores, (T, T) per head
+        P = softmax(S + mask)          over the keys s (the last axis); mask: causal_mask_bias
+        A = P * drop                   attention dropout (identity when off)
+        y = A v                        (T, hs) per head, then the heads side by side
+
+    Args:
+        qkv: (B, T, 3C), q, k and v stacked in that order along the last axis.
+        n_head: NH; head size hs = C / NH.
+        dropout, rng, training: dropout on the attention probabilities (as nanoGPT's
+            attn_dropout), with the model's seeded generator.
+        window: None (causal), or W: sliding-window attention, a banded mask where query t
+            sees the keys t - W < s <= t (the W most recent positions, itself included).
+    Returns:
+        y: (B, T, C), qkv's dtype.
+        cache: (q, k, v, P, drop, scale) for the backward: q, k, v (B, NH, T, hs) views of
+            qkv, P the (B, NH, T, T) probabilities, drop the scaled dropout mask (B, NH, T, T)
+            or None, scale = 1 / sqrt(hs).
+    """
+    xp = get_array_module(qkv)
+    B, T, C3 = qkv.shape
+    hs = C3 // 3 // n_head
+    scale = 1.0 / math.sqrt(hs)
+    q, k, v = split_heads(qkv, n_head, n_head)  # (B, NH, T, hs) each
+    att = (q @ k.transpose(0, 1, 3, 2)) * scale  # (B, NH, T, T): S
+    att = att + causal_mask_bias(T, xp, att.dtype, window)  # (T, T), broadcast
+    # stable softmax over the keys: subtracting the row max changes nothing mathematically
+    # but keeps exp() from overflowing; a query always sees its own key, so the max is finite
+    att = xp.exp(att - att.max(axis=-1, keepdims=True))
+    att = att / att.sum(axis=-1, keepdims=True)  # P, (B, NH, T, T)
+    drop = None
+    att_used = att
+    if training and dropout > 0.0:
+        # the uniforms are drawn key-major, (B, NH, key s, query t), and read transposed: the
+        # order the CPU kernel reads them in, so both drop the same entries for one seed
+        uniform = rng.random(att.shape, dtype=uniform_dtype(att.dtype))
+        uniform = uniform.transpose(0, 1, 3, 2)  # (B, NH, T, T), rows queries
+        drop = (uniform >= dropout).astype(att.dtype) * (1.0 / (1.0 - dropout))
+        att_used = att * drop  # A
+    y = att_used @ v  # (B, NH, T, hs)
+    return merge_heads(y), (q, k, v, att, drop, scale)  # (B, T, C)
+
+
+def attention_backward(dy, cache):
+    """Gradients with respect to qkv.
+
+    Forward, per head:  S = q k^T * scale,  P = softmax(S + mask),  A = P * drop,  y = A v.
+        dA = dy v^T,    dv = A^T dy
+        dP = dA * drop
+        dS = P * (dP - rowsum(dP * P))     softmax backward: dS_ij = P_ij (dP_ij - sum_k dP_ik P_ik)
+                                           (masked entries have P = 0, so they get no gradient)
+        dq = dS k * scale,  dk = dS^T q * scale
+    Args: dy (B, T, C). Returns dqkv (B, T, 3C): dq, dk, dv stacked as qkv.
+    """
+    q, k, v, att, drop, scale = cache
+    xp = get_array_module(dy)
+    B, NH, T, hs = q.shape
+    dy_h = dy.reshape(B, T, NH, hs).transpose(0, 2, 1, 3)  # (B, NH, T, hs)
+    att_used = att if drop is None else att * drop  # A, recomputed rather than cached
+    dv = att_used.transpose(0, 1, 3, 2) @ dy_h  # (B, NH, T, hs): A^T dy
+    datt = dy_h @ v.transpose(0, 1, 3, 2)  # (B, NH, T, T): dA = dy v^T
+    if drop is not None:
+        datt = datt * drop  # dP
+    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))  # dS, (B, NH, T, T)
+    dq = (dscores @ k) * scale  # (B, NH, T, hs)
+    dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale  # (B, NH, T, hs): dS^T q * scale
+    return xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)],
+                          axis=-1)  # (B, T, 3C)
+
+
+# -- grouped-query attention -----------------------------------------------------------------
 
 def gqa_attention_forward(qkv, n_head, n_kv_head, dropout=0.0, rng=None, training=True,
                           window=None):
@@ -170,16 +157,12 @@ def repeat_kv_heads(qkv, n_head, n_kv_head):
     layout, C = NH hs: query head h keeps its place, key/value head j is repeated for the
     G = NH / NKV query heads h = j G .. j G + G - 1 of its group."""
     xp = get_array_module(qkv)
-    B, T, width = qkv.shape
-    hs = width // (n_head + 2 * n_kv_head)
     G = n_head // n_kv_head
-    C, Ckv = n_head * hs, n_kv_head * hs
-    packed = xp.empty((B, T, 3, n_kv_head, G, hs), dtype=qkv.dtype)  # the (B, T, 3C) layout
-    packed[:, :, 0] = qkv[:, :, :C].reshape(B, T, n_kv_head, G, hs)  # q: head h = j G + g
-    # k and v: kv head j, broadcast over the G query heads g of its group
-    packed[:, :, 1] = qkv[:, :, C:C + Ckv].reshape(B, T, n_kv_head, 1, hs)
-    packed[:, :, 2] = qkv[:, :, C + Ckv:].reshape(B, T, n_kv_head, 1, hs)
-    return packed.reshape(B, T, 3 * C)
+    q, k, v = split_heads(qkv, n_head, n_kv_head)  # (B, NH, T, hs), (B, NKV, T, hs) twice
+    k = xp.repeat(k, G, axis=1)  # (B, NH, T, hs): head h is k head h // G
+    v = xp.repeat(v, G, axis=1)  # (B, NH, T, hs)
+    return xp.concatenate([merge_heads(q), merge_heads(k), merge_heads(v)],
+                          axis=-1)  # (B, T, 3C)
 
 
 def sum_repeated_kv_grads(dpacked, n_head, n_kv_head):
@@ -187,14 +170,13 @@ def sum_repeated_kv_grads(dpacked, n_head, n_kv_head):
     of dk_h over the G query heads h of group j (v alike); dq passes through.
     Args: dpacked (B, T, 3C), C = NH hs. Returns dqkv (B, T, (NH + 2 NKV) hs)."""
     xp = get_array_module(dpacked)
-    B, T, C3 = dpacked.shape
-    C = C3 // 3
-    hs, G = C // n_head, n_head // n_kv_head
-    dpacked = dpacked.reshape(B, T, 3, n_kv_head, G, hs)
-    dqkv = xp.empty((B, T, C + 2 * n_kv_head * hs), dtype=dpacked.dtype)
-    dqkv[:, :, :C] = dpacked[:, :, 0].reshape(B, T, C)
-    dqkv[:, :, C:] = dpacked[:, :, 1:].sum(axis=4).reshape(B, T, 2 * n_kv_head * hs)
-    return dqkv
+    G = n_head // n_kv_head
+    dq, dk, dv = split_heads(dpacked, n_head, n_head)  # (B, NH, T, hs) each
+    B, _, T, hs = dq.shape
+    dk = dk.reshape(B, n_kv_head, G, T, hs).sum(axis=2)  # (B, NKV, T, hs)
+    dv = dv.reshape(B, n_kv_head, G, T, hs).sum(axis=2)  # (B, NKV, T, hs)
+    return xp.concatenate([merge_heads(dq), merge_heads(dk), merge_heads(dv)],
+                          axis=-1)  # (B, T, (NH + 2 NKV) hs)
 
 
 # -- new queries over cached keys (generation; forward only) ----------------------------------

@@ -1,4 +1,9 @@
-"""Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p)."""
+"""Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
+
+Shapes: any, e.g. (B, T, C) on the residual stream; the mask has x's shape and dtype.
+The mask is one uniform draw of x's shape from the model's generator, so the same
+generator state drops the same elements.
+"""
 
 
 def uniform_dtype(dtype):
@@ -26,5 +31,6 @@ def dropout_forward(x, p, rng, training=True):
 
 
 def dropout_backward(dy, cache):
-    """dx = dy * mask / (1 - p): the same mask the forward used."""
+    """dx = dy * mask / (1 - p): the same mask the forward used. Args: dy, x's shape.
+    Returns dx, same shape (dy itself when nothing was dropped)."""
     return dy if cache is None else dy * cache

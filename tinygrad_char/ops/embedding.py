@@ -1,14 +1,13 @@
 """Token embedding, learned positional embedding, and fixed sinusoidal positions.
 
 The token embedding's backward is a scatter-add of rows. `dW[idx] += dout` would
-silently drop repeated ids, so it is written as a one-hot matmul:
-dW = onehot(idx).T @ dout. Measured with benchmarks/bench_embedding_backward.py on two
-cores (NumPy 2.4, OpenBLAS SkylakeX): for V=65 it is the fastest exact method at every size
-(N=768, C=128: one-hot 0.13 ms, sort+reduceat 0.14, np.add.at 0.68, np.bincount 0.67;
-N=8192, C=384: one-hot 3.0 ms, add.at 21.6, bincount 19.5); for V=283 it is fastest at
-N=8192 (8.4 ms against bincount's 16.5) and within 1.5x of the best below that (N=2048:
-1.25 ms against sort+reduceat's 0.85). It is one readable line, and deterministic on the
-GPU (no atomics), so it stays.
+silently drop repeated ids, so it is written as a one-hot matmul,
+dW = onehot(idx).T @ dout: one line that sums repeated ids, deterministic on the GPU (no
+atomics). Other scatter-adds (np.add.at, bincount, sort + reduceat) are compared in
+benchmarks/bench_embedding_backward.py (benchmarks/results/embedding_backward.md).
+
+Shapes: idx (B, T) integer ids in [0, V); W (V, C) for tokens, (block_size, C) for
+positions; activations (B, T, C). dtype: float32 (float64 for checks).
 """
 
 import math
@@ -26,26 +25,20 @@ def embedding_forward(idx, W):
         out: (B, T, C)
         cache: (idx, V)
     """
-    xp = get_array_module(W)
-    # take(axis=0) rather than W[idx]: the same rows, and NumPy's take has a row-copy loop
-    # that fancy indexing lacks (768 x 128 floats: 3.7 us against 7.4; 2048 x 192: 22 us
-    # against 31, two-core EPYC, NumPy 2.4)
-    return xp.take(W, idx, axis=0), (idx, W.shape[0])
+    return W[idx], (idx, W.shape[0])  # (B, T, C)
 
 
 def embedding_backward(dout, cache):
     """dW[v] = sum of dout[b, t] over every (b, t) with idx[b, t] == v.
 
     Written as onehot(idx).T @ dout, which sums repeated ids correctly.
-    Args: dout (B, T, C). Returns dW (V, C).
+    Args: dout (B, T, C). Returns dW (V, C), dout's dtype.
     """
     idx, V = cache
     xp = get_array_module(dout)
-    C = dout.shape[-1]
-    flat_idx = idx.reshape(-1)  # (N,)
-    onehot = xp.zeros((flat_idx.size, V), dtype=dout.dtype)  # (N, V)
-    onehot[xp.arange(flat_idx.size), flat_idx] = 1
-    return onehot.T @ dout.reshape(-1, C)  # (V, C)
+    flat_idx = idx.reshape(-1)  # (N,), N = B T
+    onehot = (flat_idx[:, None] == xp.arange(V)).astype(dout.dtype)  # (N, V): [idx[n] == v]
+    return onehot.T @ dout.reshape(-1, dout.shape[-1])  # (V, C)
 
 
 def position_embedding_forward(x, W, start=0):
@@ -68,8 +61,8 @@ def position_embedding_backward(dout, cache):
     """
     shape, start = cache
     xp = get_array_module(dout)
-    dW = xp.zeros(shape, dtype=dout.dtype)
-    dW[start:start + dout.shape[1]] = dout.sum(axis=0)
+    dW = xp.zeros(shape, dtype=dout.dtype)  # (block_size, C)
+    dW[start:start + dout.shape[1]] = dout.sum(axis=0)  # (T, C)
     return dW
 
 

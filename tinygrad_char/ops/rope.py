@@ -11,6 +11,10 @@ q'.k' = q . R(s - t) k: the scores depend on the offset t - s only. There are no
 parameters; the values v are not rotated.
 
 Not here: the attention itself (attention.py), or interleaved-pair layouts (GPT-J).
+
+Shapes: B batch, T time, NH query heads, NKV key/value heads, hs head size (even); the
+tables (T, hs/2). dtype: float32 (float64 for checks, float16 in mixed precision); the
+tables are computed in float64 and cast.
 """
 
 from tinygrad_char.backend import get_array_module
@@ -30,22 +34,21 @@ def rope_tables(start, stop, head_size, base, xp, dtype="float32"):
 
 
 def _rotate(qkv, cos, sin, n_head, n_kv_head):
-    """qkv with its q and k heads turned by (cos, sin); v copied unchanged."""
+    """qkv with its q and k heads turned by (cos, sin), per pair (x[i], x[i + hs/2]):
+    x'[i] = x[i] cos - x[i + hs/2] sin,  x'[i + hs/2] = x[i + hs/2] cos + x[i] sin;
+    the v heads unchanged. A new array, qkv's shape and dtype."""
     xp = get_array_module(qkv)
     B, T, width = qkv.shape
-    n_heads = n_head + 2 * n_kv_head
-    hs = width // n_heads
+    n_rot = n_head + n_kv_head  # the q heads, then the k heads; the v heads follow
+    hs = width // (n_rot + n_kv_head)
     half = hs // 2
-    heads = qkv.reshape(B, T, n_heads, hs)  # (B, T, NH + 2 NKV, hs)
-    out = xp.empty_like(heads)
-    n_rot = n_head + n_kv_head  # q heads then k heads; v is the rest
-    c = cos[:, None, :].astype(qkv.dtype, copy=False)  # (T, 1, hs/2), broadcast over heads
-    s = sin[:, None, :].astype(qkv.dtype, copy=False)
+    heads = qkv.reshape(B, T, n_rot + n_kv_head, hs)  # (B, T, NH + 2 NKV, hs)
     x1, x2 = heads[:, :, :n_rot, :half], heads[:, :, :n_rot, half:]  # (B, T, NH+NKV, hs/2)
-    out[:, :, :n_rot, :half] = x1 * c - x2 * s
-    out[:, :, :n_rot, half:] = x2 * c + x1 * s
-    out[:, :, n_rot:] = heads[:, :, n_rot:]  # v
-    return out.reshape(B, T, width)
+    c = cos[:, None, :].astype(qkv.dtype, copy=False)  # (T, 1, hs/2), broadcast over heads
+    s = sin[:, None, :].astype(qkv.dtype, copy=False)  # (T, 1, hs/2)
+    rotated = xp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)  # (B,T,NH+NKV,hs)
+    out = xp.concatenate([rotated, heads[:, :, n_rot:]], axis=2)  # (B, T, NH + 2 NKV, hs)
+    return out.reshape(B, T, width)  # (B, T, (NH + 2 NKV) hs)
 
 
 def rope_forward(qkv, cos, sin, n_head, n_kv_head):
