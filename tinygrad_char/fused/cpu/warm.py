@@ -30,6 +30,8 @@ def exercises(B, T, C, NH, V):
     """(name, fn) pairs in training-step order; fn calls one op's kernels (forward and
     backward) on float32 inputs of these sizes, with the types training passes them."""
     from tinygrad_char.fused.cpu import ops as kernel_ops
+    from tinygrad_char.fused.cpu import rmsnorm, rope, swiglu
+    from tinygrad_char.ops.rope import rope_tables
 
     ops = kernel_ops()
     rng = np.random.default_rng(0)
@@ -64,14 +66,19 @@ def exercises(B, T, C, NH, V):
                                  ops["dropout_backward"], x())),
         ("layernorm", lambda: pair(ops["layernorm_forward"], ops["layernorm_backward"], x(),
                                    ones, zeros)),
+        ("rmsnorm", lambda: pair(rmsnorm.rmsnorm_forward, rmsnorm.rmsnorm_backward, x(), ones)),
         ("linear", lambda: pair(ops["linear_forward"], ops["linear_backward"], x(), W,
                                 W[:, 0].copy())),
+        ("rope", lambda: pair(rope.rope_forward, rope.rope_backward,
+                              rng.standard_normal((B, T, 3 * C)).astype(f32),
+                              *rope_tables(0, T, C // NH, 10000.0, np), NH, NH)),
         ("attention", lambda: pair(lambda a: ops["attention_forward"](a, NH, 0.1, rng, True),
                                    ops["attention_backward"],
                                    rng.standard_normal((B, T, 3 * C)).astype(f32))),
         ("gelu_bias", lambda: pair(ops["gelu_bias_forward"], ops["gelu_bias_backward"], x(),
                                    zeros)),
         ("gelu", lambda: pair(ops["gelu_forward"], ops["gelu_backward"], x())),
+        ("swiglu", lambda: pair(swiglu.swiglu_forward, swiglu.swiglu_backward, x(), x())),
         ("relu", lambda: pair(ops["relu_forward"], ops["relu_backward"], x())),
         ("cross_entropy", cross_entropy),
         ("adamw", adamw),
