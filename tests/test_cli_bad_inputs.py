@@ -481,3 +481,29 @@ def test_help_after_a_config_file_shows_its_defaults(files, capsys, tmp_path):
     assert run_cli(lambda a: build_parser("t").parse_args(a), argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--config" in err[0] and "nested too deeply" in err[0], err
+
+
+def test_check_output_path_for_files_and_folders(tmp_path):
+    """The one output-path check: a file name, a folder the writer makes, a folder made
+    here with its parents; each refusal names the path and says what to do."""
+    from tinygrad_char.training.cli import UsageError, check_output_path
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    check_output_path("--out", tmp_path / "m.onnx")
+    check_output_path("--out-dir", tmp_path / "new", folder=True)
+    assert not (tmp_path / "new").exists()  # the writer makes it
+    check_output_path("--out-dir", tmp_path / "x" / "y", folder=True, create=True)
+    assert (tmp_path / "x" / "y").is_dir()
+    for kwargs, path, fragment in [
+            ({}, tmp_path, "is a folder; give a file name inside it"),
+            ({}, tmp_path / "missing" / "m.onnx", "does not exist; create it first"),
+            ({}, "", "--flag is empty: give a file name"),
+            (dict(folder=True), a_file, "exists and is not a folder"),
+            (dict(folder=True), tmp_path / "missing" / "d", "does not exist; create it first"),
+            (dict(folder=True, create=True), a_file / "sub", "cannot be written")]:
+        with pytest.raises(UsageError) as e:
+            check_output_path("--flag", path, **kwargs)
+        message = str(e.value)
+        assert fragment in message and message.startswith("--flag"), message
+        assert "\n" not in message

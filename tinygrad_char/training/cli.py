@@ -13,11 +13,12 @@ a traceback.
         sys.exit(run_cli(main))
 
 What this file deliberately is not: the flags of any one script (each example declares its
-own), a place that knows the package's other modules (it imports only errors.py, whose
-UserError every bad-input error derives from, and schema.py's wording of ranges), or a place that hides bugs: only a UserError
-(and a path that cannot be read or written) becomes one line; anything else still shows its
-traceback, so it gets reported. How ranks of an MPI job report one line together is
-distributed.py's (`report_once`, which `run_ranks` hands to run_cli).
+own); a place that knows the package's other modules (it imports errors.py, whose UserError
+every bad-input error derives from, and schema.py's wording of ranges, nothing else); how
+the ranks of an MPI job report one line together (distributed.report_once, which
+distributed.run_ranks hands to run_cli); or a place that hides bugs: only a UserError (and
+a path that cannot be read or written) becomes one line, anything else keeps its
+traceback, so it gets reported.
 """
 
 import argparse
