@@ -31,6 +31,7 @@ from examples.train_wikitext import PRESETS  # noqa: E402
 from tinygrad_char.training.data import eval_batches, get_batch, prepare_text, prepare_wikitext2  # noqa
 from tinygrad_char.model import init_params  # noqa: E402
 from tinygrad_char.optim import cosine_lr  # noqa: E402
+from tinygrad_char.training.cli import run_cli  # noqa: E402
 from tinygrad_char.training.config import build_parser, resolve_config  # noqa: E402
 from tinygrad_char.training.train import step_seed  # noqa: E402
 
@@ -100,4 +101,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))  # a bad flag is one line "error: ..."

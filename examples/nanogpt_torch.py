@@ -10,7 +10,8 @@ and examples/export_nanogpt.py call:
 - `save_ckpt`: the ckpt dict of NumPy arrays the library builds -> torch.save, arrays as
   tensors (lm_head.weight and transformer.wte.weight, one array, stay one shared tensor,
   as nanoGPT saves them);
-- `reference_logits`: nanoGPT's forward in float64 PyTorch, which verifies every conversion;
+- `reference_logits`: nanoGPT's forward in float64 PyTorch (the repository's one PyTorch
+  GPT, benchmarks/torch_gpt.py), which verifies every conversion;
 - `import_nanogpt` and `export_nanogpt`: the two whole conversions, these three wrapped
   around tinygrad_char.interop.nanogpt's `import_state` and `export_state`.
 
@@ -22,6 +23,8 @@ without torch every entry point raises one ConversionError line saying how to in
 """
 
 import os
+import sys
+from dataclasses import replace
 
 import numpy as np
 
@@ -81,33 +84,19 @@ def save_ckpt(ckpt, f):
 
 
 def reference_logits(params, config, idx, approximate):
-    """nanoGPT's forward in float64 PyTorch on our params (names are shared); `approximate`
-    is torch's GELU mode: "none" (nanoGPT's exact erf) or "tanh" (our "gelu")."""
+    """nanoGPT's forward in float64 PyTorch on our params (names are shared), through the
+    repository's one PyTorch GPT (benchmarks/torch_gpt.py); `approximate` is torch's GELU
+    mode: "none" (nanoGPT's exact erf) or "tanh" (our "gelu")."""
     torch = _torch("the PyTorch reference forward")
-    F = torch.nn.functional
-    p = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in params.items()}
-    C, NH = config.n_embd, config.n_head
-    idx = torch.from_numpy(np.asarray(idx))
-    B, T = idx.shape
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if repo not in sys.path:  # benchmarks/ beside examples/
+        sys.path.insert(0, repo)
+    from benchmarks.torch_gpt import TorchGPT
 
-    def ln(x, name):
-        return F.layer_norm(x, (C,), p[name + ".weight"], p.get(name + ".bias"), eps=1e-5)
-
-    def linear(x, name):
-        return F.linear(x, p[name + ".weight"], p.get(name + ".bias"))
-
-    x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][:T]  # (B, T, C)
-    for i in range(config.n_layer):
-        h = f"transformer.h.{i}."
-        q, k, v = linear(ln(x, h + "ln_1"), h + "attn.c_attn").split(C, dim=2)
-        q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, NH, T, hs)
-        x = x + linear(y.transpose(1, 2).reshape(B, T, C), h + "attn.c_proj")  # (B, T, C)
-        m = F.gelu(linear(ln(x, h + "ln_2"), h + "mlp.c_fc"), approximate=approximate)
-        x = x + linear(m, h + "mlp.c_proj")
-    x = ln(x, "transformer.ln_f")
-    head = p["transformer.wte.weight"] if config.tie_weights else p["lm_head.weight"]
-    return (x @ head.T).numpy()  # (B, T, V)
+    gelu = "gelu" if approximate == "tanh" else "gelu_exact"
+    model = TorchGPT(replace(config, activation=gelu), params, dtype=torch.float64, sdpa=True)
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(np.asarray(idx)))[0].numpy()  # (B, T, V)
 
 
 def import_nanogpt(ckpt_path, meta_path, out_path, trust_pickle=False, dtype="float32",

@@ -1,20 +1,25 @@
 """A small, faithful twin of nanoGPT (github.com/karpathy/nanoGPT) for the interop tests:
-model.py's GPT (same module names, so the same state-dict keys; the tied head; the causal
-mask buffer only without flash attention, as on PyTorch < 2), its GPTConfig (exactly its
-seven fields, so GPTConfig(**model_args) refuses anything else), its generate(), and the
+model.py's GPT (benchmarks/torch_gpt.py's model, whose modules carry nanoGPT's names, so the
+same state-dict keys; the tied head; the causal mask buffer only without flash attention, as
+on PyTorch < 2), its GPTConfig (exactly its seven fields, so GPTConfig(**model_args)
+refuses anything else), its generate(), and the
 loading steps of sample.py (torch.load, the `_orig_mod.` prefix, a strict load_state_dict,
 meta.pkl from data/<config["dataset"]>/meta.pkl, its encode/decode). One deliberate
 difference: forward returns the logits of every position (nanoGPT's inference forward
 returns only the last one, which is all generate() uses). Needs torch."""
 
-import math
 import os
 import pickle
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-import torch.nn as nn
 from torch.nn import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: benchmarks/
+from benchmarks.torch_gpt import TorchGPT  # noqa: E402
+from tinygrad_char.model import GPTConfig as OurConfig  # noqa: E402
 
 
 @dataclass
@@ -28,87 +33,23 @@ class GPTConfig:  # nanoGPT's, field for field
     bias: bool = True
 
 
-class LayerNorm(nn.Module):
-    def __init__(self, ndim, bias):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-
-    def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg, flash):
-        super().__init__()
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.n_head, self.n_embd, self.flash = cfg.n_head, cfg.n_embd, flash
-        if not flash:  # nanoGPT registers the mask only without flash attention
-            T = cfg.block_size
-            self.register_buffer("bias", torch.tril(torch.ones(T, T)).view(1, 1, T, T))
-
-    def forward(self, x):
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in (q, k, v))  # (B, nh, T, hs)
-        if self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=True)
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
-            att = att.masked_fill(self.bias[:, :, :T, :T] == 0, float("-inf"))
-            y = F.softmax(att, dim=-1) @ v
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg, approximate):
-        super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.gelu = nn.GELU(approximate=approximate)  # nanoGPT: nn.GELU(), i.e. "none"
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-
-    def forward(self, x):
-        return self.c_proj(self.gelu(self.c_fc(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, cfg, approximate, flash):
-        super().__init__()
-        self.ln_1 = LayerNorm(cfg.n_embd, cfg.bias)
-        self.attn = CausalSelfAttention(cfg, flash)
-        self.ln_2 = LayerNorm(cfg.n_embd, cfg.bias)
-        self.mlp = MLP(cfg, approximate)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class GPT(nn.Module):
-    """nanoGPT's GPT; `approximate="tanh"` swaps in the tanh GELU (ours) for comparisons,
-    `flash=False` adds the attn.bias mask buffers (nanoGPT on PyTorch < 2)."""
+class GPT(TorchGPT):
+    """nanoGPT's GPT: benchmarks/torch_gpt.py's model (whose modules carry nanoGPT's names)
+    with nanoGPT's fixed choices: learned positions, pre-norm LayerNorm, 4C MLP, the tied
+    head, and nn.GELU() (exact erf; `approximate="tanh"` swaps in ours for comparisons).
+    `flash=False` adds the attn.bias mask buffers (nanoGPT on PyTorch < 2). forward(idx)
+    returns the logits (B, T, V)."""
 
     def __init__(self, cfg, approximate="none", flash=True):
-        super().__init__()
-        self.config = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList([Block(cfg, approximate, flash) for _ in range(cfg.n_layer)]),
-            ln_f=LayerNorm(cfg.n_embd, cfg.bias)))
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as nanoGPT
+        ours = OurConfig(vocab_size=cfg.vocab_size, block_size=cfg.block_size,
+                         n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
+                         dropout=cfg.dropout, bias=cfg.bias,
+                         activation="gelu" if approximate == "tanh" else "gelu_exact")
+        super().__init__(ours, sdpa=flash, mask_buffer=not flash)
 
     def forward(self, idx):
-        T = idx.size(1)
-        assert T <= self.config.block_size
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T))
-        for block in self.transformer.h:
-            x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        assert idx.size(1) <= self.config.block_size
+        return super().forward(idx)[0]
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

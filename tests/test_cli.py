@@ -21,6 +21,7 @@ import pytest
 
 from conftest import CUPY_MISSING, DATA, REPO
 from tinygrad_char.training.checkpoint import load_checkpoint
+from tinygrad_char.training.cli import UsageError
 from tinygrad_char.training.config import TrainConfig, build_parser, resolve_config
 
 WIKITEXT = DATA / "wikitext-2-raw"
@@ -136,7 +137,7 @@ def test_every_preset_loads_as_a_valid_config():
             if not key.startswith("_"):
                 assert getattr(cfg, key) == value, f"preset {name}: {key}"
         cfg.model_config(vocab_size=100)  # a buildable GPTConfig
-    with pytest.raises(SystemExit):  # argparse offers exactly the files as choices
+    with pytest.raises(UsageError, match="invalid choice"):  # exactly the files are offered
         parser.parse_args(["--preset", "no_such_preset"])
 
 

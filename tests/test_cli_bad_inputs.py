@@ -28,9 +28,8 @@ from conftest import REPO
 from tinygrad_char import GPT, GPTConfig
 from tinygrad_char.training.checkpoint import save_checkpoint
 from tinygrad_char.training.cli import MAX_SEED, run_cli
-from tinygrad_char.training.config import (CHOICES, RANGES, TrainConfig, check_train_memory,
-                                           count_params, generation_memory_bytes,
-                                           train_memory_bytes)
+from tinygrad_char.training.config import (TrainConfig, check_train_memory, count_params,
+                                           generation_memory_bytes, train_memory_bytes)
 from tinygrad_char.model import ConfigError, param_shapes
 from tinygrad_char.training.tokenizer import CharTokenizer
 
@@ -109,13 +108,15 @@ def _flag(name):
 
 
 def _field_cases():
-    """For every TrainConfig field: values outside RANGES (and NaN/inf for floats),
-    strings outside CHOICES, and non-booleans for bools, each with its flag."""
+    """For every TrainConfig field: values outside its rule's range (and NaN/inf for
+    floats), strings outside its choices, and non-booleans for bools, each with its flag."""
     cases = []
     for f in fields(TrainConfig):
         flag = _flag(f.name)
-        if f.name in RANGES:
-            r = RANGES[f.name]
+        r = TrainConfig.RULES.get(f.name)
+        if r is not None and r.choices:
+            cases.append(([flag, "no-such-choice"], flag))
+        elif r is not None:
             if r.low is not None:
                 below = r.low if r.low_open else (r.low - 1 if f.type is int else r.low - 0.5)
                 cases.append(([flag, below], flag))
@@ -126,8 +127,6 @@ def _field_cases():
                 cases += [([flag, v], flag) for v in ("nan", "inf", "-inf")]
             if f.type is int:
                 cases.append(([flag, "2.5"], flag))
-        elif f.name in CHOICES:
-            cases.append(([flag, "no-such-choice"], flag))
         elif f.type is bool:
             cases.append(([flag, "maybe"], flag))
     return cases
@@ -377,31 +376,30 @@ def test_closed_stdout_ends_generate_quietly(files):
 # -- the tables cover every field; --help shows them ----------------------------------------
 
 def test_every_field_has_its_allowed_values():
-    """A new TrainConfig field must say what it may hold (RANGES or CHOICES), so both
-    validate() and --help know it; out_dir (a path) is checked by check_out_dir."""
+    """A new TrainConfig field must say what it may hold (a Rule in RULES), so both the
+    checks and --help know it; out_dir (a path) is checked by check_out_dir."""
     for f in fields(TrainConfig):
-        if f.type in (int, float):
-            assert f.name in RANGES, f"TrainConfig.{f.name} has no entry in config.RANGES"
-        elif f.type is str and f.name != "out_dir":
-            assert f.name in CHOICES, f"TrainConfig.{f.name} has no entry in config.CHOICES"
-    assert set(RANGES) | set(CHOICES) <= {f.name for f in fields(TrainConfig)}
+        if f.type in (int, float) or f.type is str and f.name != "out_dir":
+            assert f.name in TrainConfig.RULES, f"TrainConfig.{f.name} has no Rule in RULES"
+    assert set(TrainConfig.RULES) <= {f.name for f in fields(TrainConfig)}
+    assert set(GPTConfig.RULES) <= {f.name for f in fields(GPTConfig)}
 
 
-def test_every_model_field_is_a_train_field():
-    """TrainConfig.model_config passes the GPTConfig fields TrainConfig has: a model field
-    missing from TrainConfig would silently keep its default and have no flag."""
-    missing = {f.name for f in fields(GPTConfig)} - {"vocab_size"} - \
-        {f.name for f in fields(TrainConfig)}
-    assert not missing, f"GPTConfig fields with no TrainConfig field (and flag): {missing}"
-
-
-def test_model_choices_are_the_models():
-    """Every choice config.CHOICES offers for a GPTConfig field builds a GPTConfig, and
-    the TrainConfig defaults pass validate()."""
-    model_fields = {f.name for f in fields(GPTConfig)}
-    for name, allowed in CHOICES.items():
-        if name in model_fields:
-            for value in allowed:
+def test_the_model_fields_are_checked_once():
+    """TrainConfig and GPTConfig share one rule per model field and say the same thing
+    about a bad value (TrainConfig adds the flag); every choice builds a GPTConfig."""
+    base = dict(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    for name, value in [("n_layer", 0), ("dropout", 1.0), ("rope_base", 1.0),
+                        ("activation", "tanh"), ("n_kv_head", 0), ("bias", "yes")]:
+        with pytest.raises(ConfigError) as model_error:
+            GPTConfig(**{**base, name: value})
+        with pytest.raises(ConfigError) as train_error:
+            TrainConfig(**{name: value})
+        assert str(train_error.value).startswith(str(model_error.value)), name
+        assert _flag(name) in str(train_error.value), name
+    for name, rule in TrainConfig.RULES.items():
+        if name in GPTConfig.RULES and rule.choices:
+            for value in rule.choices:
                 TrainConfig(**{name: value}).model_config(vocab_size=10)
     TrainConfig().validate()
 
@@ -416,8 +414,10 @@ def test_help_lists_the_allowed_values(script, choices):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
-    for name in CHOICES:
-        assert "{" + ",".join(CHOICES[name]) + "}" in text, f"{name}'s choices not in --help"
+    for name, rule in TrainConfig.RULES.items():
+        if rule.choices:
+            assert "{" + ",".join(rule.choices) + "}" in text, f"{name}'s choices not in --help"
+    assert "--workers" not in text  # retired: refused when given, never offered
     for fragment in choices:
         assert " ".join(fragment.split()) in text or fragment == "presets" and \
             "--preset NAME" in text, f"{fragment!r} not in --help"
@@ -476,8 +476,34 @@ def test_help_after_a_config_file_shows_its_defaults(files, capsys, tmp_path):
     text = "".join(capsys.readouterr().out.split())  # argparse wraps long paths at "-"
     assert f'(default:7,from--config{config})' in text
     assert f'(default:"relu",from--config{config})' in text
-    with pytest.raises(SystemExit) as exit_:  # a bad file before --help: its one line
-        build_parser("t").parse_args(["--config", str(files / "deep.json"), "--help"])
-    assert exit_.value.code == 2
+    # a bad file before --help: its one line
+    argv = ["--config", str(files / "deep.json"), "--help"]
+    assert run_cli(lambda a: build_parser("t").parse_args(a), argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--config" in err[0] and "nested too deeply" in err[0], err
+
+
+def test_check_output_path_for_files_and_folders(tmp_path):
+    """The one output-path check: a file name, a folder the writer makes, a folder made
+    here with its parents; each refusal names the path and says what to do."""
+    from tinygrad_char.training.cli import UsageError, check_output_path
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    check_output_path("--out", tmp_path / "m.onnx")
+    check_output_path("--out-dir", tmp_path / "new", folder=True)
+    assert not (tmp_path / "new").exists()  # the writer makes it
+    check_output_path("--out-dir", tmp_path / "x" / "y", folder=True, create=True)
+    assert (tmp_path / "x" / "y").is_dir()
+    for kwargs, path, fragment in [
+            ({}, tmp_path, "is a folder; give a file name inside it"),
+            ({}, tmp_path / "missing" / "m.onnx", "does not exist; create it first"),
+            ({}, "", "--flag is empty: give a file name"),
+            (dict(folder=True), a_file, "exists and is not a folder"),
+            (dict(folder=True), tmp_path / "missing" / "d", "does not exist; create it first"),
+            (dict(folder=True, create=True), a_file / "sub", "cannot be written")]:
+        with pytest.raises(UsageError) as e:
+            check_output_path("--flag", path, **kwargs)
+        message = str(e.value)
+        assert fragment in message and message.startswith("--flag"), message
+        assert "\n" not in message

@@ -651,14 +651,19 @@ def test_a_rank_that_fails_alone_ends_the_job(text, tmp_path):
 
 
 @pytest.mark.parametrize("workers", [0, 2, 5])
-def test_workers_is_retired_with_a_pointer_to_mpiexec(workers):
+def test_workers_is_retired_with_a_pointer_to_mpiexec(workers, tmp_path):
     """--workers N (shared-memory processes on one machine) gave way to mpiexec -n N: the
-    same split measured within a few percent of it (benchmarks/results/scaling.md)."""
-    from tinygrad_char.training.config import TrainConfig
+    same split measured within a few percent of it (benchmarks/results/scaling.md). The
+    flag (hidden from --help) and a config file's field are refused with the pointer."""
+    from tinygrad_char.training.config import build_parser, load_config_file, resolve_config
 
-    with pytest.raises(ConfigError, match=(r"workers must be|--workers was replaced by MPI "
-                                           r"ranks.*mpiexec -n")):
-        TrainConfig(workers=workers).validate()
+    pointer = r"--workers was replaced by MPI ranks.*mpiexec -n"
+    with pytest.raises(ConfigError, match=pointer):
+        resolve_config(build_parser("t").parse_args(["--workers", str(workers)]))
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"workers": workers}))
+    with pytest.raises(ConfigError, match=pointer):
+        load_config_file(path)
 
 
 @needs_mpi

@@ -14,8 +14,10 @@ import platform
 
 import numpy as np
 
+from tinygrad_char.errors import UserError
 
-class BackendError(RuntimeError):
+
+class BackendError(UserError, RuntimeError):
     """A backend was asked for that cannot run here. The message says how to fix it."""
 
 

@@ -35,6 +35,7 @@ asked for other kernels logs which parts fall back, once (`xp_only_parts`).
 import logging
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -42,27 +43,20 @@ from tinygrad_char.ops import attention, rope
 from tinygrad_char.backend import get_backend
 from tinygrad_char.ops.embedding import sinusoidal_encoding
 from tinygrad_char.fused.dispatch import select_ops
+from tinygrad_char.schema import ConfigError, Rule, check_fields
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field and the fix."""
-
-
-# The values each string field of GPTConfig may take (config.py's flags list them too).
-MODEL_CHOICES = {"activation": ("gelu", "relu", "gelu_exact", "swiglu"),
-                 "pos_encoding": ("learned", "sinusoidal", "rope"), "norm": ("pre", "post"),
-                 "normalization": ("layernorm", "rmsnorm")}
-
-
-@dataclass
-class GPTConfig:
-    vocab_size: int  # V: number of distinct characters (plus the reserved unknown id)
-    block_size: int  # longest context the model sees (the learned position table's length)
-    n_layer: int  # L: transformer blocks
-    n_head: int  # NH: attention heads; must divide n_embd
-    n_embd: int  # C: width of the residual stream
+@dataclass(kw_only=True)
+class Architecture:
+    """A GPT's shape and variant: every GPTConfig field but vocab_size, which the tokenizer
+    decides. GPTConfig adds vocab_size; training.config.TrainConfig adds the run's settings
+    (so each field, its default, its rule and its flag are written once, here)."""
+    block_size: int = 64  # longest context the model sees (the learned position table's length)
+    n_layer: int = 4  # L: transformer blocks
+    n_head: int = 4  # NH: attention heads; must divide n_embd
+    n_embd: int = 128  # C: width of the residual stream
     mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * C (GPT-2 uses 4)
     dropout: float = 0.0  # on embeddings, attention probabilities and both residual branches
     bias: bool = True  # biases in linears and LayerNorms (False: none at all, as nanoGPT)
@@ -77,40 +71,50 @@ class GPTConfig:
     rope_base: float = 10000.0  # RoPE: theta_i = rope_base^(-2i/hs) (Llama's default)
     n_kv_head: int = None  # NKV key/value heads (grouped-query attention); None = n_head
 
+    # what each field may hold (schema.Rule); bias and tie_weights: true or false
+    RULES: ClassVar[dict] = {
+        "block_size": Rule(1), "n_layer": Rule(1), "n_head": Rule(1), "n_embd": Rule(1),
+        "mlp_ratio": Rule(1), "dropout": Rule(0.0, 1.0, high_open=True),
+        "activation": Rule(choices=("gelu", "relu", "gelu_exact", "swiglu")),
+        "pos_encoding": Rule(choices=("learned", "sinusoidal", "rope")),
+        "norm": Rule(choices=("pre", "post")),
+        "normalization": Rule(choices=("layernorm", "rmsnorm")),
+        "rope_base": Rule(1.0, low_open=True),
+        "n_kv_head": Rule(1, hint="a divisor of n_head; unset: n_head (no grouped-query)",
+                          words="a positive divisor of n_head or null"),
+    }
+    FLAGS: ClassVar[bool] = False  # errors name the command-line flag (TrainConfig)
+
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
+        self.validate()
+
+    def validate(self):
+        """Check every field against RULES, then the rules between fields; raise a one-line
+        ConfigError naming the field, the value and the fix. Returns self."""
+        check_fields(self, self.RULES, self.FLAGS)
         if self.n_embd % self.n_head != 0:
             raise ConfigError(f"config: n_embd ({self.n_embd}) must be divisible by n_head "
                               f"({self.n_head}); change one of them")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"config: dropout must be in [0, 1), got {self.dropout!r}")
-        for name, allowed in MODEL_CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"config: {name} must be one of {allowed}, "
-                                  f"got {getattr(self, name)!r}")
-        for name in ("bias", "tie_weights"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"config: {name} must be true or false, "
-                                  f"got {getattr(self, name)!r}")
-        nkv = self.n_kv_head
-        if nkv is not None and (isinstance(nkv, bool) or not isinstance(nkv, (int, np.integer))
-                                or nkv < 1 or self.n_head % nkv != 0):
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head != 0:
             raise ConfigError(f"config: n_kv_head must be a positive divisor of n_head "
-                              f"({self.n_head}) or null, got {nkv!r}")
-        if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) \
-                or not self.rope_base > 1.0:
-            raise ConfigError(f"config: rope_base must be a number > 1, got {self.rope_base!r}")
+                              f"({self.n_head}) or null, got {self.n_kv_head!r}")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"config: rope needs an even head size, got n_embd / n_head = "
                               f"{self.n_embd // self.n_head}; change n_embd or n_head")
+        return self
 
     @property
     def kv_heads(self):
         """NKV: the key/value heads (n_head without grouped-query attention)."""
         return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+
+@dataclass
+class GPTConfig(Architecture):
+    """What builds a GPT: its Architecture and its vocabulary size."""
+    vocab_size: int  # V: number of distinct characters (plus the reserved unknown id)
+
+    RULES: ClassVar[dict] = {"vocab_size": Rule(1), **Architecture.RULES}
 
     def to_dict(self):
         return asdict(self)

@@ -47,6 +47,7 @@ from tinygrad_char.ops import (activations, attention, cross_entropy, dropout, e
                                layernorm, linear, rope)
 from tinygrad_char import optim
 from tinygrad_char.backend import BackendError, get_array_module
+from tinygrad_char.errors import UserError
 
 FIX = "use --kernels xp"
 NVRTC_OPTIONS = ("--std=c++14",)  # no fast math: the kernels must match their twins
@@ -75,7 +76,7 @@ CE_THREADS = 256  # cross_entropy.cu CE_THREADS
 ADAMW_CHUNK = 4096  # adamw.cu ADAMW_CHUNK
 
 
-class KernelError(RuntimeError):
+class KernelError(UserError, RuntimeError):
     """A fused kernel could not be found, compiled or launched. The message names the
     .cu file and the fix."""
 

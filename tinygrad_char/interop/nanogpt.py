@@ -70,6 +70,7 @@ import zipfile
 import numpy as np
 
 from tinygrad_char.training.checkpoint import load_checkpoint, save_checkpoint, write_file_atomic
+from tinygrad_char.errors import UserError
 from tinygrad_char.training.cli import check_output_path
 from tinygrad_char.model import GPT, ConfigError, GPTConfig, param_shapes
 from tinygrad_char.training.tokenizer import UNK_CHAR, CharTokenizer
@@ -85,7 +86,7 @@ AGREEMENT = 1e-4  # float32 forward vs float64 PyTorch, same GELU: relative to t
 _DATASET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The checkpoint cannot be converted; the message says what and why."""
 
 
@@ -493,13 +494,7 @@ def check_export_paths(out_dir, dataset=DEFAULT_DATASET, meta_path=None, force=F
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
     meta_path = os.fspath(meta_path) if meta_path is not None \
         else os.path.join(out_dir, "meta.pkl")
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConversionError(f"{out_dir}: exists and is not a folder; choose another "
-                              f"--out-dir")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    if not os.path.isdir(parent):
-        raise ConversionError(f"{out_dir}: the folder {parent} does not exist; create it "
-                              f"first or choose another --out-dir")
+    check_output_path("--out-dir", out_dir, ConversionError, folder=True)
     for path in (ckpt_path, meta_path):
         if os.path.exists(path) and not force:
             raise ConversionError(f"{path}: exists (a nanoGPT run's checkpoint?); pass "

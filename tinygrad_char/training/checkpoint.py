@@ -43,6 +43,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from tinygrad_char.backend import get_array_module
+from tinygrad_char.errors import UserError
 from tinygrad_char.model import GPT, GPTConfig, param_shapes
 from tinygrad_char.training.tokenizer import CharTokenizer
 
@@ -55,7 +56,7 @@ SAFETENSORS_DTYPES = {"F32": "float32", "F64": "float64"}  # what a checkpoint m
 DAMAGED = "the file is damaged; use an earlier checkpoint"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be written or read; the message names the file and the fix."""
 
 

@@ -1,11 +1,11 @@
-"""The run's configuration: `TrainConfig` (one flat dataclass holding the model's
-hyperparameters and the run's), its checks, the command line built from it, and an
-estimate of the memory a run needs.
+"""The run's configuration: `TrainConfig` (the model's Architecture, inherited from
+model.py with its fields, rules and checks, plus the run's settings), the command line
+built from it, and an estimate of the memory a run needs.
 
-`RANGES` and `CHOICES` say what each field may hold; `TrainConfig.validate` and the
---help text are both read from them, so a new field needs one entry in one table.
-`build_parser` turns TrainConfig into command-line flags, and `resolve_config` layers
-defaults < preset < --config FILE.json < flags, type-checked (no exec).
+Each field says what it may hold once: in its class's `RULES` table (schema.Rule), from
+which both the checks (schema.check_fields, run when a config is made) and the --help text
+are read. `build_parser` turns TrainConfig into command-line flags, and `resolve_config`
+layers defaults < preset < --config FILE.json < flags, type-checked (no exec).
 `train_memory_bytes` / `generation_memory_bytes` estimate (a lower bound) what a run
 holds, so a size that cannot fit is refused with the figure before anything is allocated.
 
@@ -15,120 +15,19 @@ Not here: the loop that runs a config (train.py).
 import argparse
 import json
 import math
-import numbers
 import os
-import tempfile
 from dataclasses import dataclass, fields, replace
+from typing import ClassVar
 
-from tinygrad_char.training.cli import MAX_SEED, Parser, describe_range, range_error
-from tinygrad_char.model import MODEL_CHOICES, ConfigError, GPTConfig, param_shapes
+from tinygrad_char.model import Architecture, ConfigError, GPTConfig, param_shapes
+from tinygrad_char.schema import MAX_SEED, Rule, field_problem, flag
+from tinygrad_char.training.cli import Parser, check_output_path
 from tinygrad_char.training.precision import PRECISIONS
 
 
-@dataclass(frozen=True)
-class Range:
-    """The numbers a field may hold: low <= value <= high (either end open or absent);
-    floats must also be finite. `hint` is added to the error, e.g. what 0 means."""
-    low: float = None
-    high: float = None
-    low_open: bool = False
-    high_open: bool = False
-    hint: str = ""
-
-    def problem(self, value):
-        return range_error(value, self.low, self.high, self.low_open, self.high_open)
-
-    def describe(self):
-        return describe_range(self.low, self.high, self.low_open, self.high_open)
-
-
-# What every number of TrainConfig may hold (a field missing here is a test failure).
-# Cross-field rules (min_lr <= learning_rate, grad_accum <= batch_size, n_embd % n_head)
-# are in TrainConfig.validate and GPTConfig.
-RANGES = {
-    "block_size": Range(1), "n_layer": Range(1), "n_head": Range(1), "n_embd": Range(1),
-    "mlp_ratio": Range(1),
-    "n_kv_head": Range(1, hint="a divisor of n_head; unset: n_head (no grouped-query)"),
-    "rope_base": Range(1.0, low_open=True),
-    "dropout": Range(0.0, 1.0, high_open=True),
-    "batch_size": Range(1),
-    "learning_rate": Range(0.0, low_open=True),
-    "min_lr": Range(0.0, hint="at most learning_rate"),
-    "warmup_steps": Range(0), "max_steps": Range(1),
-    "weight_decay": Range(0.0),
-    "beta1": Range(0.0, 1.0, high_open=True), "beta2": Range(0.0, 1.0, high_open=True),
-    "grad_clip": Range(0.0, hint="0 disables clipping"),
-    "eval_interval": Range(1),
-    "eval_batches": Range(0, hint="0 evaluates the whole split"),
-    "eval_batch_size": Range(1), "log_interval": Range(1),
-    "sample_chars": Range(0),
-    "seed": Range(0, MAX_SEED),
-    "workers": Range(1),
-    "grad_accum": Range(1),
-    "threads": Range(0, hint="0 uses every core this process may run on"),
-}
-
-# What every string of TrainConfig may hold (out_dir, a path, is checked by check_out_dir).
-# activation, pos_encoding and norm are GPTConfig's, which checks them again when built.
-CHOICES = {
-    **MODEL_CHOICES,
-    "dtype": PRECISIONS,
-    "backend": ("numpy", "cupy", "auto"),
-    "kernels": ("auto", "xp", "fused", "cpu"),
-}
-
-
-def _flag(name):
-    return "--" + name.replace("_", "-")
-
-
-def _type_problem(kind, value):
-    """None when `value` has the field type `kind` (bool, int, float or str), else the
-    expectation. JSON has one number type: an integer is accepted for a float."""
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:  # NumPy's integers too
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    elif kind is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    return None if ok else f"must be {'true or false' if kind is bool else kind.__name__}"
-
-
-def field_problem(f, value):
-    """What is wrong with `value` for the TrainConfig field `f`, or None. None itself is
-    allowed only in a field whose default is None (e.g. "not set: derive it")."""
-    name = f.name
-    if value is None and f.default is None:
-        return None
-    problem = _type_problem(f.type, value)
-    if problem:
-        return problem
-    if name in CHOICES and value not in CHOICES[name]:
-        return f"must be one of {', '.join(CHOICES[name])}"
-    if name in RANGES:
-        return RANGES[name].problem(value)
-    return None
-
-
-@dataclass
-class TrainConfig:
-    # -- model (GPTConfig without vocab_size, which the tokenizer decides) --
-    block_size: int = 64  # context length in characters
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    mlp_ratio: int = 4
-    dropout: float = 0.0
-    bias: bool = True
-    activation: str = "gelu"
-    pos_encoding: str = "learned"
-    norm: str = "pre"
-    tie_weights: bool = True
-    normalization: str = "layernorm"  # or "rmsnorm" (Llama)
-    rope_base: float = 10000.0  # with pos_encoding "rope"
-    n_kv_head: int = None  # key/value heads (grouped-query attention); None: n_head
+@dataclass(kw_only=True)
+class TrainConfig(Architecture):
+    # -- the model: Architecture's fields (model.py), without vocab_size (the tokenizer's) --
     # -- optimisation --
     batch_size: int = 12
     learning_rate: float = 1e-3  # peak, reached at the end of warm-up
@@ -152,7 +51,6 @@ class TrainConfig:
     # numba imports, the CUDA ones on CuPy), else the xp ops; "xp": the readable NumPy/CuPy
     # ops; "fused": the CUDA kernels (GPU); "cpu": the numba kernels (needs numba)
     kernels: str = "auto"
-    workers: int = 1  # retired (only 1 is accepted): run `mpiexec -n N` instead (distributed.py)
     # threads of this process: the numba kernels' one pool, which runs the matmuls too
     # (BLAS on one thread, so the two never compete; without numba, BLAS's threads); 0:
     # every core it may run on. Under mpiexec each rank takes its share of its node's
@@ -161,26 +59,45 @@ class TrainConfig:
     # micro-batches per step and rank: the batch is cut into this many pieces whose
     # gradients are summed before the step (a batch too big for memory still trains)
     grad_accum: int = 1
-    out_dir: str = "out"
+    out_dir: str = "out"  # a path: check_out_dir checks it before the run
     # WikiText-2 unavailable (offline) and no --data-dir: train on the packaged sample text
     # and say so (true), or stop with the error (false)
     data_fallback: bool = True
 
+    # what each field may hold: Architecture's rules and the run's (a test checks that
+    # every number and string but out_dir has one)
+    RULES: ClassVar[dict] = {
+        **Architecture.RULES,
+        "batch_size": Rule(1),
+        "learning_rate": Rule(0.0, low_open=True),
+        "min_lr": Rule(0.0, hint="at most learning_rate"),
+        "warmup_steps": Rule(0), "max_steps": Rule(1),
+        "weight_decay": Rule(0.0),
+        "beta1": Rule(0.0, 1.0, high_open=True), "beta2": Rule(0.0, 1.0, high_open=True),
+        "grad_clip": Rule(0.0, hint="0 disables clipping"),
+        "eval_interval": Rule(1),
+        "eval_batches": Rule(0, hint="0 evaluates the whole split"),
+        "eval_batch_size": Rule(1), "log_interval": Rule(1),
+        "sample_chars": Rule(0),
+        "seed": Rule(0, MAX_SEED),
+        "dtype": Rule(choices=PRECISIONS),
+        "backend": Rule(choices=("numpy", "cupy", "auto")),
+        "kernels": Rule(choices=("auto", "xp", "fused", "cpu")),
+        "threads": Rule(0, hint="0 uses every core this process may run on"),
+        "grad_accum": Rule(1),
+    }
+    FLAGS: ClassVar[bool] = True
+
     def model_config(self, vocab_size):
-        # the GPTConfig fields this config sets (a test checks that is all but vocab_size)
-        names = {f.name for f in fields(GPTConfig)} & {f.name for f in fields(self)}
-        return GPTConfig(vocab_size=vocab_size, **{n: getattr(self, n) for n in names})
+        """The GPTConfig of this run's model for a vocabulary of `vocab_size` ids."""
+        return GPTConfig(vocab_size=vocab_size,
+                         **{f.name: getattr(self, f.name) for f in fields(Architecture)})
 
     def validate(self):
-        """Check every field against RANGES / CHOICES, then the rules between fields;
-        raise a one-line ConfigError naming the field, its flag, the value and the fix."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            problem = field_problem(f, value)
-            if problem:
-                hint = RANGES[f.name].hint if f.name in RANGES else ""
-                raise ConfigError(f"config: {f.name} {problem}, got {value!r} "
-                                  f"({_flag(f.name)}{'; ' + hint if hint else ''})")
+        """Architecture's checks (every field against RULES, n_embd % n_head, ...), then
+        the rules between the run's fields; a one-line ConfigError names the field, its
+        flag, the value and the fix. Returns self."""
+        super().validate()
         if self.min_lr > self.learning_rate:
             raise ConfigError(f"config: min_lr ({self.min_lr:g}) must not exceed learning_rate"
                               f" ({self.learning_rate:g}): lower --min-lr or raise "
@@ -190,16 +107,18 @@ class TrainConfig:
         if self.grad_accum > self.batch_size:
             raise ConfigError(f"config: grad_accum ({self.grad_accum}) must not exceed "
                               f"batch_size ({self.batch_size}): each micro-batch needs a row")
-        if self.workers != 1:
-            raise ConfigError(f"config: workers {self.workers}: --workers was replaced by MPI "
-                              f"ranks, which split each batch the same way: run mpiexec -n "
-                              f"{self.workers} python examples/train_wikitext.py ... (pip "
-                              "install 'tinygrad-char[mpi]'), without --workers")
         if self.dtype == "float16" and self.kernels == "fused":
             raise ConfigError("config: dtype float16 runs with kernels 'xp' (the fused "
                               "kernels are float32): use --kernels xp, or --dtype tf32")
-        self.model_config(vocab_size=1)  # GPTConfig's own checks (n_embd % n_head, ...)
         return self
+
+
+def retired_workers(workers, where="config"):
+    """The refusal of `workers`, the retired field (and flag) of shared-memory processes."""
+    return ConfigError(f"{where}: workers {workers}: --workers was replaced by MPI ranks, "
+                       f"which split each batch the same way: remove it, and for {workers} "
+                       f"ranks run mpiexec -n {workers} python examples/train_wikitext.py "
+                       f"... (pip install 'tinygrad-char[mpi]')")
 
 
 # -- configuration: defaults < preset < --config FILE < flags ---------------------------------
@@ -217,7 +136,8 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a small JSON object; this stops /dev/z
 
 def load_config_file(path, what="--config"):
     """A JSON object of TrainConfig fields; keys starting with "_" are comments. Every
-    problem is a one-line ConfigError starting with `what` and the path."""
+    problem is a one-line ConfigError starting with `what` and the path (a value of the
+    wrong type here; one out of range when the config is made, naming its flag)."""
     where = f"{what} {path}"
     try:
         with open(path, encoding="utf-8") as f:
@@ -246,11 +166,12 @@ def load_config_file(path, what="--config"):
     values = {k: v for k, v in values.items() if not k.startswith("_")}
     known = {f.name: f for f in fields(TrainConfig)}
     for key, value in values.items():
+        if key == "workers":
+            raise retired_workers(json.dumps(value)[:20], where)
         if key not in known:
             raise ConfigError(f"{where}: unknown field {key!r}; known fields: "
                               f"{', '.join(known)}")
-        problem = None if value is None and known[key].default is None else \
-            _type_problem(known[key].type, value)
+        problem = field_problem(known[key], None, value)  # the type; the rule comes later
         if problem:
             raise ConfigError(f"{where}: {key} {problem}, got {json.dumps(value)[:80]}")
     return values
@@ -258,11 +179,12 @@ def load_config_file(path, what="--config"):
 
 def _field_help(f, value, source=None):
     """A field's --help line: what it may hold and its default (and where that is from)."""
-    rule = RANGES[f.name].describe() if f.name in RANGES else \
-        "true or false" if f.type is bool else ""  # choices show in the metavar
-    hint = RANGES[f.name].hint if f.name in RANGES else ""
+    rule = TrainConfig.RULES.get(f.name)
+    allowed = "true or false" if f.type is bool else \
+        rule.describe() if rule is not None and not rule.choices else ""  # choices: metavar
+    hint = rule.hint if rule is not None else ""
     shown = json.dumps(value) if isinstance(value, (bool, str)) or value is None else value
-    text = "; ".join(x for x in (rule, hint) if x)
+    text = "; ".join(x for x in (allowed, hint) if x)
     text += f" (default: {shown}{', from ' + source if source else ''})"
     return text.strip().replace("%", "%%")
 
@@ -277,17 +199,13 @@ class _HelpAction(argparse.Action):
         self.field_actions, self.presets_dir = field_actions, presets_dir
 
     def __call__(self, parser, namespace, values, option_string=None):
-        try:
-            sources = []
-            if self.presets_dir and getattr(namespace, "preset", None):
-                name = namespace.preset
-                sources.append((f"--preset {name}", load_config_file(
-                    os.path.join(self.presets_dir, name + ".json"), f"--preset {name}")))
-            if getattr(namespace, "config", None):
-                sources.append((f"--config {namespace.config}",
-                                load_config_file(namespace.config)))
-        except ConfigError as e:
-            parser.error(str(e))
+        sources = []  # a bad file raises its ConfigError: one line under run_cli
+        if self.presets_dir and getattr(namespace, "preset", None):
+            name = namespace.preset
+            sources.append((f"--preset {name}", load_config_file(
+                os.path.join(self.presets_dir, name + ".json"), f"--preset {name}")))
+        if getattr(namespace, "config", None):
+            sources.append((f"--config {namespace.config}", load_config_file(namespace.config)))
         known = {f.name: f for f in fields(TrainConfig)}
         for source, values in sources:
             for name, value in values.items():
@@ -298,7 +216,7 @@ class _HelpAction(argparse.Action):
 
 def build_parser(description, presets_dir=None):
     """A parser with one flag per TrainConfig field (default None = not given); errors
-    are one line. Each flag's help lists its allowed values (from RANGES / CHOICES) and
+    are one line. Each flag's help lists its allowed values (from TrainConfig.RULES) and
     its built-in default, or the preset's when --preset comes before --help."""
     p = Parser(description=description, add_help=False, epilog=(
         "Defaults shown are the built-in ones: --preset NAME, then --config FILE replace "
@@ -316,17 +234,22 @@ def build_parser(description, presets_dir=None):
                             "below (flags override it)")
     p.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
     for f in fields(TrainConfig):
-        kind = _parse_bool if f.type is bool else f.type
-        choices = CHOICES.get(f.name)
+        rule = TrainConfig.RULES.get(f.name)
+        choices = rule.choices if rule is not None else None
         field_actions[f.name] = p.add_argument(
-            _flag(f.name), dest=f.name, type=kind, default=None, choices=choices,
+            flag(f.name), dest=f.name, type=_parse_bool if f.type is bool else f.type,
+            default=None, choices=choices,
             metavar=None if choices else f.type.__name__.upper(),
             help=_field_help(f, f.default))
+    # retired: not in --help; given, it is refused with the way to get the same (mpiexec)
+    p.add_argument("--workers", default=None, help=argparse.SUPPRESS)
     return p
 
 
 def resolve_config(args, presets_dir=None):
     """TrainConfig from parsed args: defaults < preset < --config file < explicit flags."""
+    if getattr(args, "workers", None) is not None:
+        raise retired_workers(args.workers)
     values = {}
     if presets_dir and getattr(args, "preset", None):
         values.update(load_config_file(os.path.join(presets_dir, args.preset + ".json"),
@@ -336,28 +259,14 @@ def resolve_config(args, presets_dir=None):
     for f in fields(TrainConfig):
         if getattr(args, f.name) is not None:
             values[f.name] = getattr(args, f.name)
-    extra = {k: values.pop(k) for k in list(values) if k not in
-             {f.name for f in fields(TrainConfig)}}
-    if extra:
-        raise ConfigError(f"unknown settings {sorted(extra)}")
-    return TrainConfig(**values).validate()
+    return TrainConfig(**values)  # checked as it is made
 
 
 def check_out_dir(path):
-    """Make sure `path` is a folder this process can write (created when missing); raise a
-    one-line ConfigError naming --out-dir otherwise (empty, a file, not writable)."""
-    if not path:
-        raise ConfigError("config: out_dir is empty (--out-dir): give a folder, e.g. out")
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"--out-dir {path} is a file, not a folder: give a folder for the "
-                          f"checkpoint and metrics")
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise ConfigError(f"--out-dir {path} cannot be written ({e.strerror}): choose a "
-                          f"folder you can write to") from None
+    """Make sure `path` is a folder this process can write (created, with its parents, when
+    missing); raise a one-line ConfigError naming --out-dir otherwise (empty, a file, not
+    writable)."""
+    check_output_path("--out-dir", path, ConfigError, folder=True, create=True)
 
 
 # -- memory: what a run holds, checked before anything is allocated ---------------------------
@@ -484,7 +393,7 @@ def check_train_memory(cfg, vocab_size=1, available=None):
     sizes = ["n_layer", "n_embd", "mlp_ratio"] if parts["state"] >= parts[largest] else \
         {"train": ["n_layer", "n_embd", "block_size", "batch_size"],
          "eval": ["eval_batch_size", "block_size"], "sample": ["sample_chars"]}[largest]
-    flags = ", ".join(f"{_flag(n)} {getattr(cfg, n)}" for n in sizes)
+    flags = ", ".join(f"{flag(n)} {getattr(cfg, n)}" for n in sizes)
     micro = -(-cfg.batch_size // cfg.grad_accum)
     what = {"train": f"batch {micro} x block {cfg.block_size}",
             "eval": f"evaluation batch {cfg.eval_batch_size} x block {cfg.block_size}",

@@ -30,6 +30,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from tinygrad_char.backend import get_array_module
+from tinygrad_char.errors import UserError
 
 from tinygrad_char.ops.cross_entropy import IGNORE_INDEX
 from tinygrad_char.training.tokenizer import CharTokenizer
@@ -44,7 +45,7 @@ SAMPLE_FILE = "shakespeare_tragedies.txt.gz"  # in sample_data/; source and lice
 SAMPLE_NAME = "the packaged sample text, seven Shakespeare tragedies"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Data cannot be loaded or batched; the message says what is wrong and how to fix it."""
 
 

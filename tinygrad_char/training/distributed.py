@@ -439,17 +439,49 @@ def run_fingerprint(cfg_dict, data, resume):
             "resume": str(resume)}
 
 
-def run_ranks(fn, *args):
-    """Run a command line's `fn(*args)` (an exit status) so that, under an MPI launcher, a
-    rank that fails alone ends the whole job: an exception, or a status other than 0 and
-    130 (an agreed Ctrl-C), aborts every rank (the others would otherwise wait for it in a
-    collective forever). SystemExit passes through: the ranks agreed to stop
-    (check_same_run). Outside a launcher this is just fn(*args)."""
+OTHER_RANK_DELAY = 2.0  # seconds a rank other than 0 waits before reporting a bad input
+FORWARD_DELAY = 0.5  # seconds rank 0 gives the launcher to pass its line on before aborting
+
+
+def report_once(line):
+    """Print one error line on stderr for a job of ranks (the caller then exits with 2).
+
+    Under an MPI launcher every rank parses the same flags and meets the same bad input:
+    rank 0 prints the line and ends the whole job at once (MPI_Abort, status 2), while
+    another rank first waits OTHER_RANK_DELAY, so the line is printed once; a bad input
+    met by that rank alone is still reported, a moment later (and run_ranks then ends the
+    job)."""
+    size, rank = launched_world()
+    if size == 1:
+        print(line, file=sys.stderr)
+        return
+    try:
+        from mpi4py import MPI  # initialises MPI: every rank must, before rank 0 can abort
+    except ImportError:  # a launcher without mpi4py: each rank reports for itself
+        print(line, file=sys.stderr)
+        return
+    if rank == 0:
+        print(line, file=sys.stderr)
+        sys.stderr.flush()
+        time.sleep(FORWARD_DELAY)  # the launcher forwards the line before the abort ends it
+        rank_watch.say("abort")  # the rank watcher (when one runs) keeps quiet
+        MPI.COMM_WORLD.Abort(2)
+    time.sleep(OTHER_RANK_DELAY)
+    print(line, file=sys.stderr)
+
+
+def run_ranks(run_cli, main):
+    """`run_cli(main)` (cli.run_cli: an exit status) so that, under an MPI launcher, a bad
+    input is reported once (report_once) and a rank that fails alone ends the whole job:
+    an exception, or a status other than 0 and 130 (an agreed Ctrl-C), aborts every rank
+    (the others would otherwise wait for it in a collective forever). SystemExit passes
+    through: the ranks agreed to stop (check_same_run). Outside a launcher this is just
+    run_cli(main)."""
     size, _ = launched_world()
     if size == 1:
-        return fn(*args)
+        return run_cli(main)
     try:
-        code = fn(*args)
+        code = run_cli(main, report=report_once)
     except SystemExit:
         raise
     except BaseException:
