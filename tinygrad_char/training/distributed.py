@@ -327,8 +327,12 @@ class MPIWorld(SingleProcess):
         self.comm.Abort(code)
 
 
+def _on_gpu(a):
+    return type(a).__module__.startswith("cupy")
+
+
 def _host(a):
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+    return a.get() if _on_gpu(a) else np.asarray(a)
 
 
 class _MPIReducer:
@@ -421,11 +425,12 @@ class _MPIReducer:
                 out[name] = buf[offset:offset + size].reshape(shape)
                 offset += size
             if offset < buf.size:  # the last bucket's two scalars, summed over the ranks
-                if isinstance(host, np.ndarray):  # a host buffer: reading it costs nothing
+                if not _on_gpu(host):  # a host buffer: reading it costs nothing
                     loss, stop = float(host[offset]), bool(host[offset + 1] > 0)
                 else:  # a CUDA-aware MPI's device buffer: the loss stays there for the
                     # log step to read; the stop flag must reach the host every step
-                    loss, stop = buf[offset], bool(buf[offset + 1:offset + 2].get()[0] > 0)
+                    loss = buf[offset:offset + 1].reshape(())  # a 0-d device array
+                    stop = bool(buf[offset + 1:offset + 2].get()[0] > 0)
         self.pending = []
         return {n: out[n] for n in self.names}, loss, stop
 
