@@ -525,6 +525,9 @@ def run_step(step, folder, log, deadline):
                 os.killpg(proc.pid, signal.SIGKILL)  # the step and whatever it started
                 proc.wait()
                 rc, why = 124, "stopped at the stage's budget"
+        except OSError as e:  # the program itself is missing
+            out.write(f"error: {e}\n")
+            rc, why = 127, f"could not start {argv[0]} ({e.strerror})"
         finally:
             if step.stdout_file:
                 stdout.close()

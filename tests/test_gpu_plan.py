@@ -101,7 +101,7 @@ def test_a_stage_writes_under_OUT_and_stops_a_step_at_its_budget(tmp_path, monke
                                     "{folder}"])
     sleep = gpu_plan.Step("sleep", [sys.executable, "-c", "import time; time.sleep(60)"])
     never = gpu_plan.Step("never", [sys.executable, "-c", "pass"])
-    stage = gpu_plan.Stage("demo", 3, "a test", [write, sleep, never], "3 steps",
+    stage = gpu_plan.Stage("demo", 10, "a test", [write, sleep, never], "3 steps",
                            [("nothing", 1.0)], ("log.txt", "x.txt", "stage.json"))
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     assert gpu_plan.results_dir() == tmp_path / "out"
@@ -111,10 +111,16 @@ def test_a_stage_writes_under_OUT_and_stops_a_step_at_its_budget(tmp_path, monke
     record = json.loads((folder / "stage.json").read_text())
     assert [s.get("exit") for s in record["steps"]] == [0, 124]  # the third never ran
     assert record["steps"][1]["error"] == "stopped at the stage's budget"
-    assert record["status"].startswith("failed at sleep") and record["seconds"] < 30
+    assert record["status"].startswith("failed at sleep") and record["seconds"] < 40
     assert record["steps"][0]["argv"][-1] == str(folder)  # {folder} is the stage's folder
     monkeypatch.delenv("OUT")
     assert gpu_plan.results_dir() == REPO / "benchmarks" / "results" / "gpu"
+    missing = gpu_plan.Stage("missing", 10, "a test", [gpu_plan.Step(
+        "nothing", [str(tmp_path / "no-such-program")])], "1 step", [("nothing", 1.0)],
+        ("log.txt", "stage.json"))
+    assert gpu_plan.run_stage(missing, tmp_path / "out") == 1
+    record = json.loads((tmp_path / "out" / "missing" / "stage.json").read_text())
+    assert record["steps"][0]["exit"] == 127 and "could not start" in record["status"]
 
 
 def test_the_benchmark_stages_write_into_their_folder(stages):
