@@ -3,6 +3,8 @@ against PyTorch (CPU, and CUDA on a GPU), over a sweep of sizes.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE \\
         python benchmarks/bench_layers.py --threads 2 --sizes tiny,large
+    python benchmarks/bench_layers.py --sizes tiny,large,gpu \\
+        --impls cupy,cupy-fused,torch-cuda          # a GPU alone (benchmarks/gpu_plan.py)
 
 For each size, op and pass it first checks that ours and torch agree (outputs and
 gradients, float32, rtol 1e-3; the dropout masks are random, so there the check is that
@@ -52,6 +54,7 @@ RTOL = 1e-3  # float32 against another library: summation order differs
 DROPOUT_P = 0.1
 OURS_VS_TORCH = {"numpy": "torch", "numpy-cpu": "torch", "cupy": "torch-cuda",
                  "cupy-fused": "torch-cuda"}
+IMPLS = ("torch", "numpy", "numpy-cpu", "torch-cuda", "cupy", "cupy-fused")
 
 
 @dataclass
@@ -316,10 +319,15 @@ def main(argv=None):
     p.add_argument("--sizes", default="tiny,large",
                    help=f"comma-separated names from {list(SIZES)} (default: tiny,large)")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated subset of the ops")
+    p.add_argument("--impls", default=",".join(IMPLS),
+                   help=f"comma-separated subset of {list(IMPLS)}; those that cannot run here "
+                        "are skipped with a message (default: all). Ours is checked against "
+                        "torch on its device, so keep torch-cuda beside cupy")
     add_run_args(p, repeat=11, warmup=3, what="calls per measurement")
     args = p.parse_args(argv)
     sizes = pick(p, args.sizes, SIZES, "size")
     ops = pick(p, args.ops, OPS, "op")
+    wanted = pick(p, args.impls, IMPLS, "implementation")
 
     torch = torch_or_none()
     notes = []
@@ -348,8 +356,10 @@ def main(argv=None):
                 print(f"{size} {op}: skipped (the check needs torch)")
                 continue
             case = make_case(op, **shape)
-            times = bench_case(case, with_cpu_kernels(with_fused(impls, kernels, op, notes),
-                                                      op, shape, notes), args)
+            run = with_fused(impls, kernels, op, notes)
+            if "numpy-cpu" in wanted:
+                run = with_cpu_kernels(run, op, shape, notes)
+            times = bench_case(case, {k: v for k, v in run.items() if k in wanted}, args)
             for pass_name, by_impl in times.items():
                 work = case.work_fwd if pass_name == "forward" else case.work_bwd
                 row = {"size": size, "op": op, "pass": pass_name, "unit": case.unit}
@@ -374,8 +384,8 @@ def main(argv=None):
                 f"{impl} {times['forward'][impl].median:.3f}/"
                 f"{times['backward'][impl].median:.3f} ms" for impl in times["forward"]))
 
-    names = list(impls) + [n for n in ("numpy-cpu", "cupy-fused")
-                           if any(f"{n} ms" in r for r in rows)]
+    names = [n for n in impls if n in wanted] + [n for n in ("numpy-cpu", "cupy-fused")
+                                                 if any(f"{n} ms" in r for r in rows)]
     columns = ["size", "op", "pass"] + [(f"{n} ms", f"{n} ms") for n in names]
     columns += [(f"{n} speed", f"{n}: speed vs {OURS_VS_TORCH[n]}") for n in names
                 if OURS_VS_TORCH.get(n) in names]

@@ -6,6 +6,9 @@
     python benchmarks/bench_train_step.py --profile --impls numpy,numpy-cpu   # per-op ms
     python benchmarks/bench_train_step.py --configs gpu-preset,gpu-large \
         --impls cupy,torch-cuda,torch-compile --precisions float32,tf32,float16   # a GPU
+    python benchmarks/bench_train_step.py --configs gpu-preset --dropout 0 \
+        --impls cupy,cupy-fused,torch-cuda,torch-compile --compile-precisions float32 \
+        --precisions float32,tf32,float16                  # benchmarks/gpu_plan.py's stage
 
 For each named configuration (tiny-cpu and gpu-large inline; cpu-preset and gpu-preset
 from examples/configs), each precision (--precisions; tf32 and float16 on the GPU only:
@@ -18,6 +21,14 @@ torch" (torch ms / ours ms: >= 1.0 means ours is at least as fast, against torch
 the same device). Everything starts from the same weights and runs the same batch in
 float32. Before timing, our loss must equal torch's on that batch (dropout off) within
 1e-4 relative.
+
+--dropout P replaces the configs' dropout (0: the fused attention kernel runs, as it takes
+no dropout; with dropout > 0 cupy-fused's attention falls back to the xp op).
+--compile-precisions limits torch.compile to some precisions (each one compiles anew, about
+a minute). cupy-fused in float16 is --kernels auto, what `train_wikitext.py --backend cupy
+--dtype float16` runs: the kernels where the inputs are float32 (LayerNorm, cross-entropy,
+the embedding backward, AdamW), the xp ops in float16 elsewhere (--kernels fused refuses
+float16).
 
 MFU (model FLOPs utilisation) = tokens/s x FLOPs per token / the device's matmul ceiling,
 with nanoGPT's count of FLOPs per token, 6 N + 12 L H Q T (N parameters without the
@@ -38,6 +49,7 @@ Not here: data loading, evaluation, checkpoints (the training loop's own costs).
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +79,11 @@ IMPL_MODEL = {"numpy": ("numpy", "xp"), "numpy-cpu": ("numpy", "cpu"),
 
 
 def ours_model(impl, model_cfg, compute_dtype=None):
-    """Our GPT for one of OURS (IMPL_MODEL: its backend and kernels mode)."""
+    """Our GPT for one of OURS (IMPL_MODEL: its backend and kernels mode; in float16,
+    "fused" becomes "auto", which keeps the kernels whose inputs stay float32)."""
     backend, kernels = IMPL_MODEL[impl]
+    if compute_dtype and kernels == "fused":
+        kernels = "auto"
     return GPT(model_cfg, backend=backend, seed=0, compute_dtype=compute_dtype,
                kernels=kernels)
 
@@ -258,8 +273,6 @@ def set_precision(precision, cupy=None, torch=None):
 def check_losses(model_cfg, batch, impls, torch):
     """Our loss against torch's on the same weights and batch, dropout off (random masks
     cannot agree). Returns {impl: loss}; raises AssertionError naming the pair."""
-    from dataclasses import replace
-
     cfg = replace(model_cfg, dropout=0.0)
     losses = {}
     for impl in [b for b in OURS if b in impls]:
@@ -441,6 +454,12 @@ def main(argv=None):
     p.add_argument("--precisions", default="float32",
                    help=f"comma-separated from {list(PRECISIONS)}; tf32 and float16 run on "
                         "the GPU implementations only (default: float32)")
+    p.add_argument("--dropout", type=float, default=None, metavar="P",
+                   help="replace every config's dropout with P (0: the fused attention "
+                        "kernel runs; default: each config's own)")
+    p.add_argument("--compile-precisions", default=None, metavar="LIST",
+                   help="run torch-compile only at these precisions (comma-separated; "
+                        "default: every one of --precisions)")
     p.add_argument("--include-gpu-preset-on-cpu", action="store_true",
                    help="also run gpu-preset and gpu-large without a GPU (slow)")
     p.add_argument("--vocab-size", type=int, default=65, help="V (Tiny Shakespeare: 65)")
@@ -455,6 +474,10 @@ def main(argv=None):
     configs = pick(p, args.configs, NAMED_CONFIGS, "config")
     wanted = pick(p, args.impls, ALL_IMPLS, "implementation")
     precisions = pick(p, args.precisions, PRECISIONS, "precision")
+    compile_precisions = (precisions if args.compile_precisions is None else
+                          pick(p, args.compile_precisions, PRECISIONS, "precision"))
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        p.error(f"--dropout must be in [0, 1), got {args.dropout}")
 
     torch = torch_or_none() if any(i.startswith("torch") for i in wanted) else None
     cupy, cupy_why = cupy_or_none()
@@ -500,6 +523,8 @@ def main(argv=None):
     ceilings = {}  # (device, precision) -> FLOP/s, measured once
     for name, train_cfg, model_cfg in available_named_configs(configs, args.vocab_size,
                                                               notes):
+        if args.dropout is not None:
+            model_cfg = replace(model_cfg, dropout=args.dropout)
         if name in GPU_ONLY_CONFIGS and cupy is None and torch_cuda is None \
                 and not args.include_gpu_preset_on_cpu:
             msg = f"{name} skipped on the CPU (slow); pass --include-gpu-preset-on-cpu"
@@ -519,8 +544,15 @@ def main(argv=None):
                 if note not in notes:
                     notes.append(note)
             if precision == "float16" and "cupy-fused" in run_impls:
-                run_impls.remove("cupy-fused")
-                note = "float16: cupy-fused not run (the fused kernels are float32)"
+                note = ("float16: cupy-fused = --kernels auto (the fused kernels are "
+                        "float32: LayerNorm, cross-entropy, embedding backward and AdamW "
+                        "run fused, attention and GELU on the xp ops in float16)")
+                if note not in notes:
+                    notes.append(note)
+            if precision not in compile_precisions and "torch-compile" in run_impls:
+                run_impls.remove("torch-compile")
+                note = (f"torch-compile run only at {', '.join(compile_precisions)} "
+                        "(--compile-precisions)")
                 if note not in notes:
                     notes.append(note)
             if not run_impls:
@@ -585,6 +617,8 @@ def main(argv=None):
     shapes = []
     for name in dict.fromkeys(r["config"] for r in rows):
         t, m = named_config(name, args.vocab_size)
+        if args.dropout is not None:
+            m = replace(m, dropout=args.dropout)
         shapes.append(f"{name} = {m.n_layer} layers x {m.n_head} heads x {m.n_embd}, "
                       f"context {m.block_size}, batch {t.batch_size}, V {m.vocab_size}, "
                       f"dropout {m.dropout}")

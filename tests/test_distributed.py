@@ -526,9 +526,15 @@ FAKE_CUPY_RANKS = """
 import sys, types
 import numpy as np
 
+reads = []  # float() of a device value: a read-back that waits for the GPU
+
 class ndarray(np.ndarray):
     def get(self):
         return np.array(self, copy=True)
+
+    def __float__(self):
+        reads.append(1)
+        return float(np.asarray(self))
 
 ndarray.__module__ = "cupy"
 cupy = types.ModuleType("cupy")
@@ -536,6 +542,7 @@ cupy.ndarray = ndarray
 cupy.asarray = lambda a, dtype=None: np.array(a, dtype=dtype, copy=True).view(ndarray)
 cupy.concatenate = lambda arrays: np.concatenate(arrays).view(ndarray)
 cupy.zeros = lambda n, dtype: np.zeros(n, dtype).view(ndarray)
+cupy.full = lambda n, value, dtype: np.full(n, value, dtype).view(ndarray)
 synced = []
 stream = types.SimpleNamespace(synchronize=lambda: synced.append(1))
 cupy.cuda = types.SimpleNamespace(get_current_stream=lambda: stream)
@@ -551,7 +558,10 @@ reducer = world.grad_reducer(list(shapes), n_layer=2)
 hook = reducer.hook(True)
 hook(1, grads)  # the backward finishes block 1, then block 0
 hook(0, grads)
-summed, loss, stop = reducer.add(grads, True, 0.5 * (r + 1), r == 1)
+summed, loss, stop = reducer.add(grads, True, cupy.asarray(np.float32(0.5 * (r + 1))), r == 1)
+assert not reads, "the loss was read back from the device during the step"
+assert isinstance(loss, ndarray) == world.cuda_aware, type(loss)  # else a host float
+loss = float(loss)
 for i, (n, s) in enumerate(shapes.items()):
     assert type(summed[n]) is ndarray, (n, type(summed[n]))
     assert summed[n].shape == s and np.all(summed[n] == 3.0 * (i + 1)), (n, summed[n])
@@ -586,7 +596,8 @@ def test_cupy_gradients_are_summed_through_host_or_device_buffers(tmp_path, cuda
     (no GPU here): device gradients in three buckets (two blocks during the backward, the
     rest after) come back as device arrays holding the sum over the ranks, with the loss
     and the stop flag; through host copies by default, handed to MPI as they are (after a
-    stream synchronise) with TINYGRAD_CHAR_CUDA_AWARE_MPI=1."""
+    stream synchronise) with TINYGRAD_CHAR_CUDA_AWARE_MPI=1. The loss (a device scalar)
+    travels inside the last bucket and is never read back on its own during the step."""
     script = tmp_path / "ranks.py"
     script.write_text(FAKE_CUPY_RANKS)
     env = dict(_env(), TINYGRAD_CHAR_CUDA_AWARE_MPI=cuda_aware,

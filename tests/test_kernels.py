@@ -357,6 +357,12 @@ def test_embedding_backward_kernels(kxp, version, B, T, V, C, ids):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_fused_adamw(kxp, weight_decay):
+    """FusedAdamW against optim.AdamW over steps that change lr, clip with a grad_scale
+    that is a number or a 0-d float64 array (clip_scale's, which the kernel reads from
+    device memory), and pass a skip flag as precision.LossScaler.step does: a step whose
+    gradients overflowed (inf, NaN) is skipped by the kernel, and the twin, which never
+    saw it, stays equal in parameters, moments and step count (the bias corrections use
+    the count of updates applied). A checkpoint's count resumes the count on the device."""
     rng = np.random.default_rng(6)
     shapes = {"wte": (65, 33), "ln.weight": (33,), "ln.bias": (33,), "c_fc": (70, 90),
               "tiny": (1, 1)}  # 6300 elements: two chunks of 4096; odd sizes everywhere
@@ -364,15 +370,39 @@ def test_fused_adamw(kxp, weight_decay):
     params_ref = {k: p.copy() for k, p in params.items()}
     opt = kernels.FusedAdamW(params, lr=1e-2, weight_decay=weight_decay)
     opt_ref = optim.AdamW(params_ref, lr=1e-2, weight_decay=weight_decay)
-    for step, lr in enumerate([None, 3e-3, None]):
+    # (lr, grad_scale, skip): skip None is the plain step, a 0-d bool the float16 one
+    steps = [(None, 1.0, None), (3e-3, kxp.asarray(0.37), None), (None, 1.0, True),
+             (None, kxp.asarray(0.5), kxp.asarray(False)), (2e-3, 0.8, kxp.asarray(True)),
+             (None, kxp.asarray(1.0), kxp.asarray(False))]
+    applied = 0
+    for step, (lr, scale, skip) in enumerate(steps):
         grads = {k: randn(kxp, rng, *s) for k, s in shapes.items()}
-        opt.step(grads, lr=lr)
-        opt_ref.step(grads, lr=lr)
+        if skip is True:
+            skip = kxp.asarray(True)
+            grads["c_fc"][3, 4] = np.inf
+            grads["ln.bias"][0] = np.nan
+        opt.step(grads, lr=lr, grad_scale=scale, skip=skip)
+        if skip is None or not bool(skip):
+            opt_ref.step(grads, lr=lr, grad_scale=scale)
+            applied += 1
         for k in shapes:
-            assert_close(f"AdamW step {step + 1} {k}", params[k], params_ref[k], atol=1e-6)
-            assert_close(f"AdamW step {step + 1} m[{k}]", opt.m[k], opt_ref.m[k])
-            assert_close(f"AdamW step {step + 1} v[{k}]", opt.v[k], opt_ref.v[k])
-    assert opt.step_count == opt_ref.step_count == 3
+            where = f"AdamW step {step + 1} (skip={None if skip is None else bool(skip)})"
+            assert_close(f"{where} {k}", params[k], params_ref[k], atol=1e-6)
+            assert_close(f"{where} m[{k}]", opt.m[k], opt_ref.m[k])
+            assert_close(f"{where} v[{k}]", opt.v[k], opt_ref.v[k])
+        assert opt.step_count == opt_ref.step_count == applied, f"step {step + 1}: count"
+    assert applied == 4
+    resumed = kernels.FusedAdamW({k: p.copy() for k, p in params.items()}, lr=1e-2,
+                                 weight_decay=weight_decay)
+    resumed.load_state_dict(opt.state_dict())
+    assert resumed.state_dict()["step"] == 4
+    grads = {k: randn(kxp, rng, *s) for k, s in shapes.items()}
+    resumed.step(grads)
+    opt_ref.step(grads)
+    for k in shapes:
+        assert_close(f"AdamW step 5 after load_state_dict {k}", resumed.params[k],
+                     params_ref[k], atol=1e-6)
+    assert resumed.step_count == 5
 
 
 # == dispatch and fallbacks (anywhere) =====================================================

@@ -115,6 +115,138 @@ def test_an_overflowing_loss_scale_is_detected_by_the_gradient_norm():
     assert not scaler.update(norm) and scaler.skipped_steps == 1 and scaler.scale == 5e8
 
 
+NORMS = [1.0, np.inf, np.nan, np.nan, 0.5, 0.5, 0.5, 2.0, -np.inf, 0.25, 0.1, 0.3, 0.2]
+
+
+def test_the_array_rule_of_the_loss_scaler_is_the_host_rule():
+    """update_arrays (the GPU's path: array ops, no branch on a value) against update (the
+    host's), run here on NumPy: the same decisions, scales and counts step by step, the
+    same state_dict, and a state loaded back into host numbers continues alike."""
+    def scaler():
+        return LossScaler(init_scale=1024.0, growth_interval=3, min_scale=256.0)
+
+    host, arrays = scaler(), scaler()
+    for i, norm in enumerate(NORMS):
+        finite = host.update(np.float64(norm))
+        finite_arrays = arrays.update_arrays(np.float64(norm), np)
+        assert isinstance(finite, bool) and not isinstance(finite_arrays, bool)
+        got = (bool(finite_arrays), float(arrays.scale), int(arrays.good_steps),
+               int(arrays.skipped_steps))
+        assert got == (finite, host.scale, host.good_steps, host.skipped_steps), f"norm #{i}"
+    assert np.asarray(arrays.scale).dtype == np.float32  # device scale: float32, as the grads
+    assert arrays.state_dict() == host.state_dict() == \
+        {"scale": 512.0, "good_steps": 1, "skipped_steps": 4}
+    arrays.load_state_dict(arrays.state_dict())
+    assert isinstance(arrays.scale, float) and arrays.update(np.float64(1.0)) is True
+
+
+class _Recorder:
+    """An optimizer that skips on the device: records each step's call."""
+
+    skips_on_device = True
+
+    def __init__(self):
+        self.calls = []
+
+    def step(self, grads, lr, grad_scale=1.0, skip=None):
+        self.calls.append((lr, grad_scale, skip))
+
+
+class _HostOnly(_Recorder):
+    skips_on_device = False
+
+    def step(self, grads, lr, grad_scale=1.0):
+        self.calls.append((lr, grad_scale, None))
+
+
+def test_loss_scaler_step_branches_on_the_host_and_passes_a_flag_on_the_device():
+    """LossScaler.step: with a NumPy norm it calls the optimizer only when the gradients
+    are finite; with the array rule (the GPU's) an optimizer that skips on the device is
+    called every step with skip = the overflow flag, never left out by a Python branch; any
+    other optimizer is called only for finite steps (its flag read back)."""
+    host, dev, other = _Recorder(), _Recorder(), _HostOnly()
+    s_host, s_dev, s_other = LossScaler(), LossScaler(), LossScaler()
+    s_dev.update = lambda norm: s_dev.update_arrays(norm, np)
+    s_other.update = lambda norm: s_other.update_arrays(norm, np)
+    for norm in NORMS:
+        for scaler, opt in ((s_host, host), (s_dev, dev), (s_other, other)):
+            scaler.step(opt, {}, 1e-3, np.float64(norm), grad_scale=0.5)
+    finite = [bool(np.isfinite(n)) for n in NORMS]
+    assert len(host.calls) == len(other.calls) == sum(finite)
+    assert all(skip is None for _, _, skip in host.calls + other.calls)
+    assert len(dev.calls) == len(NORMS)
+    assert [bool(skip) for _, _, skip in dev.calls] == [not f for f in finite]
+    assert all(scale == 0.5 for _, scale, _ in dev.calls)
+
+
+def check_float16_steps(xp, force_array_rule=False):
+    """Float16-style AdamW steps with overflows, twice: the GPU's way (FusedAdamW on
+    module xp, its kernel reading the clip factor and the skip flag from memory; the
+    scaler's array rule) and the host's (NumPy, optim.AdamW only for finite steps): the
+    same parameters, moments and step count at every step. Returns the GPU-way scaler."""
+    from tinygrad_char import optim
+    from tinygrad_char.fused import cuda as kernels
+    from tinygrad_char.optim import clip_scale, grad_norm
+
+    rng = np.random.default_rng(4)
+    shapes = {"w": (33, 17), "b": (17,)}
+    ref_params = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    params = {k: xp.asarray(p) for k, p in ref_params.items()}
+    fused, ref = kernels.FusedAdamW(params, lr=1e-2), optim.AdamW(ref_params, lr=1e-2)
+    s_dev, s_host = LossScaler(init_scale=8.0), LossScaler(init_scale=8.0)
+    if force_array_rule:  # NumPy norms would take the host rule
+        s_dev.update = lambda norm: s_dev.update_arrays(norm, xp)
+    for step, overflow in enumerate([False, True, False, True, True, False]):
+        grads = {k: (rng.standard_normal(s) * 8.0).astype(np.float16) for k, s in shapes.items()}
+        if overflow:
+            grads["w"][1, 2] = np.inf
+        for scaler, opt, g in ((s_dev, fused, {k: xp.asarray(a) for k, a in grads.items()}),
+                               (s_host, ref, grads)):
+            with np.errstate(over="ignore", invalid="ignore"):
+                g32 = scaler.unscale(g)
+                norm = grad_norm(g32)
+                scaler.step(opt, g32, None, norm, grad_scale=clip_scale(norm, 1.0))
+        for k in shapes:
+            for a, b, what in ((params, ref_params, "p"), (fused.m, ref.m, "m"),
+                               (fused.v, ref.v, "v")):
+                np.testing.assert_allclose(to_np(a[k]), b[k], rtol=1e-5, atol=1e-7,
+                                           err_msg=f"step {step + 1}: {what}[{k}]")
+        assert fused.step_count == ref.step_count, f"step {step + 1}: step count"
+    assert ref.step_count == 3 and s_dev.state_dict() == s_host.state_dict()
+    return s_dev
+
+
+def test_float16_steps_skip_inside_the_fused_adamw(monkeypatch):
+    """check_float16_steps on the CPU: FusedAdamW's kernel on the CPU emulator."""
+    import functools
+    import sys
+
+    from conftest import REPO
+    from tinygrad_char.fused import cuda as kernels
+
+    sys.path.insert(0, str(REPO))
+    from benchmarks.kernel_lab import cuda_emulator
+
+    if cuda_emulator.compiler() is None:
+        pytest.skip("g++ not found: the CPU emulator of the kernels needs it")
+    monkeypatch.setattr(kernels, "_on_device", lambda a: True)
+    monkeypatch.setattr(kernels, "_launch",
+                        functools.partial(cuda_emulator.launch, kernels.kernels_dir()))
+    check_float16_steps(np, force_array_rule=True)
+
+
+@gpu
+@pytest.mark.gpu
+def test_gpu_float16_steps_keep_the_scaler_and_the_skip_on_the_device():
+    """check_float16_steps on CuPy with the real kernel; the scaler's state is on the
+    device (0-d CuPy arrays), which is what spares each step a read-back."""
+    import cupy
+
+    scaler = check_float16_steps(cupy)
+    assert all(isinstance(v, cupy.ndarray)
+               for v in (scaler.scale, scaler.good_steps, scaler.skipped_steps))
+
+
 # -- training ---------------------------------------------------------------------------------
 
 def tiny(out_dir, **overrides):

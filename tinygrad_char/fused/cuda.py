@@ -435,6 +435,10 @@ class FusedAdamW(optim.AdamW):
     """
 
     _tables = None  # (key, device tables) built on the first fused step
+    _step_dev = None  # (1,) int32 beside the parameters: the step count the kernel reads
+    _host_steps = 0  # the step count while _step_dev is None
+    _constants = None  # (1,) device arrays: the factor 1.0 and the flag "do not skip"
+    skips_on_device = True  # step() takes skip=, a flag on the device (LossScaler.step)
 
     def _device_tables(self, xp):
         """Pointer and block tables for the current parameters, rebuilt if they changed."""
@@ -465,21 +469,36 @@ class FusedAdamW(optim.AdamW):
             self._tables = (key, tables)
         return self._tables[1]
 
-    def step(self, grads, lr=None, grad_scale=1.0):
+    @property
+    def step_count(self):
+        """Updates applied so far. Once the kernel has run, the count lives on the device
+        beside the parameters (a float16 step skipped there leaves it unchanged without the
+        host knowing), and reading it is one device read: checkpoints and tests read it,
+        steps do not."""
+        return self._host_steps if self._step_dev is None else int(self._step_dev[0])
+
+    @step_count.setter
+    def step_count(self, value):  # optim.AdamW's __init__, load_state_dict and step set it
+        self._host_steps = int(value)
+        self._step_dev = None  # put on the device again at the next kernel step
+
+    def step(self, grads, lr=None, grad_scale=1.0, skip=None):
         """One AdamW update of every parameter from grads * grad_scale (see
-        optim.AdamW.step for the math); the grads are not modified."""
+        optim.AdamW.step for the math); the grads are not modified.
+
+        grad_scale: a number or a 0-d array (the clip's factor, optim.clip_scale), which the
+        kernel reads from device memory, so a factor computed on the GPU is not read back.
+        skip: None, or a 0-d flag on the device (precision.LossScaler.step: the float16
+        gradients overflowed); where it is set, the kernel leaves parameters, moments and
+        the step count as they are, again without a read-back.
+        """
         params = list(self.params.values())
         if not params or not _kernel_applies(*params, *self.m.values(), *self.v.values()):
+            if skip is not None and bool(skip):  # the twin branches on the host: one read
+                return
             return super().step(grads, lr, grad_scale)
         xp = get_array_module(params[0])
-        if not (isinstance(grad_scale, float) and grad_scale == 1.0):
-            # the clip as its own pass (the kernel has no scale argument yet), rounded as
-            # optim.AdamW rounds it
-            grads = {n: g * grad_scale.astype(g.dtype) if hasattr(grad_scale, "astype")
-                     else g * g.dtype.type(grad_scale) for n, g in grads.items()}
         lr = self.lr if lr is None else lr
-        self.step_count += 1
-        t = self.step_count
         tab = self._device_tables(xp)
         g_list = []  # keeps the gradient buffers alive until the launch is queued
         for name in tab.names:
@@ -489,12 +508,26 @@ class FusedAdamW(optim.AdamW):
                                  f"param has {self.params[name].shape}")
             g_list.append(g)
         g_ptrs = xp.asarray(np.asarray([_address(g) for g in g_list], dtype=np.uint64))
-        # the per-step scalars in double, rounded to float32 once, as optim.AdamW's NumPy ops
+        if self._constants is None:
+            self._constants = (xp.ones(1, dtype=np.float32), xp.zeros(1, dtype=np.int32))
+        one, no_skip = self._constants
+        if isinstance(grad_scale, float) and grad_scale == 1.0:
+            scale = one
+        else:  # rounded to float32 as optim.AdamW rounds it (g * scale.astype(g.dtype))
+            scale = xp.asarray(grad_scale, dtype=np.float32).reshape(1)
+        if self._step_dev is None:
+            self._step_dev = xp.full(1, self._host_steps, dtype=np.int32)
+        t = self._step_dev  # advanced to this update's number before the launch
+        if skip is None:
+            skip = no_skip
+            t += 1
+        else:
+            skip = xp.asarray(skip, dtype=np.int32).reshape(1)
+            t += 1 - skip  # unchanged where the step is skipped
         wd = self.weight_decay or 0.0
         _launch("adamw.cu", "adamw_multi_tensor", (len(tab.block_tensor),), (256,),
                 (tab.params, g_ptrs, tab.exp_avg, tab.exp_avg_sq, tab.sizes, tab.decay,
                  tab.block_tensor, tab.block_start,
-                 _f32(self.beta1), _f32(1.0 - self.beta1), _f32(self.beta2),
-                 _f32(1.0 - self.beta2), _f32(self.eps), _f32(1.0 - self.beta2 ** t),
-                 _f32(lr / (1.0 - self.beta1 ** t)), _f32(1.0 - lr * wd)))
+                 np.float64(self.beta1), np.float64(self.beta2), _f32(self.eps),
+                 np.float64(lr), _f32(1.0 - lr * wd), scale, skip, t))
         del g_list

@@ -327,8 +327,12 @@ class MPIWorld(SingleProcess):
         self.comm.Abort(code)
 
 
+def _on_gpu(a):
+    return type(a).__module__.startswith("cupy")
+
+
 def _host(a):
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
+    return a.get() if _on_gpu(a) else np.asarray(a)
 
 
 class _MPIReducer:
@@ -352,21 +356,30 @@ class _MPIReducer:
         self.pending = []  # (request, host buffer, [(name, shape)], device buffer or None)
         self.sent = set()
 
-    def _send(self, grads, names, extra=()):
+    def _send(self, grads, names, loss=None, stop=False):
+        """Pack `names`' gradients (and, for the last bucket, the weighted loss and the
+        stop flag) into one buffer and start its all-reduce."""
         arrays = [grads[n] for n in names]
         xp = sys.modules.get("cupy") if arrays and type(arrays[0]).__module__.startswith(
             "cupy") else np
         # float16 gradients (mixed precision) are summed in float32, as AdamW uses them
         dtype = np.result_type(*[a.dtype for a in arrays], np.float32)
         flat = [a.reshape(-1).astype(dtype, copy=False) for a in arrays]
-        if extra:
-            flat.append(xp.asarray(np.array(extra, dtype=dtype)))
+        if loss is not None:
+            # the loss joins the bucket where it is (a device scalar on CuPy: no read of its
+            # own), the flag is written there by a fill (no upload)
+            flat += [xp.asarray(loss, dtype=dtype).reshape(1),
+                     xp.full(1, 1.0 if stop else 0.0, dtype=dtype)]
         buf = xp.concatenate(flat) if flat else xp.zeros(0, dtype)
         if xp is not np and self.world.cuda_aware:
             xp.cuda.get_current_stream().synchronize()  # complete before MPI reads it
             host = buf  # a CUDA-aware MPI reads and writes the device buffer itself
         else:
-            host = _host(buf)  # CuPy: a copy in host memory, summed there, copied back
+            # The one device -> host copy per bucket that stays: MPI here sums host memory,
+            # so each bucket must be on the host before its Iallreduce starts, which waits
+            # for the backward that produced it (the copy back after Waitall is the other
+            # direction). Only a CUDA-aware MPI or NCCL, reading device memory, removes it.
+            host = _host(buf)
         request = self.world.comm.Iallreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
         self.pending.append((request, host, [(n, grads[n].shape) for n in names],
                              xp if xp is not np else None))
@@ -398,7 +411,7 @@ class _MPIReducer:
         if self.acc is not None:
             for n in rest:
                 grads[n] = grads[n] + self.acc[n]
-        self._send(grads, rest, extra=(float(loss), 1.0 if stop else 0.0))
+        self._send(grads, rest, loss=loss, stop=stop)
         self.world.waiting()
         t = time.perf_counter()
         self.MPI.Request.Waitall([p[0] for p in self.pending])
@@ -411,8 +424,13 @@ class _MPIReducer:
                 size = int(np.prod(shape))
                 out[name] = buf[offset:offset + size].reshape(shape)
                 offset += size
-            if offset < buf.size:  # the last bucket's two scalars
-                loss, stop = float(host[offset]), bool(host[offset + 1] > 0)
+            if offset < buf.size:  # the last bucket's two scalars, summed over the ranks
+                if not _on_gpu(host):  # a host buffer: reading it costs nothing
+                    loss, stop = float(host[offset]), bool(host[offset + 1] > 0)
+                else:  # a CUDA-aware MPI's device buffer: the loss stays there for the
+                    # log step to read; the stop flag must reach the host every step
+                    loss = buf[offset:offset + 1].reshape(())  # a 0-d device array
+                    stop = bool(buf[offset + 1:offset + 2].get()[0] > 0)
         self.pending = []
         return {n: out[n] for n in self.names}, loss, stop
 

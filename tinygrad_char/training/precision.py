@@ -20,7 +20,7 @@ batched (3-D and up) float16 matmuls, the attention's, as float32 GEMMs on upcas
 
 import numpy as np
 
-from tinygrad_char.backend import BackendError
+from tinygrad_char.backend import BackendError, get_array_module
 
 PRECISIONS = ("float32", "tf32", "float16", "float64")
 
@@ -70,7 +70,13 @@ class LossScaler:
         overflow (a non-finite gradient norm): skip the update, scale *= backoff, count it
         otherwise: apply the update; after growth_interval updates in a row, scale *= growth
     A skipped step still advances the learning-rate schedule, as in PyTorch.
-    Reading the norm's finiteness is one host read-back per step (float16 runs only).
+
+    Where the state lives: on the host (Python numbers) while the gradient norm is a NumPy
+    value. Once `update` meets a norm on the GPU, `scale`, `good_steps` and `skipped_steps`
+    become 0-d arrays there (scale in float32, exact for the powers of two it takes by
+    default) and are updated by array ops, so a float16 step reads nothing back: the
+    overflow decision is a device flag that `step` hands to an optimizer that skips on the
+    device (FusedAdamW). state_dict() reads the three back (checkpoints, logs).
     """
 
     def __init__(self, init_scale=2.0 ** 16, growth=2.0, backoff=0.5, growth_interval=2000,
@@ -84,7 +90,7 @@ class LossScaler:
 
     def unscale(self, grads):
         """float32 copies of `grads` divided by the scale (a dict with the same keys)."""
-        inv_scale = 1.0 / self.scale
+        inv_scale = 1.0 / self.scale  # a device scalar once the state is on the GPU
         out = {}
         for name, g in grads.items():
             g32 = g.astype("float32")  # a new array for float16 and float32 alike
@@ -93,7 +99,13 @@ class LossScaler:
         return out
 
     def update(self, grad_norm):
-        """After unscale and clipping: True when the step's update should be applied."""
+        """After unscale and clipping: whether the step's update should be applied.
+
+        A NumPy norm: a Python bool (one host check, free on the CPU). A norm on the GPU:
+        a 0-d bool array on the device, the state updated there (update_arrays)."""
+        xp = get_array_module(grad_norm)
+        if xp is not np:
+            return self.update_arrays(grad_norm, xp)
         finite = bool(np.isfinite(float(grad_norm)))
         if finite:
             self.good_steps += 1
@@ -106,9 +118,45 @@ class LossScaler:
             self.good_steps = 0
         return finite
 
+    def update_arrays(self, grad_norm, xp):
+        """update()'s rule as array ops on module xp, with no branch on a value: the GPU's
+        path (about ten tiny launches instead of a read-back). Moves the state into xp
+        arrays on first use; returns `finite` as a 0-d bool array. Works on NumPy too,
+        which is how the CPU tests compare it with update()."""
+        scale = xp.asarray(self.scale, dtype=np.float32)
+        good = xp.asarray(self.good_steps, dtype=np.int64)
+        skipped = xp.asarray(self.skipped_steps, dtype=np.int64)
+        finite = xp.isfinite(grad_norm)
+        good = xp.where(finite, good + 1, 0)
+        grow = good >= self.growth_interval
+        backed_off = xp.maximum(scale * np.float32(self.backoff), np.float32(self.min_scale))
+        self.scale = xp.where(grow, scale * np.float32(self.growth),
+                              xp.where(finite, scale, backed_off))
+        self.good_steps = xp.where(grow, 0, good)
+        self.skipped_steps = skipped + ~finite
+        return finite
+
+    def step(self, optimizer, grads, lr, grad_norm, grad_scale=1.0):
+        """update(grad_norm), then optimizer.step(grads, lr, grad_scale=grad_scale) unless
+        the gradients overflowed (torch's GradScaler.step). On the host the decision is a
+        Python branch. On the GPU it stays a device flag: an optimizer that skips on the
+        device (`skips_on_device`, FusedAdamW) gets it as skip= and nothing is read back;
+        any other (optim.AdamW, the xp reference, for --kernels xp) branches in Python, so
+        the flag is read back there, one small read per step."""
+        finite = self.update(grad_norm)
+        if isinstance(finite, bool):
+            if finite:
+                optimizer.step(grads, lr, grad_scale=grad_scale)
+        elif getattr(optimizer, "skips_on_device", False):
+            optimizer.step(grads, lr, grad_scale=grad_scale, skip=~finite)
+        elif bool(finite):
+            optimizer.step(grads, lr, grad_scale=grad_scale)
+        return finite
+
     def state_dict(self):
-        return {"scale": self.scale, "good_steps": self.good_steps,
-                "skipped_steps": self.skipped_steps}
+        """The state as Python numbers (read back from the GPU when it lives there)."""
+        return {"scale": float(self.scale), "good_steps": int(self.good_steps),
+                "skipped_steps": int(self.skipped_steps)}
 
     def load_state_dict(self, state):
         self.scale = float(state["scale"])

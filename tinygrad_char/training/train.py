@@ -105,12 +105,16 @@ def clip_and_step(grads, optimizer, lr, grad_clip, scaler=None):
     clipping) and step the optimizer with learning rate `lr` (None: its own); the clip's
     factor is applied inside the optimizer's step (grads are not modified). With a
     precision.LossScaler (float16): unscale to float32 first, and skip the step when the
-    gradients overflowed (scaler.update decides). Returns the norm before clipping."""
+    gradients overflowed (scaler.step decides; on the GPU without reading the norm back).
+    Returns the norm before clipping."""
     if scaler is not None:
         grads = scaler.unscale(grads)
     norm = optimizer.grad_norm(grads)
-    if scaler is None or scaler.update(norm):
-        optimizer.step(grads, lr, grad_scale=clip_scale(norm, grad_clip))  # the clip, fused
+    scale = clip_scale(norm, grad_clip)  # the clip, applied inside the optimizer's step
+    if scaler is None:
+        optimizer.step(grads, lr, grad_scale=scale)
+    else:
+        scaler.step(optimizer, grads, lr, norm, grad_scale=scale)
     return norm
 
 
@@ -424,7 +428,8 @@ def _train(cfg, data, resume, progress, out, world, ctrl_c):
                 record = {"step": step, "train_loss": loss, "lr": lr, "tokens_per_sec": tok_s,
                           "time": time.time(), "world_size": world.world_size}
                 if scaler is not None:
-                    record.update(loss_scale=scaler.scale, skipped_steps=scaler.skipped_steps)
+                    record.update(loss_scale=float(scaler.scale),
+                                  skipped_steps=int(scaler.skipped_steps))
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
                 if evaluating:
@@ -477,9 +482,10 @@ def _final_report(cfg, data, model, backend, world, scaler, step, start_step, ck
                "description": data.description, "device": backend.device,
                "world_size": world.world_size}
     if scaler is not None:
-        results.update(skipped_steps=scaler.skipped_steps, loss_scale=scaler.scale)
-        out(f"float16: {scaler.skipped_steps} of {step - start_step} steps skipped for "
-            f"gradient overflow; final loss scale {scaler.scale:g}")
+        skipped, scale = int(scaler.skipped_steps), float(scaler.scale)  # (on the GPU: read)
+        results.update(skipped_steps=skipped, loss_scale=scale)
+        out(f"float16: {skipped} of {step - start_step} steps skipped for "
+            f"gradient overflow; final loss scale {scale:g}")
     val, n_val, secs = evaluate_split(model, data.val_ids, cfg, world, 0,
                                       "validation (whole split)", progress)
     results.update(val_loss=val, val_bpc=val / LN2, val_chars=n_val, val_seconds=secs)
