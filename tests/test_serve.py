@@ -221,7 +221,8 @@ def test_openapi_schema_documents_fields_and_bounds(served):
     client, _, _ = served
     schema = client.get("/openapi.json")[1]
     props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert set(props) == {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"}
+    assert set(props) == {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+                          "stop", "stream"}
     for name, prop in props.items():
         assert prop.get("description"), f"{name} has no description"
     assert props["max_new_tokens"]["minimum"] == 0
