@@ -207,7 +207,7 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
                 return int(value)
             return value
 
-        @field_validator("prompt", check_fields=False)
+        @field_validator("prompt", "text", check_fields=False)
         @classmethod
         def _in_vocabulary(cls, prompt):
             tokenizer.encode(prompt, errors="raise", what="prompt")  # ValueError -> 422
@@ -501,11 +501,29 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
     errors_429 = {"model": ErrorResponse, "description": "Every slot and queue place is "
                   "taken: retry after the Retry-After header's seconds.",
                   "headers": {"Retry-After": {"schema": {"type": "integer"}}}}
-    stream_200 = {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                  "description": "JSON, or with stream: true server-sent events."}
+
+    def stream_200(data_schema, what):
+        """The 200 answer: JSON, or server-sent events (the schema describes one event)."""
+        event = {"type": "object", "required": ["data"], "properties": {
+            "data": data_schema, "event": {"type": "string"}}}
+        return {"content": {"text/event-stream": {"schema": event}},
+                "description": f"JSON, or with stream: true server-sent events: {what}"}
+
+    generate_event = {"type": "object", "additionalProperties": False, "properties": {
+        "text": {"type": "string"}, "done": {"const": True}, "error": {"type": "string"},
+        "num_chars": {"type": "integer"}, "time_s": {"type": "number"},
+        "seed": {"type": "integer"}, "finish_reason": {"type": "string"},
+        "prompt_chars_used": {"type": "integer"}, "prompt_cropped": {"type": "boolean"}}}
+    generate_200 = stream_200(
+        {"type": "string", "contentMediaType": "application/json",
+         "contentSchema": generate_event},
+        '{"text"} per chunk of new characters, then {"done": true, ...} with the totals.')
+    completions_200 = stream_200(
+        {"type": "string"}, "a completion chunk (JSON) per chunk of new characters, one with "
+        "finish_reason, [usage,] then the literal [DONE].")
 
     @app.post("/generate", response_model=GenerateResponse,
-              responses={200: stream_200, 422: errors_422, 429: errors_429})
+              responses={200: generate_200, 422: errors_422, 429: errors_429})
     async def generate(req: GenerateRequest, request: HttpRequest):
         """Continue the prompt: the whole text as JSON, or streamed as server-sent events
         (`data: {"text": ...}` per chunk, then `data: {"done": true, ...}` with the totals
@@ -542,7 +560,7 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         return GenerateResponse(text=done["text"], **totals(done))
 
     @app.post("/v1/completions", response_model=CompletionResponse,
-              responses={200: stream_200, 422: errors_422, 429: errors_429})
+              responses={200: completions_200, 422: errors_422, 429: errors_429})
     async def completions(req: CompletionRequest, request: HttpRequest):
         """OpenAI's completions: `choices[0].text`, `finish_reason` ("length" or "stop"),
         `usage` (characters are tokens); streamed as `data: {chunk}` lines ending with
