@@ -58,7 +58,9 @@ def test_same_seed_same_text_with_31_others_in_flight(pos, n_embd, extra):
     try:
         # lengths up to 2.5 block_size: learned positions rebuild their window, the others
         # slide; different lengths: sequences leave and rows move while others run
-        reqs = [Request(PROMPTS[i % 4][-BLOCK:], 20 + (i * 7) % 61, **settings(i))
+        # (learned: shorter, every step past the window is a prefill of block_size tokens)
+        longest = 40 if pos == "learned" else 80
+        reqs = [Request(PROMPTS[i % 4][-BLOCK:], 20 + (i * 7) % (longest - 19), **settings(i))
                 for i in range(32)]
         done = run_concurrently(engine, reqs)
     finally:

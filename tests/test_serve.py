@@ -507,7 +507,9 @@ def test_completions_and_models_have_openai_shapes(served):
     assert finish["choices"][0]["finish_reason"] == "length"
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 12
     status, body = client.post("/v1/completions", dict(req, n=2))
-    assert status == 422 and body["error"].startswith("n: only n = 1 is supported"), body
+    assert status == 422 and body["error"]["message"].startswith(  # OpenAI's error shape
+        "n: only n = 1 is supported"), body
+    assert body["error"]["param"] == "n" and body["error"]["type"] == "invalid_request_error"
     status, body = client.get("/v1/models")
     assert status == 200 and body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["tinygrad_char"]

@@ -92,14 +92,29 @@ def _error_line(errors):
     return "; ".join(parts)
 
 
-def _error(status, line, kind, headers=None):
+def _error_body(path, line, detail):
+    """The documented error shape: {"error": line, "detail": [...]}; under /v1/ OpenAI's,
+    {"error": {"message": line, "type", "param", "code"}, "detail": [...]}, which OpenAI's
+    clients read their message from."""
+    if not path.startswith("/v1/"):
+        return {"error": line, "detail": detail}
+    where = line.partition(": ")[0]
+    kind = "rate_limit_error" if detail and detail[0]["type"] == "overloaded" else \
+        "invalid_request_error"
+    return {"error": {"message": line, "type": kind,
+                      "param": None if where == "body" else where, "code": None},
+            "detail": detail}
+
+
+def _error(path, status, line, kind, headers=None):
     """A JSONResponse in the documented error shape (one line, and the same as a list)."""
     from fastapi.responses import JSONResponse
 
     where, _, msg = line.partition(": ")
-    return JSONResponse(status_code=status, headers=headers, content={
-        "error": line, "detail": [{"loc": ["body", where] if where != "body" else ["body"],
-                                   "msg": msg, "type": kind}]})
+    detail = [{"loc": ["body", where] if where != "body" else ["body"], "msg": msg,
+               "type": kind}]
+    return JSONResponse(status_code=status, headers=headers,
+                        content=_error_body(path, line, detail))
 
 
 def _sse(payload):
@@ -312,6 +327,17 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
                                        'equal to 0".')
         detail: list[ErrorDetail] = Field(description="One entry per problem.")
 
+    class OpenAIErrorDetail(BaseModel):
+        message: str = Field(description="One line naming the field and its problem.")
+        type: str = Field(description='"invalid_request_error" or "rate_limit_error".')
+        param: str | None = Field(description="The field at fault, when one is.")
+        code: None = None
+
+    class OpenAIErrorResponse(BaseModel):
+        """A rejected /v1/ request: OpenAI's error object, and the list of problems."""
+        error: OpenAIErrorDetail
+        detail: list[ErrorDetail] = Field(description="One entry per problem.")
+
     class HealthResponse(BaseModel):
         status: str = Field(description='"ok" while the server is up.')
         config: dict = Field(description="The model's GPTConfig.")
@@ -391,7 +417,8 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
                    "type": e.get("type", "")} for e in errors]  # no echo of the input
         return JSONResponse(status_code=422,
-                            content={"error": _error_line(errors), "detail": detail})
+                            content=_error_body(request.url.path, _error_line(errors),
+                                                detail))
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: HttpRequest, exc: HTTPException):
@@ -399,7 +426,7 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
             return await http_exception_handler(request, exc)
         line, kind = _body_error(exc)  # 400 is only raised for a body that does not parse
         requests_total.labels(request.url.path, "invalid").inc()
-        return _error(422, line, kind)
+        return _error(request.url.path, 422, line, kind)
 
     original_openapi = app.openapi
 
@@ -435,7 +462,7 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
 
     def busy(endpoint, exc):
         requests_total.labels(endpoint, "rejected").inc()
-        return _error(429, f"body: {exc}", "overloaded",
+        return _error(endpoint, 429, f"body: {exc}", "overloaded",
                       headers={"Retry-After": str(exc.retry_after)})
 
     async def watch_disconnect(request, handle):
@@ -556,11 +583,13 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         async for event in events_of("/generate", request, handle, events):
             done = event
         if done["type"] == "error":
-            return _error(500, f"body: generation failed ({done['error']})", "internal")
+            return _error(request.url.path, 500, f"body: generation failed "
+                          f"({done['error']})", "internal")
         return GenerateResponse(text=done["text"], **totals(done))
 
     @app.post("/v1/completions", response_model=CompletionResponse,
-              responses={200: completions_200, 422: errors_422, 429: errors_429})
+              responses={200: completions_200, 422: dict(errors_422, model=OpenAIErrorResponse),
+                         429: dict(errors_429, model=OpenAIErrorResponse)})
     async def completions(req: CompletionRequest, request: HttpRequest):
         """OpenAI's completions: `choices[0].text`, `finish_reason` ("length" or "stop"),
         `usage` (characters are tokens); streamed as `data: {chunk}` lines ending with
@@ -608,7 +637,8 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         async for event in events_of("/v1/completions", request, handle, events):
             done = event
         if done["type"] == "error":
-            return _error(500, f"body: generation failed ({done['error']})", "internal")
+            return _error(request.url.path, 500, f"body: generation failed "
+                          f"({done['error']})", "internal")
         body = chunk(done["text"], done["finish_reason"])
         return CompletionResponse(**body, usage=usage(done))
 
