@@ -21,7 +21,7 @@ import numpy as np
 
 from tinygrad_char.backend import get_array_module
 from tinygrad_char.fused.cpu import few_rows
-from tinygrad_char.training.cli import MAX_SEED
+from tinygrad_char.training.cli import MAX_SEED, range_error
 
 
 # -- choosing the next token ---------------------------------------------------------------
@@ -39,21 +39,17 @@ SAMPLING_BOUNDS = {
 
 
 def check_sampling_args(temperature, top_k, top_p, seed=None):
-    """Raise a one-line ValueError for a temperature, top_k, top_p or seed that cannot be
-    used (SAMPLING_BOUNDS); None is "no limit" for top_k and top_p, "draw one" for seed."""
-    hi_t = SAMPLING_BOUNDS["temperature"]["high"]
-    if not 0 <= temperature < float("inf"):  # also refuses NaN
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), "
-                         f"got {temperature}")
-    if temperature > hi_t:
-        raise ValueError(f"temperature must be at most {hi_t} (0 means greedy), "
-                         f"got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in [0, 2**63 - 1] (or None to draw one), got {seed}")
+    """Raise a one-line ValueError for a temperature, top_k, top_p or seed outside
+    SAMPLING_BOUNDS; None is "no limit" for top_k and top_p, "draw one" for seed."""
+    for name, value, hint in (("temperature", temperature, " (0 means greedy)"),
+                              ("top_k", top_k, " (or None for no limit)"),
+                              ("top_p", top_p, " (or None for no limit)"),
+                              ("seed", seed, " (or None to draw one)")):
+        if value is None and name != "temperature":
+            continue
+        problem = range_error(value, **SAMPLING_BOUNDS[name])
+        if problem:
+            raise ValueError(f"{name} {problem}, got {value}{hint}")
 
 
 def prompt_ids(tokenizer, prompt):
