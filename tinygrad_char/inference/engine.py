@@ -37,7 +37,6 @@ preemption, or a second copy of the model's block: a step is `model.forward` wit
 
 import collections
 import concurrent.futures
-import contextlib
 import itertools
 import queue
 import secrets
@@ -146,6 +145,7 @@ class Engine:
         self._active = []  # _Sequence in row order (engine thread only)
         self._thread = None
         self._stopping = False
+        self._few, self._few_context = False, None  # see _rows
         self.cache = None
         self.steps = 0  # decode steps run (a test reads it)
         self.chars_generated = 0
@@ -259,7 +259,8 @@ class Engine:
                 if self.cache is not None:
                     self.cache.lengths[:] = 0
                 raise
-        for seq in self._active:
+        self._rows(FEW_ROWS + 1)  # leaves few_rows: the thread set-up as it was
+        for seq in list(self._active):
             self._finish(seq, "cancelled")
         for handle in self._waiting:
             handle.emit({"type": "done", "finish_reason": "cancelled", "text": "",
@@ -267,8 +268,18 @@ class Engine:
                          "time_s": 0.0, "t": time.perf_counter()})
 
     def _rows(self, n):
-        """The numerics-free speed policy of a step of n rows (see FEW_ROWS)."""
-        return few_rows() if n <= FEW_ROWS else contextlib.nullcontext()
+        """Enter the thread set-up for a forward of n rows (see FEW_ROWS): `few_rows` up to
+        FEW_ROWS, the kernels' pool above. Kept across steps and switched only when the
+        side changes (entering few_rows costs about as much as a one-row step)."""
+        few = n <= FEW_ROWS
+        if few != self._few:
+            if self._few_context is not None:
+                self._few_context.__exit__(None, None, None)
+                self._few_context = None
+            if few:
+                self._few_context = few_rows()
+                self._few_context.__enter__()
+            self._few = few
 
     def _drop_cancelled(self):
         for seq in [s for s in self._active if s.handle.cancelled]:
@@ -291,8 +302,8 @@ class Engine:
             if seq.req.max_new_tokens == 0:
                 seq.reason = "length"
             else:
-                with self._rows(1):
-                    logits = self._prefill(seq, len(self._active) - 1)
+                self._rows(1)
+                logits = self._prefill(seq, len(self._active) - 1)
                 self._sample([seq], logits)
             self._retire()
 
@@ -334,8 +345,8 @@ class Engine:
                 if run:
                     runs.append(run)
                 run = []
-                with self._rows(1):
-                    logits = self._prefill(seq, row)
+                self._rows(1)
+                logits = self._prefill(seq, row)
                 self._sample([seq], logits)
             else:
                 run.append((row, seq))
@@ -344,9 +355,9 @@ class Engine:
         for run in runs:
             lo, hi = run[0][0], run[-1][0] + 1
             last = np.asarray([[seq.ids[-1]] for _, seq in run], dtype=np.int64)  # (n, 1)
-            with self._rows(hi - lo):
-                logits, _ = self.model.forward(self.model.xp.asarray(last),
-                                               kv_cache=self.cache.rows(lo, hi))
+            self._rows(hi - lo)
+            logits, _ = self.model.forward(self.model.xp.asarray(last),
+                                           kv_cache=self.cache.rows(lo, hi))
             self._sample([seq for _, seq in run], logits[:, -1, :])
         self._retire()  # after every forward of the step: rows move only now
 

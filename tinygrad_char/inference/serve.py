@@ -36,6 +36,7 @@ the package imports without them (the optional extra `serve` installs them).
 """
 
 import asyncio
+import collections
 import json
 import time
 import uuid
@@ -449,15 +450,33 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
     app.openapi = openapi
 
     # -- submitting, and reading one request's events -------------------------------------
+    # Events cross from the engine thread to the event loop through one deque, and the
+    # loop is woken once for all the events a step produced (not once per request and
+    # character): each wake-up takes the GIL from the engine thread.
+    pending = collections.deque()  # (asyncio queue, event), appended by the engine thread
+    wake = {"scheduled": False}
+
+    def deliver():
+        wake["scheduled"] = False
+        while pending:
+            events, event = pending.popleft()
+            events.put_nowait(event)
+
+    def emitter(loop, events):
+        def emit(event):  # on the engine thread
+            pending.append((events, event))
+            if not wake["scheduled"]:
+                wake["scheduled"] = True
+                loop.call_soon_threadsafe(deliver)
+        return emit
+
     def submit(endpoint, req, prompt, max_new_tokens):
         """(handle, asyncio queue of its events), or raises EngineBusy."""
-        loop = asyncio.get_running_loop()
         events = asyncio.Queue()
         stop = tuple([req.stop] if isinstance(req.stop, str) else (req.stop or ()))
         request = Request(prompt, max_new_tokens, temperature=req.temperature,
                           top_k=req.top_k, top_p=req.top_p, seed=req.seed, stop=stop)
-        handle = engine.submit(request, lambda event: loop.call_soon_threadsafe(
-            events.put_nowait, event))
+        handle = engine.submit(request, emitter(asyncio.get_running_loop(), events))
         return handle, events
 
     def busy(endpoint, exc):
