@@ -1,12 +1,16 @@
-"""The HTTP endpoint, over real HTTP: a uvicorn server on a free 127.0.0.1 port in a
+"""The HTTP service, over real HTTP: a uvicorn server on a free 127.0.0.1 port in a
 thread (and examples/serve.py in a subprocess), called with urllib (httpx's sync client
 added ~40 ms to every request here, which would hide the server's own latency). Happy
 path, every kind of bad input (each a 422 naming the field, the server serving on; bodies
 that are not UTF-8 or nested 100,000 deep included), the OpenAPI schema (exact integer
 bounds, the vocabulary, the 422 shape), a bounded load run (200 requests, 16 at a time)
-whose texts must equal the same seeds generated alone, and a schemathesis run (its CLI,
-every check, a fixed seed) against a real server that must find 0 failures. Skipped with
-the reason without fastapi or uvicorn (pip install "tinygrad-char[serve]")."""
+whose texts must equal the same seeds generated alone, streaming (server-sent events),
+stop strings, the OpenAI shapes of /v1/completions and /v1/models, the attention endpoint
+against the training forward's probabilities, the playground page, metrics, 429 with
+Retry-After past the slots and queue, a disconnect freeing its slot, bench_serve.py at
+the smallest scale, and a schemathesis run (its CLI, every check, a fixed seed) against a
+real server that must find 0 failures. Skipped with the reason without fastapi or uvicorn
+(pip install "tinygrad-char[serve]")."""
 
 import contextlib
 import json
@@ -619,3 +623,24 @@ def test_full_slots_and_queue_answer_429_at_once_and_disconnects_free_slots():
                                'outcome="cancelled"}') == 1
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_bench_serve_runs_and_writes_its_results(tmp_path):
+    """benchmarks/bench_serve.py at the smallest scale: it checks the server's text, loads
+    it, and writes serve.json (machine, versions, config, one result per point) and serve.md.
+    Nothing here compares speeds."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"),
+                           "--configs", "tiny", "--clients", "1,3", "--chars", "5",
+                           "--requests", "1", "--repeats", "1", "--threads", "1",
+                           "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads((tmp_path / "serve.json").read_text())
+    assert {"machine", "versions", "config", "results"} <= set(record)
+    points = record["results"]
+    assert [(p["server"], p["clients"]) for p in points] == [("this", 1), ("this", 3)]
+    for p in points:
+        assert p["errors"] == 0 and p["chars_per_s"] > 0 and p["streaming"] is True
+        assert 0 < p["ttfc_p50_s"] <= p["request_p99_s"] and p["cores_used"] > 0
+    assert "| this | tiny | 3 |" in (tmp_path / "serve.md").read_text()

@@ -23,8 +23,8 @@ parameters. This is not a module system: the forward is straight-line code over 
 dict, and the backward is that code reversed.
 
 One forward serves training and generation: `forward(idx, kv_cache=cache)` runs only the
-new positions (absolute positions offset by the cache's length) against the keys and
-values a `sampling.KVCache` holds, with the same block code.
+new positions (each row at its own absolute positions, from the cache's per-row lengths)
+against the keys and values a `sampling.KVCache` holds, with the same block code.
 
 Fused kernels (dispatch.select_ops) cover the GPT-2 block, and the CPU kernels grouped-query
 attention (n_kv_head < n_head) too. RMSNorm, RoPE, SwiGLU, the exact GELU and sliding-window

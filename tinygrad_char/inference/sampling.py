@@ -9,9 +9,12 @@ nucleus/top-p). A `KVCache` holds the keys and values of the positions already r
 the logits of `model.forward` on the whole sequence. `generate` is nanoGPT's loop, with or
 without the cache.
 
-What this file deliberately is not: a batched server (every row of a batch has the same
-length), a beam search, or a second copy of the model: the cached forward is the model's
-own forward (one block definition), this file only chooses tokens and keeps the cache.
+The cache's rows may sit at different positions (`KVCache.rows`, `lengths`): that is what
+the serving engine (engine.py) batches over; `generate` itself runs rows of one length.
+
+What this file deliberately is not: a server (engine.py, serve.py), a beam search, or a
+second copy of the model: the cached forward is the model's own forward (one block
+definition), this file only chooses tokens and keeps the cache.
 """
 
 import contextlib
