@@ -108,10 +108,10 @@ class Server:
         return self
 
     def stop(self):
+        self.server.config.app.state.engine.stop()  # ends the streams still open, if any
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
-        self.server.config.app.state.engine.stop()
         assert not self.thread.is_alive(), "server did not stop"
 
 
@@ -593,7 +593,11 @@ def test_full_slots_and_queue_answer_429_at_once_and_disconnects_free_slots():
         body = json.dumps({"prompt": "a", "max_new_tokens": 100_000, "stream": True}).encode()
         sock.sendall(b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
                      b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-        assert b"data: " in sock.recv(4096)  # streaming: the slot is taken
+        received = b""
+        while b"data: " not in received:  # streaming: the slot is taken
+            chunk = sock.recv(4096)
+            assert chunk, f"the connection closed: {received!r}"
+            received += chunk
         assert engine.stats() == (1, 0)
         start = time.perf_counter()
         try:

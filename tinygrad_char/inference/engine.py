@@ -13,7 +13,9 @@ The loop, on the engine thread only:
      on its row of the cache, `KVCache.rows`) and samples its first character;
   3. one decode step: the model's forward on the last token of every active sequence at
      once (rows 0 .. n - 1, each at its own position), then each sequence samples its next
-     character with its own settings and its own random generator;
+     character with its own settings and its own random generator (a learned-position
+     model past its window re-runs each such sequence's last block_size tokens, as
+     `sampling.generate` does, all of them in one forward: `_prefill_slid`);
   4. finished sequences leave at once: the last active row moves into the freed one, so
      the active rows stay 0 .. n - 1 (a slice of the cache, no gather).
 Work a caller needs from the model (the attention maps of serve.py) is queued with `call`
@@ -146,6 +148,7 @@ class Engine:
         self._thread = None
         self._stopping = False
         self._few, self._few_context = False, None  # see _rows
+        self._scratch = None  # KVCache for learned positions past the window (_prefill_slid)
         self.cache = None
         self.steps = 0  # decode steps run (a test reads it)
         self.chars_generated = 0
@@ -329,6 +332,24 @@ class Engine:
             logits, _ = model.forward(xp.asarray(idx), kv_cache=rows)
         return logits[:, -1, :]
 
+    def _prefill_slid(self, seqs):
+        """Learned positions past the window, as `generate` does it: each sequence's last
+        block_size tokens run again from position 0 (its window slid by one, so every
+        key changed), all these sequences in one forward over a scratch cache (the rebuilt
+        keys are never read again: the next step slides again). Same shapes per row as
+        `generate`'s rebuild, one row at a time."""
+        W, xp = self.block_size, self.model.xp
+        if self._scratch is None:
+            self._scratch = KVCache(self.model, self.max_slots)
+        scratch = self._scratch.rows(0, len(seqs))
+        scratch.reset()
+        idx = np.asarray([seq.ids[-W:] for seq in seqs], dtype=np.int64)  # (n, W)
+        self._rows(len(seqs) * W)
+        logits, _ = self.model.forward(xp.asarray(idx), kv_cache=scratch)  # (n, W, V)
+        for seq in seqs:
+            seq.offset = len(seq.ids) - W
+        self._sample(seqs, logits[:, -1, :])
+
     def _needs_prefill(self, seq):
         """A learned-position sequence whose window slid (or any without a cache)."""
         if not self.use_cache:
@@ -340,18 +361,23 @@ class Engine:
         self.steps += 1
         active = list(self._active)
         runs, run = [], []  # maximal runs of consecutive rows that decode one token
+        slid = []  # learned positions past the window: a prefill of block_size tokens each
         for row, seq in enumerate(active):
             if self._needs_prefill(seq):
                 if run:
                     runs.append(run)
                 run = []
-                self._rows(1)
-                logits = self._prefill(seq, row)
-                self._sample([seq], logits)
+                if self.use_cache:
+                    slid.append(seq)
+                else:  # no cache (OnnxModel): its window alone
+                    self._rows(1)
+                    self._sample([seq], self._prefill(seq, row))
             else:
                 run.append((row, seq))
         if run:
             runs.append(run)
+        if slid:
+            self._prefill_slid(slid)
         for run in runs:
             lo, hi = run[0][0], run[-1][0] + 1
             last = np.asarray([[seq.ids[-1]] for _, seq in run], dtype=np.int64)  # (n, 1)
