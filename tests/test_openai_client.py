@@ -39,16 +39,16 @@ def test_completion(served):
 
 def test_streamed_completion_with_usage(served):
     client, model, tokenizer = served
-    stream = client.completions.create(model="tinygrad_char", prompt="to be", max_tokens=25,
+    stream = client.completions.create(model="tinygrad_char", prompt="to be", max_tokens=150,
                                        temperature=1.0, seed=9, stream=True,
                                        stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
-    assert text == generate_text(model, tokenizer, "to be", 25, temperature=1.0, seed=9)[0]
+    assert text == generate_text(model, tokenizer, "to be", 150, temperature=1.0, seed=9)[0]
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
     assert len([c for c in chunks if c.choices]) > 2, "nothing was streamed"
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 25
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 150
 
 
 def test_stop_string_finishes_with_stop(served):

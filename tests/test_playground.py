@@ -36,7 +36,7 @@ def browser():
 
 def test_page_generates_streams_and_shows_attention(browser):
     model, tokenizer = make_model()
-    n_new, seed = 60, 5
+    n_new, seed = 200, 5
     expected = generate_text(model, tokenizer, "ROMEO:", n_new, temperature=0.9, top_k=20,
                              seed=seed)[0]
     server = Server(create_app(model, tokenizer, max_new_tokens_limit=300)).start()

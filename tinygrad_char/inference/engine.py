@@ -96,7 +96,9 @@ class Handle:
     request: Request
     seed: int
     emit: object
+    text_events: bool = True
     submitted: float = field(default_factory=time.perf_counter)
+    first: float | None = None  # when its first character was sampled (perf_counter)
     cancelled: bool = False
 
 
@@ -172,13 +174,14 @@ class Engine:
         """(active sequences, queued requests): read without the engine's cooperation."""
         return len(self._active), len(self._waiting)
 
-    def submit(self, request, emit):
+    def submit(self, request, emit, text_events=True):
         """Queue a checked Request; returns its Handle. emit(event) is called on the engine
-        thread with dicts: {"type": "text", "text", "t"} for new characters, then one
-        {"type": "done", "finish_reason": "length" | "stop" | "cancelled", "text",
-        "num_chars", "prompt_chars", "seed", "time_s", "t"} (or {"type": "error",
-        "error"}). Raises EngineBusy when slots and queue are full, ValueError for a bad
-        field."""
+        thread with dicts: {"type": "text", "text", "t"} for new characters (unless
+        text_events is False: then only the last event), then one {"type": "done",
+        "finish_reason": "length" | "stop" | "cancelled", "text", "num_chars",
+        "prompt_chars", "seed", "time_s", "first_t", "t"} (or {"type": "error", "error"});
+        t and first_t (the first character, or None) are time.perf_counter() values.
+        Raises EngineBusy when slots and queue are full, ValueError for a bad field."""
         request.check(self.tokenizer)
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         with self._lock:
@@ -187,7 +190,7 @@ class Engine:
             if self._in_flight >= self.max_slots + self.max_queue:
                 raise EngineBusy(f"all {self.max_slots} slots and {self.max_queue} queue "
                                  f"places are taken; retry later", retry_after=1)
-            handle = Handle(next(self._ids), request, seed, emit)
+            handle = Handle(next(self._ids), request, seed, emit, text_events)
             self._in_flight += 1
             self._waiting.append(handle)
             self._lock.notify_all()
@@ -425,8 +428,11 @@ class Engine:
 
     def _flush(self, seq, upto):
         if upto > seq.sent:
-            seq.handle.emit({"type": "text", "text": seq.text[seq.sent:upto],
-                             "t": time.perf_counter()})
+            now = time.perf_counter()
+            if seq.handle.first is None:
+                seq.handle.first = now
+            if seq.handle.text_events:
+                seq.handle.emit({"type": "text", "text": seq.text[seq.sent:upto], "t": now})
             seq.sent = upto
 
     def _remove(self, seq):
@@ -454,6 +460,7 @@ class Engine:
 
     def _done(self, handle, event):
         event.setdefault("t", time.perf_counter())
+        event["first_t"] = handle.first
         with self._lock:
             self._in_flight -= 1
         handle.emit(event)

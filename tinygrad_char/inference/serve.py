@@ -48,7 +48,7 @@ from tinygrad_char.inference.sampling import SAMPLING_BOUNDS
 MAX_PROMPT_CHARS = 100_000  # longer bodies are refused: only block_size of them is used
 MAX_STOP = 4  # stop strings a request may give (OpenAI's limit)
 MAX_STOP_CHARS = 64  # characters of one stop string
-RETRY_AFTER_S = 1  # what a 429 tells the client to wait
+FLUSH_S = 0.005  # the event loop is woken for new characters at most this often
 
 
 def _body_error(exc):
@@ -451,13 +451,14 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
 
     # -- submitting, and reading one request's events -------------------------------------
     # Events cross from the engine thread to the event loop through one deque, and the
-    # loop is woken once for all the events a step produced (not once per request and
-    # character): each wake-up takes the GIL from the engine thread.
+    # loop is woken for all the events pending (not once per request and character), at
+    # most every FLUSH_S: each wake-up takes the GIL from the engine thread. A stream
+    # then writes what arrived together as one event.
     pending = collections.deque()  # (asyncio queue, event), appended by the engine thread
-    wake = {"scheduled": False}
+    wake = {"scheduled": False, "last": 0.0}
 
     def deliver():
-        wake["scheduled"] = False
+        wake["scheduled"], wake["last"] = False, time.perf_counter()
         while pending:
             events, event = pending.popleft()
             events.put_nowait(event)
@@ -467,16 +468,22 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
             pending.append((events, event))
             if not wake["scheduled"]:
                 wake["scheduled"] = True
-                loop.call_soon_threadsafe(deliver)
+                wait = wake["last"] + FLUSH_S - time.perf_counter()
+                if wait > 0:
+                    loop.call_soon_threadsafe(loop.call_later, wait, deliver)
+                else:
+                    loop.call_soon_threadsafe(deliver)
         return emit
 
     def submit(endpoint, req, prompt, max_new_tokens):
-        """(handle, asyncio queue of its events), or raises EngineBusy."""
+        """(handle, asyncio queue of its events), or raises EngineBusy. A request that
+        does not stream gets only its last event."""
         events = asyncio.Queue()
         stop = tuple([req.stop] if isinstance(req.stop, str) else (req.stop or ()))
         request = Request(prompt, max_new_tokens, temperature=req.temperature,
                           top_k=req.top_k, top_p=req.top_p, seed=req.seed, stop=stop)
-        handle = engine.submit(request, emitter(asyncio.get_running_loop(), events))
+        handle = engine.submit(request, emitter(asyncio.get_running_loop(), events),
+                               text_events=req.stream)
         return handle, events
 
     def busy(endpoint, exc):
@@ -494,29 +501,38 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
                 return
 
     async def events_of(endpoint, request, handle, events):
-        """Yield the request's events until its last; observes the metrics, and cancels the
-        request if the client disconnects or the reader stops early."""
+        """Yield the request's events, in lists of those that arrived together, until its
+        last; observes the metrics (from the engine's timestamps), and cancels the request
+        if the client disconnects or the reader stops early."""
         watcher = asyncio.ensure_future(watch_disconnect(request, handle))
         last_t, outcome = None, "cancelled"
         try:
             while True:
-                event = await events.get()
-                if event["type"] == "text":
-                    n = len(event["text"])
-                    chars_total.inc(n)
-                    if last_t is None:
-                        first_char.observe(event["t"] - handle.submitted)
+                batch = [await events.get()]
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                for event in batch:
+                    if event["type"] == "text":
+                        n = len(event["text"])
+                        if last_t is None:
+                            first_char.observe(event["t"] - handle.submitted)
+                        else:
+                            for _ in range(n):
+                                per_char.observe((event["t"] - last_t) / n)
+                        last_t = event["t"]
+                    elif event["type"] == "done":
+                        outcome = {"length": "ok", "stop": "stopped"}.get(
+                            event["finish_reason"], "cancelled")
+                        chars_total.inc(event["num_chars"])
+                        if last_t is None and event["first_t"] is not None:  # not streamed
+                            first_char.observe(event["first_t"] - handle.submitted)
+                            n = event["num_chars"] - 1
+                            for _ in range(n):
+                                per_char.observe((event["t"] - event["first_t"]) / n)
                     else:
-                        for _ in range(n):
-                            per_char.observe((event["t"] - last_t) / n)
-                    last_t = event["t"]
-                elif event["type"] == "error":
-                    outcome = "error"
-                else:
-                    outcome = {"length": "ok", "stop": "stopped"}.get(event["finish_reason"],
-                                                                     "cancelled")
-                yield event
-                if event["type"] != "text":
+                        outcome = "error"
+                yield batch
+                if batch[-1]["type"] != "text":
                     return
         finally:
             watcher.cancel()
@@ -588,19 +604,20 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
 
         if req.stream:
             async def stream():
-                async for event in events_of("/generate", request, handle, events):
-                    if event["type"] == "text":
-                        yield _sse({"text": event["text"]})
-                    elif event["type"] == "error":
-                        yield _sse({"error": event["error"]})
-                    else:
-                        yield _sse({"done": True, **totals(event)})
+                async for batch in events_of("/generate", request, handle, events):
+                    text = "".join(e["text"] for e in batch if e["type"] == "text")
+                    frames = [_sse({"text": text})] if text else []
+                    last = batch[-1]
+                    if last["type"] == "error":
+                        frames.append(_sse({"error": last["error"]}))
+                    elif last["type"] == "done":
+                        frames.append(_sse({"done": True, **totals(last)}))
+                    yield "".join(frames)
 
             return StreamingResponse(stream(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        done = None
-        async for event in events_of("/generate", request, handle, events):
-            done = event
+        async for batch in events_of("/generate", request, handle, events):
+            done = batch[-1]
         if done["type"] == "error":
             return _error(request.url.path, 500, f"body: generation failed "
                           f"({done['error']})", "internal")
@@ -636,25 +653,26 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
             include_usage = req.stream_options is not None and req.stream_options.include_usage
 
             async def stream():
-                async for event in events_of("/v1/completions", request, handle, events):
-                    if event["type"] == "text":
-                        yield _sse(chunk(event["text"], None))
-                    elif event["type"] == "error":
-                        yield _sse({"error": {"message": event["error"],
-                                              "type": "server_error"}})
-                    else:
-                        yield _sse(chunk("", event["finish_reason"]))
+                async for batch in events_of("/v1/completions", request, handle, events):
+                    text = "".join(e["text"] for e in batch if e["type"] == "text")
+                    frames = [_sse(chunk(text, None))] if text else []
+                    last = batch[-1]
+                    if last["type"] == "error":
+                        frames.append(_sse({"error": {"message": last["error"],
+                                                      "type": "server_error"}}))
+                    elif last["type"] == "done":
+                        frames.append(_sse(chunk("", last["finish_reason"])))
                         if include_usage:
-                            yield _sse({"id": cid, "object": "text_completion",
-                                        "created": created, "model": req.model,
-                                        "choices": [], "usage": usage(event)})
+                            frames.append(_sse({"id": cid, "object": "text_completion",
+                                                "created": created, "model": req.model,
+                                                "choices": [], "usage": usage(last)}))
+                    yield "".join(frames)
                 yield _sse("[DONE]")
 
             return StreamingResponse(stream(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
-        done = None
-        async for event in events_of("/v1/completions", request, handle, events):
-            done = event
+        async for batch in events_of("/v1/completions", request, handle, events):
+            done = batch[-1]
         if done["type"] == "error":
             return _error(request.url.path, 500, f"body: generation failed "
                           f"({done['error']})", "internal")
