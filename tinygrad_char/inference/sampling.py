@@ -163,6 +163,7 @@ class KVCache:
         self.attention = [None] * cfg.n_layer
         self.key_positions = None
         self.lo, self.hi = 0, batch_size  # the rows this object reads and writes
+        self._planned = None  # reserve's positions and columns for the forward under way
 
     @property
     def batch_size(self):
@@ -176,6 +177,7 @@ class KVCache:
         view = copy.copy(self)
         view.lo, view.hi = lo, hi
         view.attention = [None] * len(self.attention)
+        view._planned = None
         return view
 
     @property
@@ -190,6 +192,7 @@ class KVCache:
     def reset(self):
         """Empty this view's rows (their buffers are overwritten as they refill)."""
         self.lengths[self.lo:self.hi] = 0
+        self._planned = None
 
     def move(self, src, dst):
         """Copy row src (keys, values, length) to row dst, of the whole cache."""
@@ -199,7 +202,8 @@ class KVCache:
         self.lengths[dst] = self.lengths[src]
 
     def reserve(self, batch_size, n_new):
-        """Check that n_new positions of this batch size fit in this view's rows."""
+        """Check that n_new positions of this batch size fit in this view's rows, and work
+        out their positions and ring columns (the same for every layer)."""
         if batch_size != self.batch_size:
             raise ValueError(f"idx has batch {batch_size}, but the cache was made for batch "
                              f"{self.batch_size}")
@@ -211,11 +215,21 @@ class KVCache:
         if n_new > self.window:
             raise ValueError(f"{n_new} new positions in one call exceed block_size "
                              f"{self.window}; feed them in chunks of at most {self.window}")
+        # what every layer's append and attention use, worked out once per forward
+        lengths = self.lengths[self.lo:self.hi]  # (B,)
+        pos = lengths[:, None] + np.arange(n_new)  # (B, n_new) absolute positions
+        last = pos[:, -1:]  # (B, 1) the newest position of each row
+        key_pos = last - (last - np.arange(self.capacity)) % self.capacity  # (B, capacity)
+        first_col = int(pos[0, 0]) % self.capacity
+        same = (lengths == lengths[0]).all() and first_col + n_new <= self.capacity
+        self._planned = (n_new, pos, pos % self.capacity, self.xp.asarray(pos),
+                         self.xp.asarray(key_pos), first_col if same else None)
 
     def positions(self, n_new):
-        """(B, n_new) absolute positions of the new tokens of each row."""
-        pos = self.lengths[self.lo:self.hi, None] + np.arange(n_new)  # (B, n_new)
-        return self.xp.asarray(pos)
+        """(B, n_new) absolute positions of the new tokens of each row (after `reserve`)."""
+        if self._planned is None or self._planned[0] != n_new:
+            self.reserve(self.batch_size, n_new)
+        return self._planned[3]
 
     def append(self, layer, k, v):
         """Store the new positions' keys and values of `layer` (k, v: (B, NKV, Tn, hs)),
@@ -224,22 +238,26 @@ class KVCache:
         Returns (k_t, v, key_pos): this view's whole ring, (B, NKV, hs, capacity) and
         (B, NKV, capacity, hs), and (B, capacity) the absolute position of each column
         (negative: empty)."""
-        xp, cap, Tn = self.xp, self.capacity, k.shape[2]
-        lengths = self.lengths[self.lo:self.hi]  # (B,)
-        cols = (lengths[:, None] + np.arange(Tn)) % cap  # (B, Tn) ring columns
-        b = np.arange(self.batch_size)[:, None]  # (B, 1)
+        xp, Tn = self.xp, k.shape[2]
+        if self._planned is None or self._planned[0] != Tn:
+            self.reserve(self.batch_size, Tn)
+        _, pos, cols, _, key_pos, first_col = self._planned
         k_t, v_all = self.k_t[layer][self.lo:self.hi], self.v[layer][self.lo:self.hi]
-        # advanced indices on axes 0 and 3 (or 2) put (B, Tn) first: (B, Tn, NKV, hs)
-        k_t[xp.asarray(b), :, :, xp.asarray(cols)] = k.transpose(0, 2, 1, 3)
-        v_all[xp.asarray(b), :, xp.asarray(cols)] = v.transpose(0, 2, 1, 3)
-        last = lengths[:, None] + Tn - 1  # (B, 1) the newest position of each row
-        key_pos = last - (last - np.arange(cap)) % cap  # (B, cap): p = j mod cap, p <= last
+        if first_col is not None:  # every row at the same columns, no wrap: slices
+            k_t[:, :, :, first_col:first_col + Tn] = k.transpose(0, 1, 3, 2)
+            v_all[:, :, first_col:first_col + Tn] = v
+        else:  # each row at its own ring columns cols (B, Tn)
+            b = xp.asarray(np.arange(self.batch_size)[:, None])  # (B, 1)
+            # advanced indices on axes 0 and 3 (or 2) put (B, Tn) first: (B, Tn, NKV, hs)
+            k_t[b, :, :, xp.asarray(cols)] = k.transpose(0, 2, 1, 3)
+            v_all[b, :, xp.asarray(cols)] = v.transpose(0, 2, 1, 3)
         self.key_positions = key_pos
-        return k_t, v_all, xp.asarray(key_pos)
+        return k_t, v_all, key_pos
 
     def advance(self, n_new):
         """After every layer has appended: the n_new positions are now cached."""
         self.lengths[self.lo:self.hi] += n_new
+        self._planned = None
 
 
 # -- the generate loops ---------------------------------------------------------------------
