@@ -57,6 +57,10 @@ PROMPT = "ROMEO:"
 TEMPERATURE = 0.8
 INLINE = {  # the 1-layer, 32-wide model the serving issue measured first
     "tiny": dict(n_layer=1, n_head=2, n_embd=32, block_size=64),
+    # the CPU preset with sinusoidal positions: past its 64-character window a sequence
+    # slides (one position a step), where learned positions re-run the whole window
+    "cpu-sinusoidal": dict(n_layer=4, n_head=4, n_embd=128, block_size=64,
+                           pos_encoding="sinusoidal"),
 }
 
 # writes an untrained checkpoint with the code of the repository on PYTHONPATH
@@ -274,7 +278,8 @@ async def _text_of(port, body, stream):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="tiny,cpu-preset",
-                   help="comma-separated: tiny (1 x 2 x 32, context 64) and harness presets "
+                   help="comma-separated: tiny (1 x 2 x 32, context 64), cpu-sinusoidal (the "
+                        "preset's shape, sinusoidal positions) and harness presets "
                         "(cpu-preset: examples/configs/cpu.json) (default: tiny,cpu-preset)")
     p.add_argument("--clients", default="1,8,32,64", help="concurrent clients, comma-separated")
     p.add_argument("--chars", type=int, default=200, help="characters a request (default 200)")
