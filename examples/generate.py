@@ -21,10 +21,11 @@ import sys
 
 import numpy as np
 
-from tinygrad_char.training.cli import MAX_SEED, Parser, UsageError, float_arg, int_arg, run_cli
+from tinygrad_char.training.cli import (Parser, UsageError, describe_range, float_arg, int_arg,
+                                        run_cli)
 from tinygrad_char.training.config import check_memory, generation_memory_bytes
 from tinygrad_char.interop.onnx_export import load_for_sampling
-from tinygrad_char.inference.sampling import check_sampling_args, generate_text
+from tinygrad_char.inference.sampling import SAMPLING_BOUNDS as BOUNDS, generate_text
 
 SEPARATOR = "-" * 40  # printed on its own line between samples
 
@@ -42,16 +43,20 @@ def build_parser():
                         help="read the prompt from this UTF-8 file (for long prompts)")
     p.add_argument("--max-new-tokens", type=int_arg(0), default=500, metavar="N",
                    help="characters generated per sample, >= 0 (default: 500)")
-    p.add_argument("--temperature", type=float_arg(0.0, hint=" (0 means greedy)"),
-                   default=0.8, metavar="T",
-                   help=">= 0: < 1 sharpens, > 1 flattens, 0 is greedy (default: 0.8)")
-    p.add_argument("--top-k", type=int_arg(1), default=None, metavar="K",
-                   help="keep the K >= 1 most likely characters (default: all)")
-    p.add_argument("--top-p", type=float_arg(0.0, 1.0, low_open=True), default=None,
+    # the sampling flags take their bounds from the library's one table
+    p.add_argument("--temperature", type=float_arg(**BOUNDS["temperature"],
+                                                   hint=" (0 means greedy)"),
+                   default=0.8, metavar="T", help=f"{describe_range(**BOUNDS['temperature'])}:"
+                   " < 1 sharpens, > 1 flattens, 0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int_arg(**BOUNDS["top_k"]), default=None, metavar="K",
+                   help="keep the K most likely characters, K "
+                        f"{describe_range(**BOUNDS['top_k'])} (default: all)")
+    p.add_argument("--top-p", type=float_arg(**BOUNDS["top_p"]), default=None,
                    metavar="P", help="keep the most likely characters up to probability mass "
-                                     "P, in (0, 1] (default: all)")
-    p.add_argument("--seed", type=int_arg(0, MAX_SEED), default=0,
-                   help="0 .. 2**63 - 1: the same seed gives the same text (default: 0)")
+                                     f"P, {describe_range(**BOUNDS['top_p'])} (default: all)")
+    p.add_argument("--seed", type=int_arg(**BOUNDS["seed"]), default=0,
+                   help=f"{describe_range(**BOUNDS['seed'])}: the same seed gives the same "
+                        "text (default: 0)")
     p.add_argument("--num-samples", type=int_arg(1), default=1, metavar="N",
                    help="samples to draw, >= 1 (default: 1)")
     p.add_argument("--backend", choices=("numpy", "cupy", "auto"), default="numpy",
@@ -95,7 +100,6 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # everything that can fail is checked before the first character is printed
     try:
-        check_sampling_args(args.temperature, args.top_k, args.top_p)
         prompt = read_prompt(args)
         model, tokenizer, _ = load_for_sampling(args.checkpoint, args.onnx, args.backend)
         tokenizer.encode(prompt, errors="raise", what="prompt")

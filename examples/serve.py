@@ -4,14 +4,16 @@
     curl -s localhost:8000/generate -H 'content-type: application/json' \
         -d '{"prompt": "ROMEO:", "max_new_tokens": 100, "temperature": 0.8, "seed": 0}'
 
-POST /generate samples, GET /health describes the model, /docs shows the schema. It
-binds to 127.0.0.1 unless --host says otherwise: there is no authentication, so think
-before exposing it. --onnx serves an exported model (examples/export_onnx.py) on
-onnxruntime instead; --checkpoint is then optional and, when given, must match it.
+GET / is the playground page; POST /generate samples (streamed with "stream": true),
+POST /v1/completions speaks OpenAI's completions API, GET /metrics is Prometheus text,
+GET /health describes the model, /docs shows the schema. It binds to 127.0.0.1 unless
+--host says otherwise: there is no authentication, so think before exposing it. --onnx
+serves an exported model (examples/export_onnx.py) on onnxruntime instead (no KV cache,
+no batching); --checkpoint is then optional and, when given, must match it.
 
-Requests run concurrently in threads, each on one BLAS thread (--blas-threads 1): with
-OpenBLAS's default of one thread per core, concurrent requests contend for its threads
-and throughput drops (measured 53 vs 130 requests/s at 16 concurrent on 2 cores).
+One engine thread generates every request, up to --max-slots of them stepped together
+(continuous batching) and --max-queue waiting; past that a request gets 429 with
+Retry-After. --threads sets the CPU threads that engine uses (default: every core).
 A thin script over tinygrad_char.inference.serve.create_app; see docs/serving.md.
 """
 
@@ -21,7 +23,7 @@ import sys
 
 from tinygrad_char.training.cli import Parser, UsageError, int_arg, run_cli
 from tinygrad_char.training.config import check_memory, generation_memory_bytes
-from tinygrad_char.fused.cpu import numba_available
+from tinygrad_char.fused.cpu import set_threads
 from tinygrad_char.interop.onnx_export import load_for_sampling
 
 
@@ -52,15 +54,19 @@ def main(argv=None):
                    help="where the checkpoint runs (default numpy)")
     p.add_argument("--max-new-tokens-limit", type=int_arg(1), default=2000, metavar="N",
                    help="largest max_new_tokens a request may ask for, >= 1 (default 2000)")
-    p.add_argument("--blas-threads", type=int_arg(1), default=1, metavar="N",
-                   help="threads per request for the matmuls and CPU kernels, >= 1 (default "
-                        "1: requests already run in parallel; needs threadpoolctl)")
+    p.add_argument("--max-slots", type=int_arg(1), default=32, metavar="N",
+                   help="sequences generated at once (one batched step), >= 1 (default 32)")
+    p.add_argument("--max-queue", type=int_arg(0), default=64, metavar="N",
+                   help="requests waiting for a slot, >= 0; past slots + queue the answer "
+                        "is 429 (default 64)")
+    p.add_argument("--threads", type=int_arg(0), default=0, metavar="N",
+                   help="CPU threads of the engine (kernels and BLAS), 0 = every core "
+                        "(default 0)")
     p.add_argument("--onnx", metavar="MODEL.onnx",
                    help="serve this exported model on onnxruntime instead")
     args = p.parse_args(argv)
     try:
         import uvicorn
-        from threadpoolctl import threadpool_limits
 
         from tinygrad_char.inference.serve import create_app
     except ImportError as e:
@@ -68,24 +74,31 @@ def main(argv=None):
                          f'"tinygrad-char[serve]"') from None
     try:
         model, tokenizer, meta = load_for_sampling(args.checkpoint, args.onnx, args.backend)
-        app = create_app(model, tokenizer, max_new_tokens_limit=args.max_new_tokens_limit,
-                         threads_per_request=args.blas_threads)
     except ValueError as e:  # the library's checks: one line each (CheckpointError too)
         raise UsageError(str(e)) from None
-    # one request of the largest size must fit (prompt window + limit, one sample)
+    # every slot at the largest size must fit (prompt window + limit)
     length = model.config.block_size + args.max_new_tokens_limit
-    check_memory(generation_memory_bytes(model.config, 1, length),
-                 f"--max-new-tokens-limit {args.max_new_tokens_limit} (one request)",
-                 "lower it", args.backend)
+    check_memory(generation_memory_bytes(model.config, args.max_slots, length),
+                 f"--max-new-tokens-limit {args.max_new_tokens_limit} with --max-slots "
+                 f"{args.max_slots}", "lower one of them", args.backend)
     sock = bind(args.host, args.port)
-    # for the whole process; with the CPU kernels BLAS runs one thread and the kernels cut
-    # the matmuls over their own threads (threads_per_request, cpu_kernels.set_threads)
-    threadpool_limits(limits=1 if numba_available() else args.blas_threads, user_api="blas")
+    # the one runtime set-up of the CPU threads (numba's pool, BLAS); the engine thread,
+    # the only one that runs the model, uses them
+    threads = set_threads(args.threads)
+    try:
+        app = create_app(model, tokenizer, max_new_tokens_limit=args.max_new_tokens_limit,
+                         max_slots=args.max_slots, max_queue=args.max_queue,
+                         threads=threads)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     source = args.onnx or args.checkpoint
     print(f"serving {source} (step {meta['step']}, {model.num_params():,} parameters) on "
           f"http://{args.host}:{args.port}", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
-    server.run(sockets=[sock])  # Ctrl-C: uvicorn finishes the requests in flight and returns
+    try:
+        server.run(sockets=[sock])  # Ctrl-C: uvicorn finishes the requests in flight, returns
+    finally:
+        app.state.engine.stop()
     return 0
 
 

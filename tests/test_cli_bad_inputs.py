@@ -241,8 +241,10 @@ SERVE_CASES = [
     (["--port", "-1"], "--port"),
     (["--port", "0"], "--port"),
     (["--port", "http"], "--port"),
-    (["--blas-threads", "-1"], "--blas-threads"),
-    (["--blas-threads", "0"], "--blas-threads"),
+    (["--max-slots", "0"], "--max-slots"),
+    (["--max-slots", 10**9], "--max-slots"),  # every slot must fit in memory
+    (["--max-queue", "-1"], "--max-queue"),
+    (["--threads", "-1"], "--threads"),
     (["--max-new-tokens-limit", "0"], "--max-new-tokens-limit"),
     (["--max-new-tokens-limit", 10**12], "--max-new-tokens-limit"),
     (["--backend", "nope"], "--backend"),
@@ -345,7 +347,7 @@ SUBPROCESS_CASES = {  # script: [(argv, fragment), ...]
                      "--temperature"),
                     (["--checkpoint", "{m.safetensors}", "--max-new-tokens", 10**12],
                      "--max-new-tokens")],
-    "serve.py": [(["--port", "70000"], "--port"), (["--blas-threads", "-1"], "--blas-threads")],
+    "serve.py": [(["--port", "70000"], "--port"), (["--max-slots", "0"], "--max-slots")],
     "export_onnx.py": [(["--checkpoint", "{m.safetensors}", "--out", "{folder}"], "--out")],
 }
 

@@ -138,8 +138,9 @@ def test_missing_or_corrupt_checkpoint(ckpt, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--temperature", "-1"], "--temperature: must be >= 0"),
-    (["--temperature", "nan"], "--temperature: must be a finite number >= 0"),
+    (["--temperature", "-1"], "--temperature: must be in [0, 100]"),
+    (["--temperature", "nan"], "--temperature: must be a finite number in [0, 100]"),
+    (["--temperature", "101"], "--temperature: must be in [0, 100]"),
     (["--top-k", "0"], "--top-k: must be >= 1"),
     (["--top-p", "1.5"], "--top-p: must be in (0, 1]"),
     (["--num-samples", "0"], "--num-samples: must be >= 1"),

@@ -413,5 +413,43 @@ def test_cupy_forward_cached_and_generate_match():
 def test_sampling_refuses_a_temperature_it_cannot_use(temperature):
     from tinygrad_char.inference.sampling import check_sampling_args
 
-    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"temperature must be (a finite number )?in \[0, 100\]"):
         check_sampling_args(temperature, None, None)
+
+
+# -- rows at their own positions (continuous batching) -----------------------------------------
+@pytest.mark.parametrize("pos, kw", [("learned", {}), ("sinusoidal", {}),
+                                     ("rope", dict(normalization="rmsnorm", n_kv_head=1))])
+def test_rows_at_different_positions_step_together(pos, kw):
+    """Rows prefilled one at a time to different lengths (KVCache.rows), then stepped
+    together one token at a time, each at its own position: every row's logits equal the
+    full forward on that row's sequence; past the window too for a sliding cache; a row
+    moved to another (KVCache.move) carries on there."""
+    model = random_model(pos=pos, **kw).eval()
+    lengths = [3, 9, 1]
+    steps = 6 if pos == "learned" else 2 * BLOCK + 5  # learned positions stop at BLOCK
+    seqs = prompt_ids(3, max(lengths) + steps, seed=4)
+    cache = KVCache(model, 4)  # one row spare
+    for b, n in enumerate(lengths):
+        cache.rows(b, b + 1).reset()
+        model.forward(seqs[b:b + 1, :n], kv_cache=cache.rows(b, b + 1))
+    assert cache.lengths.tolist() == lengths + [0]
+    rows = [0, 1, 2]
+    for step in range(steps):
+        if step == 3:  # row 2 moves to the spare row 3, row 2 is freed
+            cache.move(2, 3)
+            cache.rows(2, 3).reset()
+            rows = [0, 1, 3]
+        idx = np.asarray([[seqs[b, lengths[b] + step]] for b in range(3)])  # (3, 1)
+        if rows == [0, 1, 2]:
+            got = model.forward(idx, kv_cache=cache.rows(0, 3))[0][:, 0]  # (3, V)
+        else:
+            got = np.concatenate([model.forward(idx[:2], kv_cache=cache.rows(0, 2))[0][:, 0],
+                                  model.forward(idx[2:], kv_cache=cache.rows(3, 4))[0][:, 0]])
+        for b in range(3):
+            n = lengths[b] + step + 1
+            expected = model.forward(seqs[b:b + 1, :n])[0][0, -1]  # banded past the window
+            err = np.abs(got[b] - expected).max() / np.abs(expected).max()
+            assert err < TOL["float64"], f"{pos} row {b} step {step}: {err:.2e}"
+    with pytest.raises(ValueError, match="different lengths"):
+        cache.rows(0, 2).length

@@ -1,12 +1,16 @@
-"""The HTTP endpoint, over real HTTP: a uvicorn server on a free 127.0.0.1 port in a
+"""The HTTP service, over real HTTP: a uvicorn server on a free 127.0.0.1 port in a
 thread (and examples/serve.py in a subprocess), called with urllib (httpx's sync client
 added ~40 ms to every request here, which would hide the server's own latency). Happy
 path, every kind of bad input (each a 422 naming the field, the server serving on; bodies
 that are not UTF-8 or nested 100,000 deep included), the OpenAPI schema (exact integer
 bounds, the vocabulary, the 422 shape), a bounded load run (200 requests, 16 at a time)
-whose texts must equal the same seeds generated alone, and a schemathesis run (its CLI,
-every check, a fixed seed) against a real server that must find 0 failures. Skipped with
-the reason without fastapi or uvicorn (pip install "tinygrad-char[serve]")."""
+whose texts must equal the same seeds generated alone, streaming (server-sent events),
+stop strings, the OpenAI shapes of /v1/completions and /v1/models, the attention endpoint
+against the training forward's probabilities, the playground page, metrics, 429 with
+Retry-After past the slots and queue, a disconnect freeing its slot, bench_serve.py at
+the smallest scale, and a schemathesis run (its CLI, every check, a fixed seed) against a
+real server that must find 0 failures. Skipped with the reason without fastapi or uvicorn
+(pip install "tinygrad-char[serve]")."""
 
 import contextlib
 import json
@@ -104,6 +108,7 @@ class Server:
         return self
 
     def stop(self):
+        self.server.config.app.state.engine.stop()  # ends the streams still open, if any
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
@@ -221,7 +226,8 @@ def test_openapi_schema_documents_fields_and_bounds(served):
     client, _, _ = served
     schema = client.get("/openapi.json")[1]
     props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
-    assert set(props) == {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"}
+    assert set(props) == {"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+                          "stop", "stream"}
     for name, prop in props.items():
         assert prop.get("description"), f"{name} has no description"
     assert props["max_new_tokens"]["minimum"] == 0
@@ -408,7 +414,7 @@ def test_largest_seed_and_integral_numbers_are_accepted(served):
     assert client.post("/generate", {"seed": 2**63})[0] == 422
 
 
-FUZZ_EXAMPLES = 60  # per operation and generation mode (valid and invalid data): ~11 s here
+FUZZ_EXAMPLES = 60  # per operation and generation mode (valid and invalid data)
 
 
 @pytest.mark.slow
@@ -426,7 +432,7 @@ def test_schemathesis_finds_no_failures(tmp_path):
                 [sys.executable, "-m", "schemathesis.cli", "run", server.url + "/openapi.json",
                  "--checks", "all", "--max-examples", str(FUZZ_EXAMPLES), "--seed", "0",
                  "--workers", "1", "--no-color", "--report-dir", str(tmp_path)],
-                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                capture_output=True, text=True, timeout=900, cwd=tmp_path)
     finally:
         server.stop()
     summary = proc.stdout[-3000:]
@@ -434,3 +440,211 @@ def test_schemathesis_finds_no_failures(tmp_path):
     assert "No issues found" in proc.stdout, summary
     generated = re.search(r"(\d+) generated, (\d+) passed", proc.stdout)
     assert generated and int(generated.group(1)) >= FUZZ_EXAMPLES, summary
+
+
+# -- streaming, the OpenAI shapes, back-pressure, disconnects, metrics, the page ---------------
+
+def sse_events(url, path, body, timeout=60):
+    """POST body, read the text/event-stream answer: (status, content type, [payloads]),
+    each payload the parsed JSON of a `data:` line (or the string "[DONE]")."""
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(),
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        ctype = r.headers["content-type"]
+        raw = r.read().decode()
+    events = []
+    for block in raw.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith("data: "):
+                data = line[len("data: "):]
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return r.status, ctype, events
+
+
+def test_generate_streams_server_sent_events(served):
+    client, model, tokenizer = served
+    req = {"prompt": "ROMEO:", "max_new_tokens": 30, "temperature": 0.9, "seed": 7}
+    status, ctype, events = sse_events(client.url, "/generate", dict(req, stream=True))
+    assert status == 200 and ctype.startswith("text/event-stream")
+    *chunks, done = events
+    assert chunks and all(set(c) == {"text"} for c in chunks)
+    text = "".join(c["text"] for c in chunks)
+    assert text == generate_text(model, tokenizer, "ROMEO:", 30, temperature=0.9, seed=7)[0]
+    assert done["done"] is True and done["num_chars"] == 30 and done["seed"] == 7
+    assert done["finish_reason"] == "length" and done["prompt_chars_used"] == 6
+    assert client.post("/generate", req)[1]["text"] == text  # the same without streaming
+
+
+def test_stop_strings_end_the_text_before_them(served):
+    client, model, tokenizer = served
+    full = generate_text(model, tokenizer, "ab", 60, temperature=0)[0]
+    stop = full[20:23]
+    cut = full[:full.index(stop)]
+    status, body = client.post("/generate", {"prompt": "ab", "max_new_tokens": 60,
+                                             "temperature": 0, "stop": [stop, "\u00e9"]})
+    assert status == 200 and body["text"] == cut and body["finish_reason"] == "stop", body
+    _, _, events = sse_events(client.url, "/generate", {
+        "prompt": "ab", "max_new_tokens": 60, "temperature": 0, "stop": stop, "stream": True})
+    assert "".join(e.get("text", "") for e in events) == cut  # no part of it leaked
+    assert events[-1]["finish_reason"] == "stop"
+
+
+def test_completions_and_models_have_openai_shapes(served):
+    client, model, tokenizer = served
+    req = {"model": "anything", "prompt": "ROMEO:", "max_tokens": 12, "temperature": 0.7,
+           "top_k": 5, "seed": 2}
+    status, body = client.post("/v1/completions", req)
+    assert status == 200, body
+    expected = generate_text(model, tokenizer, "ROMEO:", 12, temperature=0.7, top_k=5,
+                             seed=2)[0]
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert body["model"] == "anything" and isinstance(body["created"], int)
+    assert body["choices"] == [{"index": 0, "text": expected, "logprobs": None,
+                                "finish_reason": "length"}]
+    assert body["usage"] == {"prompt_tokens": 6, "completion_tokens": 12, "total_tokens": 18}
+    status, ctype, events = sse_events(client.url, "/v1/completions", dict(
+        req, stream=True, stream_options={"include_usage": True}))
+    assert ctype.startswith("text/event-stream") and events[-1] == "[DONE]"
+    *chunks, finish, usage, _ = events
+    assert "".join(c["choices"][0]["text"] for c in chunks) == expected
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+    assert finish["choices"][0]["finish_reason"] == "length"
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 12
+    status, body = client.post("/v1/completions", dict(req, n=2))
+    assert status == 422 and body["error"]["message"].startswith(  # OpenAI's error shape
+        "n: only n = 1 is supported"), body
+    assert body["error"]["param"] == "n" and body["error"]["type"] == "invalid_request_error"
+    status, body = client.get("/v1/models")
+    assert status == 200 and body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["tinygrad_char"]
+
+
+def test_attention_endpoint_gives_the_models_probabilities(served):
+    client, model, tokenizer = served
+    from tinygrad_char.ops.attention import attention_forward
+
+    text = "to be, or not"
+    status, body = client.post("/attention", {"text": text})
+    assert status == 200, body
+    assert body["chars"] == list(text) and body["n_layer"] == 2 and body["n_head"] == 2
+    # the reference: the training forward's attention (xp op) on the same text
+    ref = GPT(model.config, seed=0, kernels="xp").eval()
+    ref.params = model.params
+    ref.forward(np.asarray([tokenizer.encode(text)]))
+    for layer in range(2):
+        att_t = ref._caches[layer][1][3][3][0]  # (NH, T, T), P^T[s, t]
+        for h in range(2):
+            got = body["attention"][layer][h]
+            for t in range(len(text)):
+                assert len(got[t]) == t + 1 and abs(sum(got[t]) - 1) < 1e-4
+                assert np.allclose(got[t], att_t[h, :t + 1, t], atol=1e-5), (layer, h, t)
+    assert client.post("/attention", {"text": "caf\u00e9"})[0] == 422
+
+
+def test_playground_page_is_served_self_contained(served):
+    client, _, _ = served
+    with urllib.request.urlopen(client.url + "/", timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/html")
+        page = r.read().decode()
+    for needed in ('id="prompt"', 'id="generate"', 'id="output"', 'id="temperature"',
+                   'id="top_k"', 'id="top_p"', 'id="max_new_tokens"', 'id="seed"'):
+        assert needed in page, needed
+    assert not re.search(r"(src|href)=\"(https?:)?//", page), "the page loads from elsewhere"
+
+
+def metric(text, name, labels=""):
+    """The value of one sample of Prometheus text (0.0 when absent)."""
+    m = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_metrics_count_requests_characters_and_latencies(served):
+    client, _, _ = served
+    scrape = lambda: urllib.request.urlopen(client.url + "/metrics", timeout=30).read().decode()
+    before = scrape()
+    assert client.post("/generate", {"prompt": "a", "max_new_tokens": 9, "seed": 1})[0] == 200
+    assert client.post("/generate", {"temperature": -1})[0] == 422
+    after = scrape()
+    ok = 'tinygrad_char_requests_total{endpoint="/generate",outcome="ok"}'
+    invalid = 'tinygrad_char_requests_total{endpoint="/generate",outcome="invalid"}'
+    assert metric(after, ok) == metric(before, ok) + 1
+    assert metric(after, invalid) == metric(before, invalid) + 1
+    chars = "tinygrad_char_characters_generated_total"
+    assert metric(after, chars) >= metric(before, chars) + 9
+    first = "tinygrad_char_time_to_first_character_seconds_count"
+    assert metric(after, first) == metric(before, first) + 1
+    per = "tinygrad_char_character_latency_seconds_count"
+    assert metric(after, per) >= metric(before, per) + 8
+    assert "tinygrad_char_active_sequences 0.0" in after
+    assert "tinygrad_char_queue_length 0.0" in after
+
+
+def test_full_slots_and_queue_answer_429_at_once_and_disconnects_free_slots():
+    """One slot, no queue: while a long stream runs, the next request is refused at once
+    with 429 and Retry-After; the streaming client hangs up and its slot is freed within a
+    step or two, after which requests are served again."""
+    model, tokenizer = make_model()
+    app = create_app(model, tokenizer, max_new_tokens_limit=100_000, max_slots=1,
+                     max_queue=0)
+    server = Server(app).start()
+    engine = app.state.engine
+    try:
+        sock = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+        body = json.dumps({"prompt": "a", "max_new_tokens": 100_000, "stream": True}).encode()
+        sock.sendall(b"POST /generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json"
+                     b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        received = b""
+        while b"data: " not in received:  # streaming: the slot is taken
+            chunk = sock.recv(4096)
+            assert chunk, f"the connection closed: {received!r}"
+            received += chunk
+        assert engine.stats() == (1, 0)
+        start = time.perf_counter()
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                server.url + "/generate", data=b'{"max_new_tokens": 5}',
+                headers={"content-type": "application/json"}), timeout=30)
+            raise AssertionError("a request past the slots and queue was accepted")
+        except urllib.error.HTTPError as e:
+            assert e.code == 429 and e.headers["Retry-After"] == "1"
+            refused = json.loads(e.read())
+        assert time.perf_counter() - start < 1.0, "the refusal was not immediate"
+        assert "slots" in refused["error"] and refused["detail"][0]["type"] == "overloaded"
+        sock.close()  # the client goes away
+        steps = engine.steps
+        deadline = time.monotonic() + 10
+        while engine.stats()[0] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert engine.stats() == (0, 0), "the slot of a closed connection was not freed"
+        assert engine.steps - steps <= 3, f"{engine.steps - steps} steps ran after the close"
+        assert engine.chars_generated < 100_000
+        status, body = Client(server.url).post("/generate", {"max_new_tokens": 5})
+        assert status == 200 and body["num_chars"] == 5
+        metrics = urllib.request.urlopen(server.url + "/metrics", timeout=30).read().decode()
+        assert metric(metrics, 'tinygrad_char_requests_total{endpoint="/generate",'
+                               'outcome="rejected"}') == 1
+        assert metric(metrics, 'tinygrad_char_requests_total{endpoint="/generate",'
+                               'outcome="cancelled"}') == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_bench_serve_runs_and_writes_its_results(tmp_path):
+    """benchmarks/bench_serve.py at the smallest scale: it checks the server's text, loads
+    it, and writes serve.json (machine, versions, config, one result per point) and serve.md.
+    Nothing here compares speeds."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"),
+                           "--configs", "tiny", "--clients", "1,3", "--chars", "5",
+                           "--requests", "1", "--repeats", "1", "--threads", "1",
+                           "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads((tmp_path / "serve.json").read_text())
+    assert {"machine", "versions", "config", "results"} <= set(record)
+    points = record["results"]
+    assert [(p["server"], p["clients"]) for p in points] == [("this", 1), ("this", 3)]
+    for p in points:
+        assert p["errors"] == 0 and p["chars_per_s"] > 0 and p["streaming"] is True
+        assert 0 < p["ttfc_p50_s"] <= p["request_p99_s"] and p["cores_used"] > 0
+    assert "| this | tiny | 3 |" in (tmp_path / "serve.md").read_text()

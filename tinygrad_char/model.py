@@ -23,8 +23,8 @@ parameters. This is not a module system: the forward is straight-line code over 
 dict, and the backward is that code reversed.
 
 One forward serves training and generation: `forward(idx, kv_cache=cache)` runs only the
-new positions (absolute positions offset by the cache's length) against the keys and
-values a `sampling.KVCache` holds, with the same block code.
+new positions (each row at its own absolute positions, from the cache's per-row lengths)
+against the keys and values a `sampling.KVCache` holds, with the same block code.
 
 Fused kernels (dispatch.select_ops) cover the GPT-2 block, and the CPU kernels grouped-query
 attention (n_kv_head < n_head) too. RMSNorm, RoPE, SwiGLU, the exact GELU and sliding-window
@@ -275,13 +275,20 @@ class GPT:
         """`a` in the compute dtype (a no-op without mixed precision)."""
         return a if self.compute_dtype is None else a.astype(self.compute_dtype, copy=False)
 
-    def _positions(self, start, stop):
+    def _positions(self, start, stop=None):
         """The fixed position tables of absolute positions start .. stop - 1, from a table
         grown on demand (past block_size too: sliding-window generation).
-        Sinusoidal: (T, C); rope: (cos, sin), each (T, hs/2); None for learned positions."""
+        Sinusoidal: (T, C); rope: (cos, sin), each (T, hs/2); None for learned positions.
+        With stop None, start is a (B, T) array of positions (a KV cache's rows, each at
+        its own): sinusoidal (B, T, C), rope (cos, sin) each (B, T, hs/2)."""
         cfg = self.config
         if cfg.pos_encoding == "learned":
             return None
+        if stop is None:  # gathered per row
+            self._positions(0, int(start.max()) + 1)  # grows the table
+            if cfg.pos_encoding == "sinusoidal":
+                return self._pos_table[start]
+            return tuple(t[start] for t in self._pos_table)
         if self._pos_table is None or self._pos_table_len < stop:
             n = max(stop, 2 * (self._pos_table_len or 0), cfg.block_size)
             if cfg.pos_encoding == "sinusoidal":
@@ -306,14 +313,22 @@ class GPT:
         qkv, c_qkv = ops.linear_forward(x, self._p(h + "attn.c_attn.weight"),
                                         self._p(h + "attn.c_attn.bias"))  # (B,T,(NH+2NKV)hs)
         c_rope = None
-        if cfg.pos_encoding == "rope":
+        if cfg.pos_encoding == "rope" and kv_cache is not None:
+            # each row at its own positions: rotate the B T rows as one sequence of rows
+            B, T = x.shape[:2]
+            cos, sin = (t.reshape(B * T, -1) for t in pos)  # (B T, hs/2)
+            qkv, _ = ops.rope_forward(qkv.reshape(1, B * T, -1), cos, sin, NH, NKV)
+            qkv = qkv.reshape(B, T, -1)  # (B, T, (NH + 2 NKV) hs)
+        elif cfg.pos_encoding == "rope":
             qkv, c_rope = ops.rope_forward(qkv, *pos, NH, NKV)  # q, k rotated
         if kv_cache is not None:
             q, k, v = attention.split_heads(qkv, NH, NKV)  # (B, NH|NKV, T, hs)
-            k_t, v, k_start = kv_cache.append(layer, k, v)  # every visible key and value
-            y = ops.cached_attention_forward(q, k_t, v, kv_cache.length, k_start,
-                                             cfg.block_size)  # (B, NH, T, hs)
             B, T = x.shape[:2]
+            k_t, v, k_pos = kv_cache.append(layer, k, v)  # the rows' rings of keys, values
+            y, att = ops.cached_attention_forward(q, k_t, v, kv_cache.positions(T), k_pos,
+                                                  cfg.block_size, return_probs=True)
+            if kv_cache.keep_attention:  # (B, NH, T, capacity): for a reader to look at
+                kv_cache.attention[layer] = att
             y, c_att = y.transpose(0, 2, 1, 3).reshape(B, T, cfg.n_embd), None  # (B, T, C)
         elif NKV == NH and window is None:  # GPT-2's attention: a fused kernel may run it
             y, c_att = ops.attention_forward(qkv, NH, cfg.dropout, self.rng, self.training)
@@ -414,7 +429,8 @@ class GPT:
                 (each position sees the block_size most recent, itself included).
             targets: (B, T) next-token ids (-1 = ignore), or None.
             kv_cache: None, or a `sampling.KVCache`: then idx holds only the new positions
-                (absolute positions kv_cache.length .. + T - 1), their keys and values are
+                (row b at absolute positions kv_cache.lengths[b] .. + T - 1: rows may be
+                at different positions), their keys and values are
                 appended to the cache, and the forward runs in eval mode (no dropout)
                 whatever `training` says, keeping nothing for a backward. Its logits equal
                 those of a forward on the whole sequence, up to float rounding.
@@ -426,10 +442,10 @@ class GPT:
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
         B, T = idx.shape
-        start = 0
+        start, span = 0, (0, T)  # span: the positions, as _positions takes them
         if kv_cache is not None:
-            kv_cache.reserve(B, T)  # checks the batch and the window, makes room
-            start = kv_cache.length
+            kv_cache.reserve(B, T)  # checks the batch and the window
+            span = (kv_cache.positions(T),)  # (B, T): each row at its own positions
         elif T > cfg.block_size and cfg.pos_encoding == "learned":
             raise ValueError(f"sequence length {T} exceeds block_size {cfg.block_size}; "
                              f"crop the input to its last {cfg.block_size} tokens")
@@ -444,13 +460,15 @@ class GPT:
             caches = {}
             tok, caches["wte"] = ops.embedding_forward(idx, p["transformer.wte.weight"])
             rope_pos = None  # (B, T, C) above; rope's (cos, sin) of the T positions below
-            if cfg.pos_encoding == "learned":
+            if cfg.pos_encoding == "learned" and kv_cache is not None:
+                x = tok + p["transformer.wpe.weight"][span[0]]  # (B, T, C), rows' own positions
+            elif cfg.pos_encoding == "learned":
                 x, caches["wpe"] = ops.position_embedding_forward(  # (B, T, C): tok + pos
                     tok, p["transformer.wpe.weight"], start)
             elif cfg.pos_encoding == "sinusoidal":
-                x = tok + self._positions(start, start + T)  # (T, C), fixed
+                x = tok + self._positions(*span)  # (T, C) or per row (B, T, C), fixed
             else:
-                x, rope_pos = tok, self._positions(start, start + T)  # rotates q, k instead
+                x, rope_pos = tok, self._positions(*span)  # rotates q, k instead
             x, caches["drop"] = ops.dropout_forward(x, cfg.dropout, self.rng, self.training)
 
             for i in range(cfg.n_layer):

@@ -9,29 +9,61 @@ nucleus/top-p). A `KVCache` holds the keys and values of the positions already r
 the logits of `model.forward` on the whole sequence. `generate` is nanoGPT's loop, with or
 without the cache.
 
-What this file deliberately is not: a batched server (every row of a batch has the same
-length), a beam search, or a second copy of the model: the cached forward is the model's
-own forward (one block definition), this file only chooses tokens and keeps the cache.
+The cache's rows may sit at different positions (`KVCache.rows`, `lengths`): that is what
+the serving engine (engine.py) batches over; `generate` itself runs rows of one length.
+
+What this file deliberately is not: a server (engine.py, serve.py), a beam search, or a
+second copy of the model: the cached forward is the model's own forward (one block
+definition), this file only chooses tokens and keeps the cache.
 """
 
 import contextlib
+import copy
 
 import numpy as np
 
 from tinygrad_char.backend import get_array_module
 from tinygrad_char.fused.cpu import few_rows
+from tinygrad_char.training.cli import MAX_SEED, range_error
 
 
 # -- choosing the next token ---------------------------------------------------------------
-def check_sampling_args(temperature, top_k, top_p):
-    """Raise a one-line ValueError for a temperature, top_k or top_p that cannot be used."""
-    if not 0 <= temperature < float("inf"):  # also refuses NaN
-        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), "
-                         f"got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 (or None for no limit), got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (or None for no limit), got {top_p}")
+MAX_TEMPERATURE = 100.0  # far past uniform sampling already; bounds a meaningless input
+
+# The sampling arguments' bounds, written once: check_sampling_args reads them, the
+# server's request schema publishes them (serve.py), the command line parses with them
+# (examples/generate.py). low_open: the low bound itself is refused.
+SAMPLING_BOUNDS = {
+    "temperature": dict(low=0.0, high=MAX_TEMPERATURE),  # 0 is greedy
+    "top_k": dict(low=1, high=None),  # None (no limit) is allowed too
+    "top_p": dict(low=0.0, high=1.0, low_open=True),  # None (no limit) is allowed too
+    "seed": dict(low=0, high=MAX_SEED),  # fits a signed 64-bit integer, every client sends it
+}
+
+
+def check_sampling_args(temperature, top_k, top_p, seed=None):
+    """Raise a one-line ValueError for a temperature, top_k, top_p or seed outside
+    SAMPLING_BOUNDS; None is "no limit" for top_k and top_p, "draw one" for seed."""
+    for name, value, hint in (("temperature", temperature, " (0 means greedy)"),
+                              ("top_k", top_k, " (or None for no limit)"),
+                              ("top_p", top_p, " (or None for no limit)"),
+                              ("seed", seed, " (or None to draw one)")):
+        if value is None and name != "temperature":
+            continue
+        problem = range_error(value, **SAMPLING_BOUNDS[name])
+        if problem:
+            raise ValueError(f"{name} {problem}, got {value}{hint}")
+
+
+def prompt_ids(tokenizer, prompt):
+    """The ids generation starts from: the prompt's (ValueError naming characters outside
+    the vocabulary), or for an empty prompt "\\n" when it is in the vocabulary, else id 0."""
+    if prompt:
+        return tokenizer.encode(prompt, errors="raise", what="prompt")
+    try:
+        return tokenizer.encode("\n", errors="raise")
+    except ValueError:  # no newline in this vocabulary
+        return [0]
 
 
 def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
@@ -82,26 +114,41 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
 
 # -- the key/value cache ---------------------------------------------------------------------
 class KVCache:
-    """Keys and values of the positions already run, per layer, preallocated; the model's
-    forward reads and extends it (`model.forward(idx_new, kv_cache=cache)`).
+    """Keys and values of the positions already run, per layer and per row (slot),
+    preallocated; the model's forward reads and extends it
+    (`model.forward(idx_new, kv_cache=cache)`).
 
     k_t[i]: (B, NKV, hs, capacity) keys of layer i, stored transposed so that q @ k^T is
     a matmul of C-contiguous rows (NumPy's stacked matmul skips BLAS on transposed views);
     v[i]: (B, NKV, capacity, hs) values; in the model's array module and dtype. NKV is the
     model's key/value heads (n_head without grouped-query attention).
 
-    `length` is the number of positions run so far (the absolute position of the next
-    token); slot j holds absolute position `start + j`. With learned positions the cache
-    stops at block_size (capacity block_size, start 0). With sinusoidal or rope positions
-    it slides: a query sees the block_size most recent positions (itself included), so
-    only the last block_size - 1 keys before a chunk are needed; when a chunk would run
-    past the end of the buffer (capacity 2 block_size) those are moved to its front, an
-    amortised copy of about one window every block_size tokens. `reset` empties the cache
-    without freeing it.
+    Every row has its own length (`lengths`, (B,) int64 on the host): the number of
+    positions it has run, so the absolute position of its next token. Rows at different
+    lengths step together (a server's continuous batching): the forward gathers each row's
+    positions, and attention masks each row to its own keys. Absolute position p of a row
+    lives in column p % capacity (a ring). With learned positions a row stops at
+    block_size (capacity block_size, no wrap). With sinusoidal or rope positions it
+    slides: a query sees the block_size most recent positions (itself included), and a
+    chunk holds at most block_size new ones, so a ring of 2 block_size columns always
+    holds every key a chunk's queries can see.
+
+    Attention always runs over the whole ring (masked columns weigh exactly 0): the same
+    shapes per row whatever the other rows hold, so a row's numbers do not depend on
+    what else is in the batch (sampled text with a fixed seed equals the text it gets
+    alone), at the cost of attending over `capacity` columns early in a sequence.
+
+    `rows(lo, hi)` is a view of rows lo .. hi - 1 sharing the buffers (a server runs a
+    forward on the active rows, or prefills one row); `reset()` empties the view's rows
+    without freeing them; `move(src, dst)` copies a row (compaction). With
+    keep_attention=True each forward leaves its attention probabilities in `attention[i]`,
+    (B, NH, T, capacity) per layer (column j: the key at absolute position
+    `key_positions[b, j]`).
     """
 
-    def __init__(self, model, batch_size):
+    def __init__(self, model, batch_size, keep_attention=False):
         cfg = model.config
+        self.xp = model.xp
         self.slides = cfg.pos_encoding != "learned"
         self.window = cfg.block_size
         capacity = 2 * cfg.block_size if self.slides else cfg.block_size
@@ -109,55 +156,108 @@ class KVCache:
         shape_t = shape[:2] + (shape[3], shape[2])
         self.k_t = [model.xp.zeros(shape_t, dtype=model.dtype) for _ in range(cfg.n_layer)]
         self.v = [model.xp.zeros(shape, dtype=model.dtype) for _ in range(cfg.n_layer)]
-        self.batch_size = batch_size
-        self.block_size = cfg.block_size
         self.capacity = capacity
-        self.length = 0
-        self.start = 0
+        self.block_size = cfg.block_size
+        self.lengths = np.zeros(batch_size, dtype=np.int64)  # (B,) positions run per row
+        self.keep_attention = keep_attention
+        self.attention = [None] * cfg.n_layer
+        self.key_positions = None
+        self.lo, self.hi = 0, batch_size  # the rows this object reads and writes
+        self._planned = None  # reserve's positions and columns for the forward under way
+
+    @property
+    def batch_size(self):
+        return self.hi - self.lo
+
+    def rows(self, lo, hi):
+        """A view of rows lo .. hi - 1: same buffers and lengths, a forward on those rows."""
+        if not 0 <= lo < hi <= self.lengths.size:
+            raise ValueError(f"rows {lo}..{hi - 1} are not rows of a cache of "
+                             f"{self.lengths.size}")
+        view = copy.copy(self)
+        view.lo, view.hi = lo, hi
+        view.attention = [None] * len(self.attention)
+        view._planned = None
+        return view
+
+    @property
+    def length(self):
+        """The common length of this view's rows (ValueError when they differ)."""
+        mine = self.lengths[self.lo:self.hi]
+        if (mine != mine[0]).any():
+            raise ValueError(f"the rows have different lengths {mine.tolist()}; read "
+                             f"`lengths` for each")
+        return int(mine[0])
 
     def reset(self):
-        self.length = 0
-        self.start = 0
+        """Empty this view's rows (their buffers are overwritten as they refill)."""
+        self.lengths[self.lo:self.hi] = 0
+        self._planned = None
 
-    def _oldest_needed(self):
-        """The absolute position of the oldest key the next chunk's queries can see."""
-        return max(0, self.length - self.window + 1)
+    def move(self, src, dst):
+        """Copy row src (keys, values, length) to row dst, of the whole cache."""
+        for k_t, v in zip(self.k_t, self.v):
+            k_t[dst] = k_t[src]
+            v[dst] = v[src]
+        self.lengths[dst] = self.lengths[src]
 
     def reserve(self, batch_size, n_new):
-        """Check that n_new positions of this batch size fit, and make room for them."""
+        """Check that n_new positions of this batch size fit in this view's rows, and work
+        out their positions and ring columns (the same for every layer)."""
         if batch_size != self.batch_size:
             raise ValueError(f"idx has batch {batch_size}, but the cache was made for batch "
                              f"{self.batch_size}")
-        if not self.slides and self.length + n_new > self.block_size:
-            raise ValueError(f"cache length {self.length} + {n_new} new positions exceeds "
+        longest = int(self.lengths[self.lo:self.hi].max())
+        if not self.slides and longest + n_new > self.block_size:
+            raise ValueError(f"cache length {longest} + {n_new} new positions exceeds "
                              f"block_size {self.block_size}; reset the cache and prefill "
                              f"the last {self.block_size} tokens")
         if n_new > self.window:
             raise ValueError(f"{n_new} new positions in one call exceed block_size "
                              f"{self.window}; feed them in chunks of at most {self.window}")
-        if self.length + n_new - self.start > self.capacity:  # slide: keep what is visible
-            lo = self._oldest_needed()
-            keep = slice(lo - self.start, self.length - self.start)
-            for k_t, v in zip(self.k_t, self.v):
-                n = keep.stop - keep.start
-                k_t[:, :, :, :n] = k_t[:, :, :, keep].copy()  # copy: the ranges overlap
-                v[:, :, :n] = v[:, :, keep].copy()
-            self.start = lo
+        # what every layer's append and attention use, worked out once per forward
+        lengths = self.lengths[self.lo:self.hi]  # (B,)
+        pos = lengths[:, None] + np.arange(n_new)  # (B, n_new) absolute positions
+        last = pos[:, -1:]  # (B, 1) the newest position of each row
+        key_pos = last - (last - np.arange(self.capacity)) % self.capacity  # (B, capacity)
+        first_col = int(pos[0, 0]) % self.capacity
+        same = (lengths == lengths[0]).all() and first_col + n_new <= self.capacity
+        self._planned = (n_new, pos, pos % self.capacity, self.xp.asarray(pos),
+                         self.xp.asarray(key_pos), first_col if same else None)
+
+    def positions(self, n_new):
+        """(B, n_new) absolute positions of the new tokens of each row (after `reserve`)."""
+        if self._planned is None or self._planned[0] != n_new:
+            self.reserve(self.batch_size, n_new)
+        return self._planned[3]
 
     def append(self, layer, k, v):
-        """Store the new positions' keys and values of `layer` (k, v: (B, NKV, Tn, hs)).
+        """Store the new positions' keys and values of `layer` (k, v: (B, NKV, Tn, hs)),
+        each row at the columns of its own positions.
 
-        Returns (k_t, v, k_start): views of every key and value the new queries may see,
-        (B, NKV, hs, Tk) and (B, NKV, Tk, hs), and the absolute position of the first."""
-        lo, stop = self._oldest_needed() - self.start, self.length + k.shape[2] - self.start
-        self.k_t[layer][:, :, :, self.length - self.start:stop] = k.transpose(0, 1, 3, 2)
-        self.v[layer][:, :, self.length - self.start:stop] = v
-        return (self.k_t[layer][:, :, :, lo:stop], self.v[layer][:, :, lo:stop],
-                self.start + lo)
+        Returns (k_t, v, key_pos): this view's whole ring, (B, NKV, hs, capacity) and
+        (B, NKV, capacity, hs), and (B, capacity) the absolute position of each column
+        (negative: empty)."""
+        xp, Tn = self.xp, k.shape[2]
+        if self._planned is None or self._planned[0] != Tn:
+            self.reserve(self.batch_size, Tn)
+        _, pos, cols, _, key_pos, first_col = self._planned
+        k_t, v_all = self.k_t[layer][self.lo:self.hi], self.v[layer][self.lo:self.hi]
+        if first_col is not None:  # every row at the same columns, no wrap: slices
+            k_t[:, :, :, first_col:first_col + Tn] = k.transpose(0, 1, 3, 2)
+            v_all[:, :, first_col:first_col + Tn] = v
+        else:  # each row at its own ring columns cols (B, Tn)
+            b = xp.asarray(np.arange(self.batch_size)[:, None])  # (B, 1)
+            # advanced indices on axes 0 and 3 (or 2) put (B, Tn) first: (B, Tn, NKV, hs)
+            k_t[b, :, :, xp.asarray(cols)] = k.transpose(0, 2, 1, 3)
+            v_all[b, :, xp.asarray(cols)] = v.transpose(0, 2, 1, 3)
+        self.key_positions = key_pos
+        return k_t, v_all, key_pos
 
     def advance(self, n_new):
         """After every layer has appended: the n_new positions are now cached."""
-        self.length += n_new
+        self.lengths[self.lo:self.hi] += n_new
+        self._planned = None
 
 
 # -- the generate loops ---------------------------------------------------------------------
@@ -275,14 +375,8 @@ def generate_text(model, tokenizer, prompt, max_new_tokens, temperature=1.0, top
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if prompt:
-        prompt_ids = tokenizer.encode(prompt, errors="raise", what="prompt")
-    else:
-        try:
-            prompt_ids = tokenizer.encode("\n", errors="raise")
-        except ValueError:  # no newline in this vocabulary
-            prompt_ids = [0]
-    idx = np.tile(np.asarray(prompt_ids, dtype=np.int64)[None, :], (num_samples, 1))
+    ids = prompt_ids(tokenizer, prompt)
+    idx = np.tile(np.asarray(ids, dtype=np.int64)[None, :], (num_samples, 1))
 
     def stream_first_row(ids):
         stream(tokenizer.decode([int(ids[0])]))

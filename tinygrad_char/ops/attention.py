@@ -181,40 +181,53 @@ def sum_repeated_kv_grads(dpacked, n_head, n_kv_head):
 
 # -- new queries over cached keys (generation; forward only) ----------------------------------
 
-def cached_attention_forward(q, k_t, v, q_start, k_start, window):
+def cached_attention_forward(q, k_t, v, q_start, k_start, window, return_probs=False):
     """Attention of Tq new queries over Tk cached keys (the new ones included), grouped.
 
         y = softmax(q k^T / sqrt(hs) + mask) v
-    Query i sits at absolute position q_start + i, key j at k_start + j; query t sees key s
-    when t - window < s <= t (causal, and at most the `window` most recent positions,
-    itself included: the banded mask of attention_forward's `window`). Query head h reads
-    key/value head h // G: the G query heads of a group are stacked as G Tq rows of one
-    matmul against their shared keys. Nothing is saved (no backward).
+    Query t (an absolute position) sees key s when t - window < s <= t and s >= 0 (causal,
+    at most the `window` most recent positions, itself included: the banded mask of
+    attention_forward's `window`; a negative s marks an empty column). Positions are given
+    per row, so the rows of a batch may sit at different positions (a server's sequences),
+    or as the first position of a run (every row alike). Query head h reads key/value head
+    h // G: the G query heads of a group are stacked as G Tq rows of one matmul against
+    their shared keys. Nothing is saved (no backward).
 
     Args:
         q: (B, NH, Tq, hs) queries of the new positions.
         k_t: (B, NKV, hs, Tk) keys, transposed (C-contiguous rows for the matmul).
         v: (B, NKV, Tk, hs) their values.
-        q_start, k_start: absolute positions of q's first row and k_t's first column.
+        q_start: (B, Tq) absolute positions of the queries, or an int: q_start + i for row i.
+        k_start: (B, Tk) absolute positions of the key columns, or an int as q_start.
         window: W, the longest span a query sees.
+        return_probs: also return the probabilities P.
     Returns:
-        y: (B, NH, Tq, hs)
+        y: (B, NH, Tq, hs); with return_probs (y, P), P: (B, NH, Tq, Tk).
     """
     xp = get_array_module(q)
     B, NH, Tq, hs = q.shape
     NKV, Tk = k_t.shape[1], k_t.shape[3]
     G = NH // NKV
+
+    def positions(start, n):  # (B|1, n): start itself when an array, else start + i
+        if getattr(start, "ndim", 0) == 0:
+            return xp.arange(int(start), int(start) + n)[None, :]
+        return xp.asarray(start)
+
+    t = positions(q_start, Tq)[:, :, None]  # (B|1, Tq, 1) query positions
+    s = positions(k_start, Tk)[:, None, :]  # (B|1, 1, Tk) key positions
+    visible = (s <= t) & (s > t - window) & (s >= 0)  # (B|1, Tq, Tk)
     att = q.reshape(B, NKV, G * Tq, hs) @ k_t  # (B, NKV, G Tq, Tk)
     att *= 1.0 / math.sqrt(hs)
-    t = xp.arange(q_start, q_start + Tq)[:, None]  # (Tq, 1) query positions
-    s = xp.arange(k_start, k_start + Tk)[None, :]  # (1, Tk) key positions
-    visible = (s <= t) & (s > t - window)  # (Tq, Tk)
     att = att.reshape(B, NKV, G, Tq, Tk)  # (B, NKV, G, Tq, Tk)
-    att += xp.where(visible, 0.0, -xp.inf).astype(att.dtype)  # broadcast over B, NKV, G
+    att += xp.where(visible, 0.0, -xp.inf).astype(att.dtype)[:, None, None]  # over NKV, G
     # stable softmax over the keys, as attention_forward: subtract the row max (finite,
     # since each query sees at least its own key), exponentiate, normalise
     att -= att.max(axis=-1, keepdims=True)
     xp.exp(att, out=att)
     att /= att.sum(axis=-1, keepdims=True)
-    y = att.reshape(B, NKV, G * Tq, Tk) @ v  # (B, NKV, G Tq, hs)
-    return y.reshape(B, NH, Tq, hs)
+    y = (att.reshape(B, NKV, G * Tq, Tk) @ v).reshape(B, NH, Tq, hs)  # (B, NH, Tq, hs)
+    if return_probs:
+        return y, att.reshape(B, NH, Tq, Tk)
+    return y
+
