@@ -3,9 +3,10 @@ examples/train_text.py in a subprocess (exit codes, what they print, what they w
 configuration precedence defaults < --preset < --config FILE < flags, every preset in
 examples/configs, one-line errors for bad input, and Ctrl-C followed by --resume.
 
-WikiText-2 is read offline from the shared data folder (only wiki.valid.raw and
-wiki.test.raw exist there, so the runs train on the validation split's first 90%), cut to
-its first 200 lines; the model is 1 layer, 16 wide, context 16.
+The WikiText-2 runs read, offline, a folder with WikiText-2's layout cut from the packaged
+sample text (wiki.valid.raw and wiki.test.raw, no train file, so the runs train on the
+validation split's first 90%), cut to its first 200 lines; the model is 1 layer, 16 wide,
+context 16.
 """
 
 import json
@@ -19,12 +20,11 @@ import time
 
 import pytest
 
-from conftest import CUPY_MISSING, DATA, REPO
+from conftest import CUPY_MISSING, REPO, sample_text, wikitext_like_dir
 from tinygrad_char.training.checkpoint import load_checkpoint
 from tinygrad_char.training.config import TrainConfig, build_parser, resolve_config
 
-WIKITEXT = DATA / "wikitext-2-raw"
-SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
+WIKITEXT = wikitext_like_dir()  # the layout of WikiText-2, cut from the sample text
 PRESETS = REPO / "examples" / "configs"
 TRAIN_WIKITEXT = str(REPO / "examples" / "train_wikitext.py")
 TRAIN_TEXT = str(REPO / "examples" / "train_text.py")
@@ -88,7 +88,7 @@ def test_train_wikitext_offline_end_to_end(tmp_path):
 
 def test_train_text_runs_and_requires_text(tmp_path):
     text = tmp_path / "shakespeare_20k.txt"
-    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    text.write_text(sample_text(20_000), encoding="utf-8")
     proc = run(TRAIN_TEXT, "--text", text, *TINY, "--max-steps", "10", "--eval-interval", "5",
                "--out-dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr

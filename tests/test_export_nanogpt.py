@@ -330,7 +330,7 @@ def _bad_export(tmp_path, what):
     if what == "text checkpoint":
         (tmp_path / "text.safetensors").write_text("not a checkpoint")
         return ["--checkpoint", str(tmp_path / "text.safetensors"), "--out-dir", out], \
-            "truncated or corrupt"
+            "not a safetensors checkpoint"
     if what == "relu model":
         (tmp_path / "ours.safetensors").unlink()
         ckpt = make_checkpoint(tmp_path, activation="relu")

@@ -183,7 +183,7 @@ def load_sample_text():
     Stored gzip-compressed inside the package (found with importlib.resources, so it works
     from a wheel as well as from a source checkout).
     """
-    resource = resources.files(__package__) / "sample_data" / SAMPLE_FILE
+    resource = resources.files("tinygrad_char") / "sample_data" / SAMPLE_FILE
     try:
         return gzip.decompress(resource.read_bytes()).decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as e:  # missing or damaged installation
