@@ -60,6 +60,11 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be written or read; the message names the file and the fix."""
 
 
+class SaveError(CheckpointError, OSError):
+    """A save could not be written (the disk filled, ...): a CheckpointError whose one line
+    says what was kept, and still an OSError for code that catches those."""
+
+
 def _base(path):
     path = os.fspath(path)
     return path[:-len(".safetensors")] if path.endswith(".safetensors") else path
@@ -174,7 +179,7 @@ def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_state=No
         for name in written:  # the model file on disk does not name it: nothing reads it
             if os.path.exists(name):
                 os.remove(name)
-        raise CheckpointError(_save_failed(path, step, e, previous_step)) from None
+        raise SaveError(_save_failed(path, step, e, previous_step)) from None
     # committed: the companions this model file does not name are stale
     stale = [*companion_slots(path), _base(path) + ".train.safetensors"]
     for name in stale:
@@ -264,9 +269,9 @@ def _read_file(path, whole=True):
         prefix = data[:8] if whole else f.read(8)
         n = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
         # a safetensors file opens with its header's length and then the JSON header: a
-        # file that does not (a text file, a torch .pt) was never a checkpoint at all
+        # file with neither (a text file, a torch .pt) was never a checkpoint at all
         first = (data[8:9] if whole else f.read(1)) if n else b""
-        if size > 8 and first != b"{":
+        if size > 8 and first != b"{" and (not n or 8 + n > size):
             raise CheckpointError(f"{path}: not a safetensors checkpoint ({size} bytes that do "
                                   f"not start like one); pass the ckpt.safetensors a training "
                                   f"run wrote")
