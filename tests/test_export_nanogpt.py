@@ -1,5 +1,5 @@
 """The export direction (tinygrad_char.interop.nanogpt and its torch half,
-examples/nanogpt_torch.py) and examples/export_nanogpt.py: our checkpoint to nanoGPT's
+tinygrad_char/interop/nanogpt_torch.py) and the export-nanogpt command: our checkpoint to nanoGPT's
 ckpt.pt + meta.pkl, loaded back three ways: by our importer (the round trip
 gives the same parameters, vocabulary, unknown id, config and step), by the nanoGPT twin
 of nanogpt_twin.py exactly as nanoGPT's sample.py loads (GPTConfig(**model_args), a strict
@@ -8,7 +8,6 @@ by its unchanged sample.py. The NumPy half of the conversion and its refusals ne
 torch; the rest is skipped, with the reason, without it."""
 
 import ast
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -28,8 +27,8 @@ from tinygrad_char.training.tokenizer import UNK_CHAR, CharTokenizer
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "examples"))  # the torch half: examples/nanogpt_torch.py
-from nanogpt_torch import export_nanogpt, import_nanogpt  # noqa: E402
+from tinygrad_char.interop.nanogpt_torch import export_nanogpt, import_nanogpt  # the torch half
+from tinygrad_char.commands import export_nanogpt as exporter  # the command
 
 try:
     import torch
@@ -42,10 +41,6 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed: ckp
 needs_exact_gelu = pytest.mark.skipif(exact_gelu() is None,
                                       reason="this GPTConfig has no activation 'gelu_exact'")
 
-_spec = importlib.util.spec_from_file_location("export_nanogpt",
-                                               REPO / "examples" / "export_nanogpt.py")
-exporter = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(exporter)
 
 CHARS = "\n !$&',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"  # 48 characters (+ <unk>)
 ERF_TOLERANCE = 1e-2  # relative to the largest logit: the GELU forms differ by < 4.7e-4
@@ -134,8 +129,7 @@ def test_refuses_what_nanogpt_cannot_compute(overrides, match):
 def test_module_does_not_import_torch():
     code = ("import sys, tinygrad_char.interop.nanogpt, tinygrad_char\n"
             "assert 'torch' not in sys.modules, 'tinygrad_char.interop.nanogpt imported torch'\n"
-            f"sys.path.insert(0, {str(REPO / 'examples')!r})\n"
-            "import nanogpt_torch\n"
+            "import tinygrad_char.interop.nanogpt_torch\n"
             "assert 'torch' not in sys.modules, 'nanogpt_torch imported torch at load'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
@@ -163,7 +157,7 @@ def _imports_torch(node):
 
 def test_library_never_imports_torch():
     """The rule: tinygrad_char/ never imports torch, not even inside a function (PyTorch is
-    an oracle of tests and benchmarks, and examples/nanogpt_torch.py's)."""
+    an oracle of tests and benchmarks, and tinygrad_char/interop/nanogpt_torch.py's)."""
     files = sorted((REPO / "tinygrad_char").rglob("*.py"))
     assert len(files) > 10 and REPO / "tinygrad_char" / "nanogpt.py" in files
     found = [f"{path.relative_to(REPO)}:{node.lineno}"
@@ -317,7 +311,9 @@ def test_script_writes_and_says_how_to_sample(tmp_path, capsys):
     assert "unknown id 48" in captured.out and "python sample.py --out_dir=" in captured.out
     assert (out / "ckpt.pt").exists() and (out / "meta.pkl").exists()
     assert run_cli(exporter.main, ["--checkpoint", ckpt, "--out-dir", str(out),
-                                   "--force"]) == 0
+                                   "--overwrite"]) == 0
+    assert run_cli(exporter.main, ["--checkpoint", ckpt, "--out-dir", str(out),
+                                   "--force"]) == 0  # the flag's former name still works
 
 
 def _bad_export(tmp_path, what):
@@ -350,7 +346,7 @@ def _bad_export(tmp_path, what):
         os.makedirs(out)
         open(os.path.join(out, "ckpt.pt"), "wb").close()
         return ["--checkpoint", ckpt, "--out-dir", out], "exists (a nanoGPT run's " \
-                                                          "checkpoint?); pass --force"
+                                                          "checkpoint?); pass --overwrite"
     if what == "dataset with a slash":
         return ["--checkpoint", ckpt, "--out-dir", out, "--dataset", "a/b"], \
             "must be one folder name"
