@@ -189,10 +189,14 @@ def test_divergence_is_an_error_line_not_a_traceback(tmp_path):
 
 # -- Ctrl-C and --resume ----------------------------------------------------------------------
 
-def test_ctrl_c_saves_and_resume_finishes(tmp_path):
-    """SIGINT once training prints its first evaluation: exit 130 after "interrupted: saved
-    step K"; the checkpoint at K loads; --resume runs from K to max_steps and exits 0."""
-    args = [*WIKI, *TINY, "--max-steps", "120", "--eval-interval", "20", "--out-dir", tmp_path]
+@pytest.mark.parametrize("progress", [False, True])
+def test_ctrl_c_saves_and_resume_finishes(tmp_path, progress):
+    """SIGINT once training prints its first evaluation: said at once ("stopping after this
+    step; ..."), then exit 130 after "interrupted: saved step K" on a line of its own (below
+    the progress bar when there is one); the checkpoint at K loads; --resume runs from K to
+    max_steps and exits 0."""
+    tiny = [a for a in TINY if a != "--no-progress"] if progress else TINY
+    args = [*WIKI, *tiny, "--max-steps", "120", "--eval-interval", "20", "--out-dir", tmp_path]
     proc = subprocess.Popen([sys.executable, TRAIN_WIKITEXT, *map(str, args)], cwd=REPO,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=script_env())
@@ -202,7 +206,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
         seen = []
         for line in proc.stdout:  # the first "step N:" line: the loop and its handler run
             seen.append(line)
-            if line.startswith("step "):
+            if re.search(r"(^|\r)step \d+: train loss", line):
                 proc.send_signal(signal.SIGINT)
                 break
         rest, err = proc.communicate(timeout=60)
@@ -211,9 +215,10 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     out = "".join(seen) + rest
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in err, err
+    said = re.search(r"(^|\r)stopping after this step; Ctrl-C again to stop now$", out, re.M)
     match = re.search(r"^interrupted: saved step (\d+) to (\S+); continue with --resume",
-                      out, re.M)
-    assert match, out
+                      out, re.M)  # at the start of a line: not glued to the bar
+    assert said and match and said.start() < match.start(), out
     k = int(match.group(1))
     assert 20 <= k < 120
     ckpt = tmp_path / "ckpt.safetensors"
