@@ -2,8 +2,9 @@
 
     python examples/export_nanogpt.py --checkpoint out/ckpt.safetensors --out-dir out-nano
 
-The same as `tinygrad-char export-nanogpt`,
-the installed command (or `python -m tinygrad_char`): this script only runs tinygrad_char.commands.export_nanogpt.main, where the flags, checks and messages live.
+The same as `tinygrad-char export-nanogpt`, the installed command (or `python -m
+tinygrad_char`): this script only runs tinygrad_char.commands.export_nanogpt.main,
+where the flags, checks and messages live.
 `--help` lists the flags; every error is one line "error: ..." and exit status 2.
 """
 

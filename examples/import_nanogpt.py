@@ -3,8 +3,9 @@
     python examples/import_nanogpt.py out-shakespeare-char/ckpt.pt \
         data/shakespeare_char/meta.pkl shakespeare_char.safetensors
 
-The same as `tinygrad-char import-nanogpt`,
-the installed command (or `python -m tinygrad_char`): this script only runs tinygrad_char.commands.import_nanogpt.main, where the flags, checks and messages live.
+The same as `tinygrad-char import-nanogpt`, the installed command (or `python -m
+tinygrad_char`): this script only runs tinygrad_char.commands.import_nanogpt.main,
+where the flags, checks and messages live.
 `--help` lists the flags; every error is one line "error: ..." and exit status 2.
 """
 

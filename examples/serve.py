@@ -2,8 +2,9 @@
 
     python examples/serve.py --checkpoint out/ckpt.safetensors
 
-The same as `tinygrad-char serve`,
-the installed command (or `python -m tinygrad_char`): this script only runs tinygrad_char.commands.serve.main, where the flags, checks and messages live.
+The same as `tinygrad-char serve`, the installed command (or `python -m
+tinygrad_char`): this script only runs tinygrad_char.commands.serve.main,
+where the flags, checks and messages live.
 `--help` lists the flags; every error is one line "error: ..." and exit status 2.
 """
 

@@ -2,8 +2,9 @@
 
     python examples/train_text.py --text input.txt --preset nanogpt_cpu
 
-The same as `tinygrad-char train-text`,
-the installed command (or `python -m tinygrad_char`): this script only runs tinygrad_char.commands.train_text.main, where the flags, checks and messages live.
+The same as `tinygrad-char train-text`, the installed command (or `python -m
+tinygrad_char`): this script only runs tinygrad_char.commands.train_text.main,
+where the flags, checks and messages live.
 `--help` lists the flags; every error is one line "error: ..." and exit status 2.
 """
 

@@ -11,9 +11,9 @@ context (block_size characters), a model with rope or sinusoidal positions keeps
 window of cached keys and values (sliding-window attention, at cache speed), while
 --no-cache crops the context to its last block_size characters, so their texts differ there.
 
-A thin script over tinygrad_char.training.checkpoint and tinygrad_char.inference.sampling: it parses
-arguments, checks them before any output (the memory the samples need included), and
-prints. No sampling logic lives here. Every error is one line "error: ..." on stderr and
+A thin command over tinygrad_char.training.checkpoint and tinygrad_char.inference.sampling:
+it parses arguments, checks them before any output (the memory the samples need included),
+and prints. No sampling logic lives here. Every error is one line "error: ..." on stderr and
 exit status 2.
 """
 

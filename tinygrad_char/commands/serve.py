@@ -6,7 +6,7 @@
 
 POST /generate samples, GET /health describes the model, /docs shows the schema. It
 binds to 127.0.0.1 unless --host says otherwise: there is no authentication, so think
-before exposing it. --onnx serves an exported model (examples/export_onnx.py) on
+before exposing it. --onnx serves an exported model (tinygrad-char export-onnx) on
 onnxruntime instead; --checkpoint is then optional and, when given, must match it.
 
 Requests run concurrently in threads, each on one BLAS thread (--blas-threads 1): with

@@ -423,7 +423,8 @@ def _peek(path, whole=True):
 def peek_checkpoint(path):
     """The metadata of a checkpoint without building the model:
     {path, format_version, step, config (dict), tokenizer (dict), dtype, pair_id, run
-    (dict: save_checkpoint's run_info), train_path}. train_path is the optimizer companion's path, or None when there is none."""
+    (dict: save_checkpoint's run_info), train_path}. train_path is the optimizer companion's
+    path, or None when there is none."""
     return _peek(path, whole=False)[0]
 
 
