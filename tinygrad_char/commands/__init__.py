@@ -21,6 +21,8 @@ checks, calls and prints.
 import importlib
 import sys
 
+from tinygrad_char.training.cli import run_cli
+
 # subcommand -> (module, what it does); in the order a newcomer meets them
 COMMANDS = {
     "train": ("train", "train on WikiText-2 (or, without it, the packaged sample text); "
@@ -52,8 +54,8 @@ def main(argv=None):
     """Run the subcommand named by argv[0] (default: sys.argv[1:]); return its exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage(), file=sys.stdout if argv else sys.stderr)
-        return 0 if argv else 2
+        return run_cli(lambda _: print(usage(), file=sys.stdout if argv else sys.stderr)
+                       or (0 if argv else 2))  # run_cli: `... --help | head` ends quietly
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} "

@@ -32,7 +32,7 @@ def main(argv=None):
                    help="replace --out when it exists (default: refuse)")
     args = p.parse_args(argv)
     check_output_path("--out", args.out)  # before the (slower) load and export
-    if os.path.exists(args.out) and not args.overwrite:
+    if os.path.isfile(args.out) and not args.overwrite:
         raise UsageError(f"--out {args.out} exists; pass --overwrite to replace it, or choose "
                          f"another path")
     try:

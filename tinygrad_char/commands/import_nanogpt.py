@@ -35,7 +35,7 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="replace OUT when it exists (default: refuse)")
     args = p.parse_args(argv)
-    if os.path.exists(args.out) and not args.overwrite:
+    if os.path.isfile(args.out) and not args.overwrite:  # a folder: the library's line
         print(f"error: {args.out} exists; pass --overwrite to replace it, or choose another "
               f"path", file=sys.stderr)
         return 2
