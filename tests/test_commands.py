@@ -147,3 +147,28 @@ def test_export_onnx_refuses_an_existing_file_without_overwrite(tmp_path, capsys
     assert one_error_line(capsys) == (f"--out {target} exists; pass --overwrite to replace "
                                       f"it, or choose another path")
     assert target.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_cold_kernel_cache_is_said_before_the_first_step(tmp_path_factory, monkeypatch, warm):
+    """With the CPU kernels chosen and their cache cold, one line says the first step will
+    compile them; with a warm cache (or the xp ops) nothing is said."""
+    from conftest import shakespeare_prefix, tiny_train_config
+    from tinygrad_char.fused.cpu import numba_available, warm as warm_module
+    from tinygrad_char.training.train import train
+
+    if not numba_available():
+        pytest.skip("numba does not import here: no CPU kernels to compile")
+    monkeypatch.setenv("TINYGRAD_CHAR_COMPILE_AHEAD", "0")  # no helper process
+    monkeypatch.setattr(warm_module, "cache_is_warm", lambda: warm)
+    data = shakespeare_prefix(tmp_path_factory, 5_000)
+    for kernels in ("auto", "xp"):
+        printed = []
+        cfg = tiny_train_config(tmp_path_factory.mktemp("run"), max_steps=1, kernels=kernels)
+        train(cfg, data, progress=False, out=printed.append)
+        said = [line for line in printed if line.startswith("compiling the CPU kernels")]
+        expected = ["compiling the CPU kernels once (about 30 s; cached for later runs)"]
+        assert said == (expected if kernels == "auto" and not warm else []), printed
+        if said:  # after the lines that describe the run, before the first step's
+            assert printed.index(said[0]) == 1 + max(
+                i for i, line in enumerate(printed) if line.startswith("backend: "))
