@@ -100,9 +100,9 @@ def main(argv=None, description=__doc__.splitlines()[0], text_only=False):
     # every setting is checked before the data is read or anything is allocated
     cfg = resolve_config(args, PRESETS)
     check_out_dir(cfg.out_dir)
-    check_out_dir_free(cfg.out_dir, args.resume, args.overwrite)
-    if args.resume:
+    if args.resume:  # first: a missing or foreign resume file is the problem to name
         check_resumable(args.resume, cfg.model_config)
+    check_out_dir_free(cfg.out_dir, args.resume, args.overwrite)
     check_backend(cfg)
     check_train_memory(cfg)  # for any vocabulary; bad sizes fail here, not in init
     speaks = launched_world()[1] == 0  # under mpiexec, rank 0 alone reports the data
