@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.harness import (RESULTS, append_jsonl, available_cores,  # noqa: E402
                                 limit_threads, machine_info)
 from benchmarks.torch_gpt import TorchGPT  # noqa: E402
-from examples.train_wikitext import PRESETS  # noqa: E402
+from tinygrad_char.commands.train import PRESETS  # noqa: E402
 from tinygrad_char.training.data import eval_batches, get_batch, prepare_text, prepare_wikitext2  # noqa
 from tinygrad_char.model import init_params  # noqa: E402
 from tinygrad_char.optim import cosine_lr  # noqa: E402

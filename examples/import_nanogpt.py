@@ -3,59 +3,16 @@
     python examples/import_nanogpt.py out-shakespeare-char/ckpt.pt \
         data/shakespeare_char/meta.pkl shakespeare_char.safetensors
 
-A thin command line over import_nanogpt of nanogpt_torch.py beside it (which reads
-ckpt.pt with torch; tinygrad_char.interop.nanogpt's docstring says what is converted, what is
-refused and how GELU differs). It prints what it wrote, the notes
-of the conversion and, when the imported model uses our tanh GELU, the measured logits
-difference from nanoGPT's exact-erf GELU. Needs PyTorch (to read ckpt.pt). Every error
-is one line "error: ..." on stderr and exit status 2.
+The same as `tinygrad-char import-nanogpt`, the installed command (or `python -m
+tinygrad_char`): this script only runs tinygrad_char.commands.import_nanogpt.main,
+where the flags, checks and messages live.
+`--help` lists the flags; every error is one line "error: ..." and exit status 2.
 """
 
-import os
 import sys
-import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for nanogpt_torch
-
-from nanogpt_torch import import_nanogpt  # noqa: E402
-from tinygrad_char.training.cli import Parser, run_cli  # noqa: E402
-from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWarning, # noqa: E402
-                                           exact_gelu)
-
-
-def main(argv=None):
-    activations = [a for a in (exact_gelu(), "gelu") if a]
-    p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("ckpt", help="nanoGPT's ckpt.pt")
-    p.add_argument("meta", help="the data set's meta.pkl (stoi/itos)")
-    p.add_argument("out", help="the .safetensors checkpoint to write")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="load ckpt.pt with full pickle (runs code from the file)")
-    p.add_argument("--activation", choices=activations, default=None,
-                   help=f"the GELU of the imported model (default: the one an export of ours "
-                        f"recorded, else {activations[0]}; nanoGPT's is exact erf)")
-    args = p.parse_args(argv)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", GeluApproximationWarning)
-            report = import_nanogpt(args.ckpt, args.meta, args.out, args.trust_pickle,
-                                    activation=args.activation)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
-    cfg = report["config"]
-    print(f"wrote {args.out}: step {report['step']}, {cfg['n_layer']} layers x "
-          f"{cfg['n_head']} heads x {cfg['n_embd']}, block {cfg['block_size']}, "
-          f"vocab {cfg['vocab_size']}, bias={cfg['bias']}, tied={cfg['tie_weights']}, "
-          f"activation {cfg['activation']}")
-    for note in report["notes"]:
-        print(f"  {note}")
-    print(f"  logits vs nanoGPT's forward (erf GELU): max |difference| "
-          f"{report['max_diff_erf']:.2e} (largest logit {report['max_abs_logit']:.2f})")
-    return 0
-
+from tinygrad_char.commands.import_nanogpt import main
+from tinygrad_char.training.cli import run_cli
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

@@ -1,24 +1,18 @@
 """Train a character-level GPT on any plain text file (first 90% trains, last 10% validates).
 
-    python examples/train_text.py --text input.txt --config examples/configs/nanogpt_cpu.json
+    python examples/train_text.py --text input.txt --preset nanogpt_cpu
 
-Every training flag of train_wikitext.py applies (model, optimisation, --preset,
---config, --resume, --out-dir); --text FILE is required and replaces the WikiText-2 flags.
+The same as `tinygrad-char train-text`, the installed command (or `python -m
+tinygrad_char`): this script only runs tinygrad_char.commands.train_text.main,
+where the flags, checks and messages live.
+`--help` lists the flags; every error is one line "error: ..." and exit status 2.
 """
 
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_wikitext import main as train_main  # noqa: E402
-
-from tinygrad_char.training.cli import run_cli  # noqa: E402
-from tinygrad_char.training.distributed import run_ranks  # noqa: E402
-
-
-def main(argv=None):
-    return train_main(argv, description=__doc__.splitlines()[0], text_only=True)
-
+from tinygrad_char.commands.train_text import main
+from tinygrad_char.training.cli import run_cli
+from tinygrad_char.training.distributed import run_ranks
 
 if __name__ == "__main__":
     # under mpiexec, a rank that fails alone ends the whole job (distributed.run_ranks)

@@ -1,8 +1,20 @@
 """Shared fixtures: the array module under test (NumPy always, CuPy when a GPU works),
-the tolerance table, the location of the shared data sets, and the helpers of the
-training tests (a tiny TrainConfig, Tiny Shakespeare prefixes, a simulated Ctrl-C)."""
+the tolerance table, the text the tests train on, and the helpers of the training tests (a
+tiny TrainConfig, prefixes of the sample text, a simulated Ctrl-C).
 
+Data. Every test runs in a fresh clone with nothing beside it: a test that needs some text
+uses the sample text packaged with the library (`sample_text`, `wikitext_like_dir`). Only
+the tests about the real data sets' files (WikiText-2's bytes, Tiny Shakespeare) read them,
+from the folder named by $TINYGRAD_CHAR_TEST_DATA (holding wikitext-2-raw/ and
+tinyshakespeare/; .ci/run sets it), and are skipped, saying so, when it is unset.
+"""
+
+import atexit
+import functools
+import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +24,19 @@ from safetensors import safe_open
 
 import tinygrad_char.training.train as train_module
 from tinygrad_char.backend import BackendError, _cupy_or_error
-from tinygrad_char.training.data import prepare_text
+from tinygrad_char.training.data import load_sample_text, prepare_text
 from tinygrad_char.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"  # the data sets live beside the repo, never in it
+
+TEST_DATA_ENV = "TINYGRAD_CHAR_TEST_DATA"
+# the real data sets' folder, or None; a relative path is taken from the repository root
+TEST_DATA = (REPO / os.environ[TEST_DATA_ENV]).resolve() if os.environ.get(TEST_DATA_ENV) \
+    else None
+# for the tests about the real files only; with the variable set, a missing file fails them
+needs_test_data = pytest.mark.skipif(
+    TEST_DATA is None, reason=f"needs the real data files: set {TEST_DATA_ENV} to a folder "
+                              f"holding wikitext-2-raw/ and tinyshakespeare/")
 
 # Tolerances per dtype, one table (relative errors, see tinygrad_char.gradcheck.rel_error).
 TOL = {
@@ -83,13 +103,35 @@ def assert_grads(name, errors):
 
 # -- training tests ---------------------------------------------------------------------------
 
-SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
+@functools.lru_cache(maxsize=None)
+def _sample():
+    return load_sample_text()
+
+
+def sample_text(n_chars=None):
+    """The first n_chars characters (default: all) of the packaged sample text (seven
+    Shakespeare tragedies, ASCII, 993,274 characters)."""
+    return _sample()[:n_chars]
+
+
+@functools.lru_cache(maxsize=None)
+def wikitext_like_dir():
+    """A folder shaped like WikiText-2's (wiki.valid.raw and wiki.test.raw, no train file,
+    as in the offline copies the tests used to read), cut from the sample text: for the
+    command-line tests, which need the layout and not WikiText-2's bytes. Made once per
+    session, removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="tinygrad_char_wikitext_like_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    lines = sample_text().splitlines(keepends=True)
+    (folder / "wiki.valid.raw").write_text("".join(lines[:3000]), encoding="utf-8")
+    (folder / "wiki.test.raw").write_text("".join(lines[3000:4000]), encoding="utf-8")
+    return folder
 
 
 def shakespeare_prefix(tmp_path_factory, n_chars):
-    """CharData of the first n_chars characters of Tiny Shakespeare (90% train, 10% val)."""
+    """CharData of the first n_chars characters of the sample text (90% train, 10% val)."""
     path = tmp_path_factory.mktemp("text") / f"shakespeare_{n_chars}.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:n_chars], encoding="utf-8")
+    path.write_text(sample_text(n_chars), encoding="utf-8")
     return prepare_text(path, verbose=False)
 
 

@@ -7,6 +7,7 @@ Broken files are made by cutting our own files or rewriting them with safetensor
 keeping our metadata, so each test breaks exactly one thing.
 """
 
+import errno
 import json
 import os
 import zlib
@@ -17,7 +18,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tinygrad_char import GPT, AdamW, GPTConfig
-from tinygrad_char.training.checkpoint import (CheckpointError, load_checkpoint,
+from tinygrad_char.training.checkpoint import (CheckpointError, SaveError, check_out_dir_free,
+                                               check_resumable, load_checkpoint,
                                                load_training_state, peek_checkpoint,
                                                save_checkpoint, train_state_path)
 from tinygrad_char.model import param_shapes
@@ -332,6 +334,11 @@ def test_tensors_must_match_config(tmp_path, edit, message):
     (lambda t, m: m.update(step="-1"), "'step' is '-1', not a non-negative integer"),
     (lambda t, m: m.update(step="2.5"), "'step' is '2.5', not a non-negative integer"),
     (lambda t, m: m.pop("step"), "'step' is None, not a non-negative integer"),
+    # more than an int64 holds: no run's step (and it would overflow the step seeds)
+    (lambda t, m: m.update(step="99999999999999999999999"),
+     "'step' is '99999999999999999999999', not a non-negative integer"),
+    (lambda t, m: m.update(step=str(2**63)), "not a non-negative integer \\(at most 2\\*\\*63"),
+    (lambda t, m: m.update(step="\u0661\u0662"), "not a non-negative integer"),  # Arabic digits
     (lambda t, m: m.update(config="[" * 100000 + "]" * 100000),
      "'config' is missing or not valid JSON"),
     (lambda t, m: m.update(config="[1, 2]"), "invalid config .*not a JSON object"),
@@ -477,3 +484,128 @@ def test_pytorch_loads_nanogpt_state_dict(tmp_path, monkeypatch, tied):
     ours = eval_logits(loaded)
     rel = np.abs(ours - expected).max() / np.abs(expected).max()
     assert rel < 1e-10, f"logits differ from PyTorch's by {rel:.3e} (relative)"
+
+
+# -- words for wrong files, damaged headers and full disks -------------------------------------
+def test_a_file_that_is_no_safetensors_file_says_so(tmp_path):
+    """README.md given as a checkpoint is not 'truncated': it never was one."""
+    for name, data in [("README.md", open(os.path.join(REPO_ROOT, "README.md"), "rb").read()),
+                       ("model.pt", b"PK\x03\x04" + bytes(200)), ("empty", b"x" * 9)]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        for read in (load_checkpoint, peek_checkpoint):
+            with pytest.raises(CheckpointError) as err:
+                read(str(path))
+            message = str(err.value)
+            assert message.startswith(f"{path}: not a safetensors checkpoint"), message
+            assert "\n" not in message and "interrupted" not in message
+
+
+def rewrite_header(path, edit):
+    """Rewrite the JSON header of the safetensors file `path` after `edit(header)`; the
+    tensors' bytes stay as they are (their offsets are relative to the header's end)."""
+    data = open(path, "rb").read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data[8 + n:])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda t: t.update(shapf=t.pop("shape")),  # the key itself damaged
+    lambda t: t.pop("shape"),
+    lambda t: t.update(shape="16"),
+    lambda t: t.update(shape=[16, -1]),
+    lambda t: t.update(shape=None),
+    lambda t: t.update(data_offsets=[0]),
+])
+@pytest.mark.parametrize("companion", [False, True])
+def test_a_damaged_tensor_entry_is_one_line_not_a_traceback(tmp_path, damage, companion):
+    path = saved(tmp_path, with_optimizer=True)
+    target = train_state_path(path) if companion else path
+    rewrite_header(target, lambda h: damage(h[sorted(k for k in h if k != "__metadata__")[0]]))
+    with pytest.raises(CheckpointError, match="unreadable header") as err:
+        load_checkpoint(path)
+        load_training_state(path, AdamW(make_model().params))
+    assert target in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_full_disk_keeps_the_previous_pair_and_says_how_to_resume(tmp_path, monkeypatch):
+    """The model file's write fails with ENOSPC after the companion was written: the error
+    names the file and the step, says the previous pair (its step) is intact and how to
+    resume it; the companion the failed save wrote is removed, and every byte on disk is
+    as before."""
+    model = make_model()
+    path = saved(tmp_path, model, step=1, with_optimizer=True)
+    before = {name: open(tmp_path / name, "rb").read() for name in os.listdir(tmp_path)}
+    real_fsync, written = os.fsync, []
+
+    def fsync(fd):  # the write of a file is complete when it is fsynced
+        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else ""
+        written.append(name)
+        if name.endswith("ckpt.safetensors.tmp"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    if not os.path.exists("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to tell which file is being written")
+    model.params["transformer.wte.weight"] += 1.0
+    with pytest.raises(SaveError) as err:
+        save_checkpoint(path, model, make_tokenizer(), 2, optimizer=AdamW(model.params))
+    monkeypatch.undo()
+    assert any(w.endswith(".train.b.safetensors.tmp") for w in written), written  # it got there
+    message = str(err.value)
+    assert message == (f"{path}: saving step 2 failed (No space left on device); what the "
+                       f"failed save wrote was removed, and the previous pair (step 1) is "
+                       f"intact: free some space, then continue with --resume {path}")
+    assert isinstance(err.value, OSError)  # code catching OSError still does
+    after = {name: open(tmp_path / name, "rb").read() for name in os.listdir(tmp_path)}
+    assert after == before  # no orphan companion slot, no temporary file
+    assert check_resumable(path)["step"] == 1
+
+
+def test_a_full_disk_on_the_first_save_says_nothing_was_saved(tmp_path, monkeypatch):
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    path = str(tmp_path / "ckpt.safetensors")
+    model = make_model()
+    with pytest.raises(SaveError, match="saving step 7 failed .No space left on device.; "
+                                        ".*no earlier checkpoint was saved"):
+        save_checkpoint(path, model, make_tokenizer(), 7, optimizer=AdamW(model.params))
+    assert os.listdir(tmp_path) == []
+
+
+# -- what a run checks before it reads any data ------------------------------------------------
+def test_an_out_dir_holding_a_checkpoint_is_refused_unless_resumed_or_overwritten(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    check_out_dir_free(str(out))  # empty: fine
+    path = saved(out, step=4, with_optimizer=True)
+    with pytest.raises(CheckpointError) as err:
+        check_out_dir_free(str(out))
+    assert str(err.value) == (f"{out}/ holds a checkpoint at step 4; pass --resume {path} to "
+                              f"continue, or --overwrite to start over")
+    check_out_dir_free(str(out), resume=path)  # resuming it: fine
+    check_out_dir_free(str(out) + "/", overwrite=True)  # starting over, said: fine
+    other = saved(tmp_path, step=9)
+    with pytest.raises(CheckpointError, match="resumes from another file; pass --overwrite"):
+        check_out_dir_free(str(out), resume=other)
+
+
+def test_check_resumable_wants_the_companion_and_the_same_architecture(tmp_path):
+    (tmp_path / "a").mkdir()
+    weights_only = saved(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="no optimizer state saved with it"):
+        check_resumable(weights_only)
+    (tmp_path / "b").mkdir()
+    path = saved(tmp_path / "b", with_optimizer=True)
+    config = make_model().config
+    assert check_resumable(path, lambda vocab_size: config)["step"] == 5
+    wider = GPTConfig(**dict(config.to_dict(), n_embd=32))
+    with pytest.raises(CheckpointError, match=r"architecture differs .*'n_embd': \(16, 32\)"):
+        check_resumable(path, lambda vocab_size: wider)

@@ -3,9 +3,10 @@ examples/train_text.py in a subprocess (exit codes, what they print, what they w
 configuration precedence defaults < --preset < --config FILE < flags, every preset in
 examples/configs, one-line errors for bad input, and Ctrl-C followed by --resume.
 
-WikiText-2 is read offline from the shared data folder (only wiki.valid.raw and
-wiki.test.raw exist there, so the runs train on the validation split's first 90%), cut to
-its first 200 lines; the model is 1 layer, 16 wide, context 16.
+The WikiText-2 runs read, offline, a folder with WikiText-2's layout cut from the packaged
+sample text (wiki.valid.raw and wiki.test.raw, no train file, so the runs train on the
+validation split's first 90%), cut to its first 200 lines; the model is 1 layer, 16 wide,
+context 16.
 """
 
 import json
@@ -19,13 +20,12 @@ import time
 
 import pytest
 
-from conftest import CUPY_MISSING, DATA, REPO
+from conftest import CUPY_MISSING, REPO, sample_text, wikitext_like_dir
 from tinygrad_char.training.checkpoint import load_checkpoint
 from tinygrad_char.training.cli import UsageError
 from tinygrad_char.training.config import TrainConfig, build_parser, resolve_config
 
-WIKITEXT = DATA / "wikitext-2-raw"
-SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
+WIKITEXT = wikitext_like_dir()  # the layout of WikiText-2, cut from the sample text
 PRESETS = REPO / "examples" / "configs"
 TRAIN_WIKITEXT = str(REPO / "examples" / "train_wikitext.py")
 TRAIN_TEXT = str(REPO / "examples" / "train_text.py")
@@ -89,7 +89,7 @@ def test_train_wikitext_offline_end_to_end(tmp_path):
 
 def test_train_text_runs_and_requires_text(tmp_path):
     text = tmp_path / "shakespeare_20k.txt"
-    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    text.write_text(sample_text(20_000), encoding="utf-8")
     proc = run(TRAIN_TEXT, "--text", text, *TINY, "--max-steps", "10", "--eval-interval", "5",
                "--out-dir", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
@@ -190,10 +190,14 @@ def test_divergence_is_an_error_line_not_a_traceback(tmp_path):
 
 # -- Ctrl-C and --resume ----------------------------------------------------------------------
 
-def test_ctrl_c_saves_and_resume_finishes(tmp_path):
-    """SIGINT once training prints its first evaluation: exit 130 after "interrupted: saved
-    step K"; the checkpoint at K loads; --resume runs from K to max_steps and exits 0."""
-    args = [*WIKI, *TINY, "--max-steps", "120", "--eval-interval", "20", "--out-dir", tmp_path]
+@pytest.mark.parametrize("progress", [False, True])
+def test_ctrl_c_saves_and_resume_finishes(tmp_path, progress):
+    """SIGINT once training prints its first evaluation: said at once ("stopping after this
+    step; ..."), then exit 130 after "interrupted: saved step K" on a line of its own (below
+    the progress bar when there is one); the checkpoint at K loads; --resume runs from K to
+    max_steps and exits 0."""
+    tiny = [a for a in TINY if a != "--no-progress"] if progress else TINY
+    args = [*WIKI, *tiny, "--max-steps", "120", "--eval-interval", "20", "--out-dir", tmp_path]
     proc = subprocess.Popen([sys.executable, TRAIN_WIKITEXT, *map(str, args)], cwd=REPO,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=script_env())
@@ -203,7 +207,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
         seen = []
         for line in proc.stdout:  # the first "step N:" line: the loop and its handler run
             seen.append(line)
-            if line.startswith("step "):
+            if re.search(r"(^|\r)step \d+: train loss", line):
                 proc.send_signal(signal.SIGINT)
                 break
         rest, err = proc.communicate(timeout=60)
@@ -212,9 +216,10 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     out = "".join(seen) + rest
     assert proc.returncode == 130, (proc.returncode, out, err)
     assert "Traceback" not in err, err
+    said = re.search(r"(^|\r)stopping after this step; Ctrl-C again to stop now$", out, re.M)
     match = re.search(r"^interrupted: saved step (\d+) to (\S+); continue with --resume",
-                      out, re.M)
-    assert match, out
+                      out, re.M)  # at the start of a line: not glued to the bar
+    assert said and match and said.start() < match.start(), out
     k = int(match.group(1))
     assert 20 <= k < 120
     ckpt = tmp_path / "ckpt.safetensors"

@@ -295,18 +295,40 @@ def test_import_nanogpt_refuses(mains, files, capsys):
                     "--no-such-flag")
 
 
-MODULES = {"nanogpt_torch"}  # under examples/ but imported by the scripts, not run
+def test_examples_are_thin_wrappers_over_the_commands():
+    """Every script under examples/ runs a main of tinygrad_char.commands (so an installed
+    wheel, without examples/, has the same commands) and holds no logic of its own."""
+    from tinygrad_char.commands import COMMANDS
+
+    modules = {module for module, _ in COMMANDS.values()}
+    for path in EXAMPLES.glob("*.py"):
+        source = path.read_text()
+        imported = [line.split()[1].rsplit(".", 1)[1] for line in source.splitlines()
+                    if line.startswith("from tinygrad_char.commands.")]
+        assert len(imported) == 1 and imported[0] in modules, path.name
+        assert "def " not in source, f"{path.name} defines a function: it belongs in commands/"
 
 
-def test_example_modules_are_not_scripts():
-    """What MODULES names exists and has no entry point (else it belongs in the table)."""
-    for name in MODULES:
-        source = (EXAMPLES / f"{name}.py").read_text()
-        assert "__main__" not in source and "def main(" not in source, name
+def test_the_command_lists_its_subcommands_and_refuses_an_unknown_one():
+    for argv in (["-m", "tinygrad_char", "--help"], ["-m", "tinygrad_char"]):
+        proc = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        text = proc.stdout + proc.stderr
+        for name in ("train", "train-text", "generate", "serve", "export-onnx",
+                     "import-nanogpt", "export-nanogpt"):
+            assert f"  {name} " in text, (name, text)
+        assert proc.returncode == (0 if "--help" in argv else 2), text
+    proc = subprocess.run([sys.executable, "-m", "tinygrad_char", "trian"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown command 'trian'")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # the training loop's module run by hand is the train command, not silence
+    proc = subprocess.run([sys.executable, "-m", "tinygrad_char.training.train", "--help"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "usage: tinygrad-char train" in proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("script", sorted(p.stem for p in EXAMPLES.glob("*.py")
-                                          if p.stem not in MODULES))
+@pytest.mark.parametrize("script", sorted(p.stem for p in EXAMPLES.glob("*.py")))
 def test_every_example_refuses_an_unknown_flag_in_one_line(files, capsys, script):
     """Every script under examples/ parses with cli.Parser and runs under run_cli."""
     source = (EXAMPLES / f"{script}.py").read_text()

@@ -1,9 +1,10 @@
 """Tests for tinygrad_char.training.data: loading WikiText-2 and text files, the packaged sample
 text and the fallback to it, splits, batches.
 
-The real files live in ../shared/data beside the repository (never copied into it):
-WikiText-2 validation and test (no train file) and tinyshakespeare. A test that needs one
-is skipped, with the path in the reason, only when that file is absent. Small synthetic
+The real files (WikiText-2 validation and test, no train file, and Tiny Shakespeare) are
+read from the folder named by $TINYGRAD_CHAR_TEST_DATA (conftest.py); a test about them is
+skipped, saying so, when it is unset, and fails when it is set and a file is missing. Small
+synthetic
 corpora are written to pytest's tmp_path where a test needs a train split. An unreachable
 hub is simulated (never a download): `_hub_reachable` patched to False, or, for a script in
 a subprocess, HF_ENDPOINT pointed at a local port that refuses connections.
@@ -29,10 +30,11 @@ from tinygrad_char.training.data import (SAMPLE_FILE, DataError, count_eval_targ
                                          get_batch, load_sample_text, load_text, load_wikitext2,
                                          prepare_sample_text, prepare_text, prepare_wikitext2)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WIKI_DIR = SHARED_DATA / "wikitext-2-raw"
-SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
-# sha256 of the official files, from shared/data/SOURCES.md
+from conftest import TEST_DATA, needs_test_data
+
+WIKI_DIR = TEST_DATA / "wikitext-2-raw" if TEST_DATA else None
+SHAKESPEARE = TEST_DATA / "tinyshakespeare" / "input.txt" if TEST_DATA else None
+# sha256 of the official files (the data folder's SOURCES.md)
 WIKI_SHA256 = {
     "validation": "4cd0f6876d07a413aa911261ff6d363c72d757d47f0fdd6015702014c89cb9c7",
     "test": "173c87a53759e0201f33e0ccf978e510c2042d7f2cb78229d9a50d79b9e7dd08",
@@ -42,11 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "tinygrad_char" / "sample_data"
 SAMPLE_SHA256 = "1fe6f6295448485ac5b7fc835149318fc9d4c53f0934b2cd76ce2c0d4e6d2215"  # SOURCE.md
 
-needs_wiki = pytest.mark.skipif(
-    not (WIKI_DIR / "wiki.valid.raw").is_file() or not (WIKI_DIR / "wiki.test.raw").is_file(),
-    reason=f"WikiText-2 files absent from {WIKI_DIR} (shared/ not beside the repo)")
-needs_shakespeare = pytest.mark.skipif(
-    not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} is absent (shared/ not beside the repo)")
+needs_wiki = needs_shakespeare = needs_test_data
 
 
 @pytest.fixture(autouse=True)

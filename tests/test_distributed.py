@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, SHAKESPEARE, quiet, read_safetensors, tiny_train_config
+from conftest import REPO, quiet, sample_text, read_safetensors, tiny_train_config
 from tinygrad_char.training.checkpoint import (load_checkpoint, load_training_state,
                                                train_state_path)
 from tinygrad_char.training.data import prepare_text
@@ -49,7 +49,7 @@ TIMEOUT = 120  # seconds for one mpiexec run: each takes a few
 @pytest.fixture(scope="module")
 def text(tmp_path_factory):
     path = tmp_path_factory.mktemp("text") / "shakespeare_30k.txt"
-    path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    path.write_text(sample_text(30_000), encoding="utf-8")
     return path
 
 

@@ -1,5 +1,5 @@
 """The export direction (tinygrad_char.interop.nanogpt and its torch half,
-examples/nanogpt_torch.py) and examples/export_nanogpt.py: our checkpoint to nanoGPT's
+tinygrad_char/interop/nanogpt_torch.py) and the export-nanogpt command: our checkpoint to nanoGPT's
 ckpt.pt + meta.pkl, loaded back three ways: by our importer (the round trip
 gives the same parameters, vocabulary, unknown id, config and step), by the nanoGPT twin
 of nanogpt_twin.py exactly as nanoGPT's sample.py loads (GPTConfig(**model_args), a strict
@@ -8,7 +8,6 @@ by its unchanged sample.py. The NumPy half of the conversion and its refusals ne
 torch; the rest is skipped, with the reason, without it."""
 
 import ast
-import importlib.util
 import os
 import pickle
 import subprocess
@@ -28,8 +27,8 @@ from tinygrad_char.training.tokenizer import UNK_CHAR, CharTokenizer
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "examples"))  # the torch half: examples/nanogpt_torch.py
-from nanogpt_torch import export_nanogpt, import_nanogpt  # noqa: E402
+from tinygrad_char.interop.nanogpt_torch import export_nanogpt, import_nanogpt  # the torch half
+from tinygrad_char.commands import export_nanogpt as exporter  # the command
 
 try:
     import torch
@@ -42,10 +41,6 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed: ckp
 needs_exact_gelu = pytest.mark.skipif(exact_gelu() is None,
                                       reason="this GPTConfig has no activation 'gelu_exact'")
 
-_spec = importlib.util.spec_from_file_location("export_nanogpt",
-                                               REPO / "examples" / "export_nanogpt.py")
-exporter = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(exporter)
 
 CHARS = "\n !$&',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"  # 48 characters (+ <unk>)
 ERF_TOLERANCE = 1e-2  # relative to the largest logit: the GELU forms differ by < 4.7e-4
@@ -134,8 +129,7 @@ def test_refuses_what_nanogpt_cannot_compute(overrides, match):
 def test_module_does_not_import_torch():
     code = ("import sys, tinygrad_char.interop.nanogpt, tinygrad_char\n"
             "assert 'torch' not in sys.modules, 'tinygrad_char.interop.nanogpt imported torch'\n"
-            f"sys.path.insert(0, {str(REPO / 'examples')!r})\n"
-            "import nanogpt_torch\n"
+            "import tinygrad_char.interop.nanogpt_torch\n"
             "assert 'torch' not in sys.modules, 'nanogpt_torch imported torch at load'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
@@ -161,15 +155,27 @@ def _imports_torch(node):
     return False
 
 
+TORCH_HALF = REPO / "tinygrad_char" / "interop" / "nanogpt_torch.py"  # reads/writes ckpt.pt
+
+
 def test_library_never_imports_torch():
     """The rule: tinygrad_char/ never imports torch, not even inside a function (PyTorch is
-    an oracle of tests and benchmarks, and examples/nanogpt_torch.py's)."""
+    an oracle of tests and benchmarks), except the one module whose job is nanoGPT's torch
+    file, interop/nanogpt_torch.py, and that one only inside the function that needs it
+    (test_module_does_not_import_torch: importing it loads no torch)."""
     files = sorted((REPO / "tinygrad_char").rglob("*.py"))
     assert len(files) > 10 and REPO / "tinygrad_char" / "interop" / "nanogpt.py" in files
+    assert TORCH_HALF in files
     found = [f"{path.relative_to(REPO)}:{node.lineno}"
-             for path in files for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             for path in files if path != TORCH_HALF
+             for node in ast.walk(ast.parse(path.read_text(), str(path)))
              if _imports_torch(node)]
     assert found == [], f"torch imported in the library at {found}"
+    tree = ast.parse(TORCH_HALF.read_text())
+    functions = [f for f in tree.body if isinstance(f, ast.FunctionDef)
+                 and any(_imports_torch(node) for node in ast.walk(f))]
+    assert [f.name for f in functions] == ["_torch"], "torch imported outside _torch()"
+    assert not any(_imports_torch(node) for node in tree.body), "torch imported at load"
     assert _imports_torch(ast.parse("def f():\n    from torch.nn import functional").body[0]
                           .body[0])  # the check itself sees an import inside a function
 
@@ -317,7 +323,9 @@ def test_script_writes_and_says_how_to_sample(tmp_path, capsys):
     assert "unknown id 48" in captured.out and "python sample.py --out_dir=" in captured.out
     assert (out / "ckpt.pt").exists() and (out / "meta.pkl").exists()
     assert run_cli(exporter.main, ["--checkpoint", ckpt, "--out-dir", str(out),
-                                   "--force"]) == 0
+                                   "--overwrite"]) == 0
+    assert run_cli(exporter.main, ["--checkpoint", ckpt, "--out-dir", str(out),
+                                   "--force"]) == 0  # the flag's former name still works
 
 
 def _bad_export(tmp_path, what):
@@ -330,7 +338,7 @@ def _bad_export(tmp_path, what):
     if what == "text checkpoint":
         (tmp_path / "text.safetensors").write_text("not a checkpoint")
         return ["--checkpoint", str(tmp_path / "text.safetensors"), "--out-dir", out], \
-            "truncated or corrupt"
+            "not a safetensors checkpoint"
     if what == "relu model":
         (tmp_path / "ours.safetensors").unlink()
         ckpt = make_checkpoint(tmp_path, activation="relu")
@@ -350,7 +358,7 @@ def _bad_export(tmp_path, what):
         os.makedirs(out)
         open(os.path.join(out, "ckpt.pt"), "wb").close()
         return ["--checkpoint", ckpt, "--out-dir", out], "exists (a nanoGPT run's " \
-                                                          "checkpoint?); pass --force"
+                                                          "checkpoint?); pass --overwrite"
     if what == "dataset with a slash":
         return ["--checkpoint", ckpt, "--out-dir", out, "--dataset", "a/b"], \
             "must be one folder name"

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import CUPY_MISSING, DATA, REPO, gpu
+from conftest import CUPY_MISSING, REPO, gpu, sample_text
 from tinygrad_char.training.checkpoint import load_checkpoint
 from tinygrad_char.training.data import prepare_text
 from tinygrad_char.inference.sampling import generate_text
@@ -31,7 +31,7 @@ PROMPT = "ROMEO:"
 def ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("generate")
     text = root / "shakespeare_20k.txt"
-    shakespeare = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    shakespeare = sample_text()
     text.write_text(shakespeare[:20_000], encoding="utf-8")
     data = prepare_text(text, verbose=False)
     cfg = TrainConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=8,
@@ -111,7 +111,7 @@ def test_num_samples_prints_each_sample(ckpt):
 
 
 def test_prompt_file(ckpt, tmp_path):
-    prompt = (DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")[:100]
+    prompt = sample_text(100)
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text(prompt, encoding="utf-8")
     text = ok_stdout(generate("--checkpoint", ckpt, "--prompt-file", prompt_file,

@@ -1,5 +1,5 @@
 """The import direction (tinygrad_char.interop.nanogpt and its torch half,
-examples/nanogpt_torch.py) and examples/import_nanogpt.py, against the nanoGPT twin of
+tinygrad_char/interop/nanogpt_torch.py) and the import-nanogpt command, against the nanoGPT twin of
 nanogpt_twin.py: models saved the way nanoGPT's train.py and prepare.py save (torch.save
 of {'model', 'model_args', ...} plus a pickled meta.pkl), converted, loaded with
 load_checkpoint, and compared logit for logit. With the same GELU on both
@@ -9,7 +9,6 @@ line: one line naming the problem and the fix, exit status 2, no traceback. The 
 and output-path checks need no torch; the rest is skipped, with the reason, without it."""
 
 import argparse
-import importlib.util
 import pickle
 import subprocess
 import sys
@@ -26,8 +25,8 @@ from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWar
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "examples"))  # the torch half: examples/nanogpt_torch.py
-from nanogpt_torch import import_nanogpt  # noqa: E402
+from tinygrad_char.interop.nanogpt_torch import import_nanogpt  # the torch half
+from tinygrad_char.commands import import_nanogpt as importer  # the command
 
 try:
     import torch
@@ -41,10 +40,6 @@ needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed: nan
 needs_exact_gelu = pytest.mark.skipif(exact_gelu() is None,
                                       reason="this GPTConfig has no activation 'gelu_exact'")
 
-_spec = importlib.util.spec_from_file_location("import_nanogpt",
-                                               REPO / "examples" / "import_nanogpt.py")
-importer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(importer)
 
 CHARS = "\n !$&',-.:;?abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"  # 48 characters
 ERF_TOLERANCE = 1e-2  # relative to the largest logit: the GELU forms differ by < 4.7e-4
@@ -307,6 +302,14 @@ def test_script_main_reports_and_writes(tmp_path, capsys):
     assert "warning:" in captured.err and "erf" in captured.err
     assert "wrote" in captured.out and "activation gelu" in captured.out
     load_checkpoint(out)
+    # the output exists now: refused in one line, its bytes kept, unless --overwrite
+    before = open(out, "rb").read()
+    assert run_cli(importer.main, [*paths, out, "--activation", "gelu"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out} exists; pass --overwrite to replace it, or choose another " \
+                  f"path\n", err
+    assert open(out, "rb").read() == before
+    assert run_cli(importer.main, [*paths, out, "--activation", "gelu", "--overwrite"]) == 0
 
 
 @needs_torch

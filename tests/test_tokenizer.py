@@ -1,20 +1,17 @@
 """Tests for tinygrad_char.training.tokenizer: ids, round trips, unknown characters, serialisation.
 
-Includes a timing check on the real WikiText-2 validation file (1.1 MB), found in
-../shared/data beside the repository; that one test is skipped only if the file is absent.
+Includes a timing check on a megabyte: the packaged sample text with non-ASCII characters
+mixed in (as WikiText-2 has).
 """
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import sample_text
 from tinygrad_char.training.tokenizer import UNK_CHAR, CharTokenizer
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-WIKI_VALID = SHARED_DATA / "wikitext-2-raw" / "wiki.valid.raw"
 
 
 def test_from_text_sorts_distinct_characters():
@@ -115,10 +112,8 @@ def test_from_dict_rejects_malformed_input(bad, match):
         CharTokenizer.from_dict(bad)
 
 
-@pytest.mark.skipif(not WIKI_VALID.is_file(),
-                    reason=f"real data file {WIKI_VALID} is absent (shared/ not beside the repo)")
 def test_encode_and_decode_a_megabyte_quickly():
-    text = WIKI_VALID.read_text(encoding="utf-8")
+    text = sample_text() + "caf\u00e9 \u2014 \u00fcber 20 \u20ac \u65e5\u672c\n" * 2000
     tok = CharTokenizer.from_text(text)
     start = time.perf_counter()
     ids = tok.encode(text)

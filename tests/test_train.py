@@ -465,10 +465,10 @@ def test_two_quick_ctrl_cs_on_the_command_line_leave_no_traceback(tmp_path):
     import subprocess
     import time
 
-    from conftest import REPO, SHAKESPEARE
+    from conftest import REPO, sample_text
 
     text = tmp_path / "text.txt"
-    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:30_000], encoding="utf-8")
+    text.write_text(sample_text(30_000), encoding="utf-8")
     cmd = [sys.executable, str(REPO / "examples" / "train_text.py"), "--text", str(text),
            "--out-dir", str(tmp_path / "run"), "--no-progress", "--n-layer", "1", "--n-head",
            "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--max-steps",

@@ -488,7 +488,7 @@ def check_export_paths(out_dir, dataset=DEFAULT_DATASET, meta_path=None, force=F
     """(out_dir, ckpt_path, meta_path) of an export, refused before any work when the
     dataset name or a path cannot be used: out_dir/ckpt.pt, and meta.pkl at `meta_path`
     (default out_dir/meta.pkl); out_dir may be missing when its parent exists; existing
-    files are replaced only with force."""
+    files are replaced only with force (the command's --overwrite)."""
     check_dataset_name(dataset)
     out_dir = os.fspath(out_dir)
     ckpt_path = os.path.join(out_dir, "ckpt.pt")
@@ -498,7 +498,7 @@ def check_export_paths(out_dir, dataset=DEFAULT_DATASET, meta_path=None, force=F
     for path in (ckpt_path, meta_path):
         if os.path.exists(path) and not force:
             raise ConversionError(f"{path}: exists (a nanoGPT run's checkpoint?); pass "
-                                  f"--force to replace it, or choose another --out-dir")
+                                  f"--overwrite to replace it, or choose another --out-dir")
     if os.path.dirname(os.path.abspath(meta_path)) != os.path.abspath(out_dir):
         check_output_file(meta_path)
     return out_dir, ckpt_path, meta_path

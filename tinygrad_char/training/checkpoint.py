@@ -54,10 +54,16 @@ READ_VERSIONS = ("1", "2")
 OPTIMIZER_KEYS = ("step", "lr", "betas", "eps", "weight_decay")  # AdamW's scalars
 SAFETENSORS_DTYPES = {"F32": "float32", "F64": "float64"}  # what a checkpoint may hold
 DAMAGED = "the file is damaged; use an earlier checkpoint"
+MAX_STEP = 2**63 - 1  # the largest step a checkpoint may hold (an int64)
 
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be written or read; the message names the file and the fix."""
+
+
+class SaveError(CheckpointError, OSError):
+    """A save could not be written (the disk filled, ...): a CheckpointError whose one line
+    says what was kept, and still an OSError for code that catches those."""
 
 
 def _base(path):
@@ -146,31 +152,104 @@ def save_checkpoint(path, model, tokenizer, step, optimizer=None, train_state=No
     step = str(int(step))
     pair_id = uuid.uuid4().hex
     train_file = ""
-    if optimizer is not None:
-        previous = train_state_path(path) if os.path.exists(path) else None
-        slot = next(s for s in companion_slots(path) if s != previous)
-        state = optimizer.state_dict()
-        tensors = {}
-        for name in optimizer.params:
-            tensors["m." + name] = to_host(state["m"][name])
-            tensors["v." + name] = to_host(state["v"][name])
-        scalars = {k: state[k] for k in OPTIMIZER_KEYS}
-        _write_atomic(slot, tensors, {
-            "format": TRAIN_FORMAT, "format_version": FORMAT_VERSION, "step": step,
-            "pair_id": pair_id, "optimizer": json.dumps(scalars),
-            "train_state": json.dumps(train_state or {})})
-        train_file = os.path.basename(slot)
-    params = {name: to_host(p) for name, p in model.params.items()}  # tied: no lm_head
-    _write_atomic(path, params, {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
-        "config": json.dumps(model.config.to_dict()),
-        "tokenizer": json.dumps(tokenizer.to_dict()), "dtype": model.dtype,
-        "train_file": train_file, "pair_id": pair_id, "run": json.dumps(run_info or {})})
+    previous_step = _step_on_disk(path)
+    written = []  # this save's companion, removed again if the model file is not replaced
+    try:
+        if optimizer is not None:
+            previous = train_state_path(path) if os.path.exists(path) else None
+            slot = next(s for s in companion_slots(path) if s != previous)
+            state = optimizer.state_dict()
+            tensors = {}
+            for name in optimizer.params:
+                tensors["m." + name] = to_host(state["m"][name])
+                tensors["v." + name] = to_host(state["v"][name])
+            scalars = {k: state[k] for k in OPTIMIZER_KEYS}
+            written.append(slot)
+            _write_atomic(slot, tensors, {
+                "format": TRAIN_FORMAT, "format_version": FORMAT_VERSION, "step": step,
+                "pair_id": pair_id, "optimizer": json.dumps(scalars),
+                "train_state": json.dumps(train_state or {})})
+            train_file = os.path.basename(slot)
+        params = {name: to_host(p) for name, p in model.params.items()}  # tied: no lm_head
+        _write_atomic(path, params, {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "step": step,
+            "config": json.dumps(model.config.to_dict()),
+            "tokenizer": json.dumps(tokenizer.to_dict()), "dtype": model.dtype,
+            "train_file": train_file, "pair_id": pair_id, "run": json.dumps(run_info or {})})
+    except OSError as e:  # a full disk, a quota, a vanished folder: the old pair is intact
+        for name in written:  # the model file on disk does not name it: nothing reads it
+            if os.path.exists(name):
+                os.remove(name)
+        raise SaveError(_save_failed(path, step, e, previous_step)) from None
     # committed: the companions this model file does not name are stale
     stale = [*companion_slots(path), _base(path) + ".train.safetensors"]
     for name in stale:
         if os.path.basename(name) != train_file and os.path.exists(name):
             os.remove(name)
+
+
+def _step_on_disk(path):
+    """The step of the checkpoint at `path`, or None when there is none (or it is unreadable)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        return peek_checkpoint(path)["step"]
+    except CheckpointError:
+        return None
+
+
+def _save_failed(path, step, error, previous_step):
+    """The one line for a save that could not be written (the disk filled, ...)."""
+    reason = error.strerror or str(error)
+    kept = (f"the previous pair (step {previous_step}) is intact: free some space, then "
+            f"continue with --resume {path}" if previous_step is not None
+            else "no earlier checkpoint was saved; free some space and start again")
+    return (f"{path}: saving step {step} failed ({reason}); what the failed save wrote was "
+            f"removed, and {kept}")
+
+
+def check_out_dir_free(out_dir, resume=None, overwrite=False):
+    """Refuse (CheckpointError, one line) a run that would replace a checkpoint it does not
+    resume: `out_dir` holds ckpt.safetensors, and `resume` is not that file, unless
+    `overwrite`. Called before anything is read or written, so the pair stays as it was."""
+    path = os.path.join(out_dir, "ckpt.safetensors")
+    if overwrite or not os.path.exists(path):
+        return
+    if resume and os.path.exists(resume) and os.path.samefile(resume, path):
+        return
+    folder = out_dir.rstrip("/\\") + "/"
+    step = _step_on_disk(path)
+    what = f"a checkpoint at step {step}" if step is not None else \
+        "a ckpt.safetensors that is not a readable checkpoint"
+    if resume:
+        raise CheckpointError(f"{folder} holds {what}, and this run resumes from another "
+                              f"file; pass --overwrite to replace it, or choose another "
+                              f"--out-dir")
+    raise CheckpointError(f"{folder} holds {what}; pass --resume {path} to continue, or "
+                          f"--overwrite to start over")
+
+
+def check_resumable(path, model_config=None):
+    """Check, without building anything, that `path` is a checkpoint a run can resume: a
+    whole file of ours with its optimizer companion, and, when `model_config` is given (a
+    function vocab_size -> GPTConfig: the architecture the run asks for, e.g.
+    TrainConfig.model_config), the same architecture. Returns peek_checkpoint's dict;
+    every problem is one CheckpointError line."""
+    info = peek_checkpoint(path)
+    if info["train_path"] is None:
+        named = train_state_path(path)
+        raise CheckpointError(f"{path}: no optimizer state saved with it"
+                              f"{f' ({named} is missing)' if named else ''}; resuming needs "
+                              f"it; start a fresh run instead")
+    if model_config is not None:
+        saved = GPTConfig.from_dict(info["config"]).to_dict()
+        wanted = model_config(saved["vocab_size"]).to_dict()  # the data's vocabulary: later
+        diff = {k: (v, wanted.get(k)) for k, v in saved.items() if wanted.get(k) != v}
+        if diff:
+            raise CheckpointError(f"--resume {path}: the checkpoint's architecture differs "
+                                  f"from this run's (checkpoint, run): {diff}; resume with "
+                                  f"the same settings or start a new run")
+    return info
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -190,15 +269,33 @@ def _read_file(path, whole=True):
         size = len(data) if whole else os.fstat(f.fileno()).st_size
         prefix = data[:8] if whole else f.read(8)
         n = int.from_bytes(prefix, "little") if len(prefix) == 8 else None
+        # a safetensors file opens with its header's length and then the JSON header: a
+        # file with neither (a text file, a torch .pt) was never a checkpoint at all
+        first = (data[8:9] if whole else f.read(1)) if n else b""
+        if size > 8 and first != b"{" and (not n or 8 + n > size):
+            raise CheckpointError(f"{path}: not a safetensors checkpoint ({size} bytes that do "
+                                  f"not start like one); pass the ckpt.safetensors a training "
+                                  f"run wrote")
         if n is None or 8 + n > size:
             raise CheckpointError(f"{broken} (header cut short, {size} bytes); {fix}")
-        text = data[8:8 + n] if whole else f.read(n)
+        text = first + (data[9:8 + n] if whole else f.read(n - 1))
     try:
         header = json.loads(text)
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
-        end = max([t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"],
-                  default=0)
+        end = 0
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            if not isinstance(t, dict) or not all(k in t for k in ("dtype", "shape",
+                                                                     "data_offsets")):
+                raise ValueError(f"tensor {name!r} lacks dtype, shape or data_offsets")
+            shape, offsets = t["shape"], t["data_offsets"]
+            if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+                    and isinstance(offsets, list) and len(offsets) == 2
+                    and all(type(o) is int and o >= 0 for o in offsets)):
+                raise ValueError(f"tensor {name!r} has a malformed shape or data_offsets")
+            end = max(end, offsets[1])
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{broken} (unreadable header: {str(e)[:80]}); {fix}") from None
     if size != 8 + n + end:
@@ -236,9 +333,14 @@ def _json_field(path, meta, key):
 
 def _step(path, meta):
     text = meta.get("step")
-    if not isinstance(text, str) or not text.isdigit():  # digits only: no sign, no point
-        raise CheckpointError(f"{path}: metadata 'step' is {text!r}, not a non-negative "
-                              f"integer; {DAMAGED}")
+    # ASCII digits only (no sign, no point), and no more than an int64 holds: a larger
+    # step is no run's, and would overflow the schedule and the step seeds
+    if not isinstance(text, str) or not (text.isascii() and text.isdigit()) \
+            or len(text) > 19 or int(text) > MAX_STEP:
+        shown = repr(text) if not isinstance(text, str) or len(text) <= 40 else \
+            repr(text[:40]) + "..."
+        raise CheckpointError(f"{path}: metadata 'step' is {shown}, not a non-negative "
+                              f"integer (at most 2**63 - 1); {DAMAGED}")
     return int(text)
 
 
@@ -322,7 +424,8 @@ def _peek(path, whole=True):
 def peek_checkpoint(path):
     """The metadata of a checkpoint without building the model:
     {path, format_version, step, config (dict), tokenizer (dict), dtype, pair_id, run
-    (dict: save_checkpoint's run_info), train_path}. train_path is the optimizer companion's path, or None when there is none."""
+    (dict: save_checkpoint's run_info), train_path}. train_path is the optimizer companion's
+    path, or None when there is none."""
     return _peek(path, whole=False)[0]
 
 

@@ -43,6 +43,9 @@ from tinygrad_char.optim import clip_scale, cosine_lr
 from tinygrad_char.training.precision import LossScaler, dtypes, set_tf32
 
 LN2 = math.log(2.0)
+# what a cold numba cache costs the first step, said before it starts: 12.6 s measured on an
+# idle 2-core AMD EPYC (kernels/README.md), 33 s on the same machine under load
+COLD_COMPILE_SECONDS = 30
 
 
 class NonFiniteLoss(RuntimeError):
@@ -252,17 +255,24 @@ def _schedule_notes(cfg, start_step, saved_state, out):
 
 class _CtrlC:
     """SIGINT while training: ask the ranks to stop after the step in flight (they agree
-    through the gradient all-reduce); a second one, or one once training is over, raises
+    through the gradient all-reduce) and say so at once (`say`, set by the loop: a line
+    above the progress bar); a second one, or one once training is over, raises
     InterruptedAgain at once."""
 
     def __init__(self, world):
         self.world, self.finishing = world, False
         self.previous = None
+        self.say = None
 
     def __call__(self, signum, frame):
         if self.world.stop_requested or self.finishing:
             raise InterruptedAgain()
         self.world.stop_requested = True
+        if self.say is not None:
+            try:
+                self.say("stopping after this step; Ctrl-C again to stop now")
+            except RuntimeError:  # the signal arrived inside a write to the same stream
+                pass
 
     def __enter__(self):
         import threading
@@ -373,10 +383,28 @@ def _start(cfg, data, resume, backend, world, out):
         out(f"precision: {cfg.dtype}" + (" (NumPy emulates float16 on the CPU: slower than "
                                          "float32; mixed precision is meant for GPUs)"
                                          if scaler and backend.name == "numpy" else ""))
+    if _cold_cpu_kernels(cfg, backend):
+        out(f"compiling the CPU kernels once (about {COLD_COMPILE_SECONDS} s; cached for later "
+            f"runs)")
     return model, optimizer, scaler, start_step, ckpt
 
 
+def _cold_cpu_kernels(cfg, backend):
+    """True when this run will use the numba CPU kernels (NumPy, float32, kernels auto or
+    cpu) and their on-disk cache is cold, so the first step compiles them."""
+    if backend.name != "numpy" or cfg.dtype != "float32" or cfg.kernels not in ("auto", "cpu"):
+        return False
+    from tinygrad_char.fused.cpu import numba_available
+
+    if not numba_available():
+        return False
+    from tinygrad_char.fused.cpu.warm import cache_is_warm
+
+    return not cache_is_warm()
+
+
 def _train(cfg, data, resume, progress, out, world, ctrl_c):
+    ctrl_c.say = out
     os.makedirs(cfg.out_dir, exist_ok=True)
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if world.world_size > 1 and cfg.backend != "numpy":
@@ -397,6 +425,15 @@ def _train(cfg, data, resume, progress, out, world, ctrl_c):
 
         bar = tqdm(total=cfg.max_steps, initial=start_step, unit="step", dynamic_ncols=True,
                    file=sys.stdout)
+    ctrl_c.say = bar.write if bar is not None else out
+
+    def close_bar():  # the lines said after the loop go below the bar, on their own lines
+        nonlocal bar
+        if bar is not None:
+            bar.close()
+        bar = None
+        ctrl_c.say = out
+
     step, stop = start_step, False
     t_window, steps_window = time.perf_counter(), 0
     try:
@@ -450,6 +487,7 @@ def _train(cfg, data, resume, progress, out, world, ctrl_c):
                 bar.update(1)
         if stop:
             ckpt.save(step)
+            close_bar()
             out(f"interrupted: saved step {step} to {ckpt.path}; continue with --resume "
                 f"{ckpt.path}")
             return {"interrupted": True, "step": step, "checkpoint": ckpt.path}
@@ -457,16 +495,14 @@ def _train(cfg, data, resume, progress, out, world, ctrl_c):
             ckpt.save(step)
         ctrl_c.finishing = True  # from here on, Ctrl-C stops at once (the run is saved)
     except InterruptedAgain:
-        if bar is not None:
-            bar.close()
+        close_bar()
         out("interrupted again: stopping now, " + (f"last saved step {ckpt.last_step}"
                                                     if ckpt.last_step is not None
                                                     else "nothing saved yet"))
         world.abort(130)  # several ranks: the others may be inside a collective; end them
         return {"interrupted": True, "step": ckpt.last_step, "checkpoint": ckpt.last_good}
     finally:
-        if bar is not None:
-            bar.close()
+        close_bar()
     try:
         return _final_report(cfg, data, model, backend, world, scaler, step, start_step,
                              ckpt.path, log_path, progress, out)
@@ -541,3 +577,10 @@ def plot_losses(log_path, png_path, out=print):
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+if __name__ == "__main__":
+    # this module is the library's loop; its command line is `tinygrad-char train`
+    from tinygrad_char.commands import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

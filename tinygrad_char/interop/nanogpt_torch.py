@@ -1,8 +1,8 @@
 """The PyTorch half of the nanoGPT import and export: what needs torch, and nothing else.
 
 nanoGPT's ckpt.pt is a torch.save file, so reading and writing it needs PyTorch; the
-library (tinygrad_char/) never imports torch. This module is what examples/import_nanogpt.py
-and examples/export_nanogpt.py call:
+rest of the library never imports torch. This module is what the import-nanogpt and
+export-nanogpt commands (tinygrad_char.commands) call:
 
 - `read_ckpt`: ckpt.pt -> nanoGPT's state dict of float64 NumPy arrays, model_args,
   iter_num, config: torch.load(weights_only=True) unless trust_pickle, after the library's
@@ -18,7 +18,7 @@ and examples/export_nanogpt.py call:
 What it is not: every check, message, layout conversion, the vocabulary, meta.pkl and the
 comparison of logits are tinygrad_char.interop.nanogpt's (its docstring says what is converted, what
 is refused and how GELU differs); nothing of that is repeated here. torch is imported
-inside the functions, never at module level, so `import nanogpt_torch` works without it;
+inside the functions, never at module level, so importing this module works without it;
 without torch every entry point raises one ConversionError line saying how to install it.
 """
 
