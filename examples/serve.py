@@ -21,7 +21,7 @@ import sys
 
 from tinygrad_char.training.cli import Parser, UsageError, int_arg, run_cli
 from tinygrad_char.training.config import check_memory, generation_memory_bytes
-from tinygrad_char.fused.cpu import numba_available
+from tinygrad_char import runtime
 from tinygrad_char.interop.onnx_export import load_for_sampling
 
 
@@ -60,7 +60,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         import uvicorn
-        from threadpoolctl import threadpool_limits
 
         from tinygrad_char.inference.serve import create_app
     except ImportError as e:
@@ -78,12 +77,17 @@ def main(argv=None):
                  f"--max-new-tokens-limit {args.max_new_tokens_limit} (one request)",
                  "lower it", args.backend)
     sock = bind(args.host, args.port)
-    # for the whole process; with the CPU kernels BLAS runs one thread and the kernels cut
-    # the matmuls over their own threads (threads_per_request, cpu_kernels.set_threads)
-    threadpool_limits(limits=1 if numba_available() else args.blas_threads, user_api="blas")
+    # for the whole process: with the CPU kernels BLAS runs one thread and each request's
+    # kernels cut the matmuls over its own threads (threads_per_request); without them
+    # BLAS runs --blas-threads
+    cpu_kernels = hasattr(model, "ops_summary") and model.kernels != "xp" and \
+        model.backend.name == "numpy"  # a GPT (not an ONNX model) on the CPU kernels
+    runtime.setup(1 if cpu_kernels else args.blas_threads, cpu_kernels=cpu_kernels)
     source = args.onnx or args.checkpoint
     print(f"serving {source} (step {meta['step']}, {model.num_params():,} parameters) on "
           f"http://{args.host}:{args.port}", flush=True)
+    if hasattr(model, "ops_summary"):
+        print(model.ops_summary(), flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
     server.run(sockets=[sock])  # Ctrl-C: uvicorn finishes the requests in flight and returns
     return 0

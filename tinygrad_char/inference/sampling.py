@@ -19,7 +19,7 @@ import contextlib
 import numpy as np
 
 from tinygrad_char.backend import get_array_module
-from tinygrad_char.fused.cpu import few_rows
+from tinygrad_char.runtime import few_rows
 
 
 # -- choosing the next token ---------------------------------------------------------------

@@ -36,7 +36,7 @@ import copy
 import secrets
 import time
 
-from tinygrad_char.fused.cpu import use_threads_here
+from tinygrad_char.runtime import use_threads_here
 from tinygrad_char.training.cli import MAX_SEED  # 2**63 - 1: fits a signed 64-bit integer, every client sends it
 from tinygrad_char.inference.sampling import generate_text
 
@@ -98,7 +98,7 @@ def create_app(model, tokenizer, max_new_tokens_limit=2000, backend_name=None,
         use_cache: sampling path; default: the KV cache when the model supports it (a
             GPT), the no-cache path otherwise (an OnnxModel).
         threads_per_request: threads of the CPU kernels per request (set in each request's
-            thread: cpu_kernels.use_threads_here); requests already run side by side.
+            thread: runtime.use_threads_here); requests already run side by side.
     Returns:
         fastapi.FastAPI
     """
