@@ -304,12 +304,13 @@ def AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
 def grad_norm(grads):
     """optim.grad_norm, by the numba kernel for NumPy float32/64 grads of one dtype when
     numba imports (decided per call: this function takes any dict of arrays)."""
-    from tinygrad_char.fused.cpu import F32_F64, applies, numba_available
+    from tinygrad_char.fused.cpu import F32_F64, numba_available
 
-    if numba_available() and applies(*grads.values(), dtypes=F32_F64):
-        from tinygrad_char.fused.cpu import adamw
+    if numba_available():
+        from tinygrad_char.fused.cpu import _jit, adamw
 
-        return adamw.grad_norm(grads)
+        if _jit.applies(*grads.values(), dtypes=F32_F64):
+            return adamw.grad_norm(grads)
     return optim.grad_norm(grads)
 
 

@@ -18,7 +18,7 @@ names of the op table (fused/dispatch.py: `Ops`), which puts them in a model's t
     warm.py           compiles them all ahead (python -m, or runtime.setup's helper)
 
 A wrapper takes only what its kernel takes: NumPy arrays of one of the dtypes `KERNELS`
-lists for it (it asserts so). The dispatch decides that once, when a model is built, from
+lists for it (it asserts so, with `_jit.applies`). The dispatch decides that once, when a model is built, from
 the model's dtypes; no wrapper falls back per call, and a forward's cache is whatever its
 own backward reads (the two are always chosen together). The only choices left per call
 are by work size, all in `_jit.py` ("the per-call rules").
@@ -31,8 +31,6 @@ by `tinygrad_char.runtime.setup`, never here.
 Not here: dispatch (fused/dispatch.py decides), thread policy (runtime.py) and kernel
 experiments (benchmarks/).
 """
-
-import numpy as np
 
 _NUMBA = None  # None: not checked yet; then True / False
 
@@ -55,16 +53,6 @@ def numba_available():
         except Exception:  # ImportError, or a numba/NumPy version mismatch raising at import
             _NUMBA = False
     return _NUMBA
-
-
-def applies(*arrays, dtypes=(np.float32,)):
-    """True when every array is a NumPy array of one dtype among `dtypes`: what a kernel
-    takes (the wrappers assert it)."""
-    if not arrays or not isinstance(arrays[0], np.ndarray):
-        return False
-    dtype = arrays[0].dtype
-    return dtype in dtypes and all(isinstance(a, np.ndarray) and a.dtype == dtype
-                                   for a in arrays)
 
 
 def kernels():

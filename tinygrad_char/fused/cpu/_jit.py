@@ -66,6 +66,16 @@ SMALL_MATMUL = 1 << 20  # multiply-adds below which a linear layer runs on NumPy
 #   of 8 rows took 36.9 ms with them cut, 29.9 ms not)
 
 
+def applies(*arrays, dtypes=(np.float32,)):
+    """True when every array is a NumPy array of one dtype among `dtypes`: what a kernel
+    takes (the wrappers assert it; the dispatch decides it once, from the model's dtypes)."""
+    if not arrays or not isinstance(arrays[0], np.ndarray):
+        return False
+    dtype = arrays[0].dtype
+    return dtype in dtypes and all(isinstance(a, np.ndarray) and a.dtype == dtype
+                                   for a in arrays)
+
+
 def too_small(n, matmul=False):
     """Rule 2 above: True when work of n elements (n multiply-adds with matmul=True) is too
     small to share over the pool."""

@@ -18,8 +18,7 @@ whether a dict of parameters qualifies; the dispatch and tinygrad_char.AdamW ask
 import numpy as np
 
 from tinygrad_char import optim
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import kernel, prange
+from tinygrad_char.fused.cpu._jit import applies, kernel, prange
 
 
 @kernel

@@ -33,9 +33,8 @@ import numpy as np
 
 from tinygrad_char.ops import attention as xp_attention
 from tinygrad_char.ops.dropout import uniform_dtype
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange,
-                                          row_max_bits)
+from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, applies, exp_poly,
+                                          kernel, prange, row_max_bits)
 
 
 @kernel(blas=True)

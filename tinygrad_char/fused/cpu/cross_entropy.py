@@ -13,9 +13,8 @@ once per forward. float32 only (exp is `_jit.exp_poly`); other dtypes go to the 
 import numpy as np
 
 from tinygrad_char.ops import cross_entropy as xp_cross_entropy
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange,
-                                          row_max_bits)
+from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, applies, exp_poly,
+                                          kernel, prange, row_max_bits)
 
 
 ROWS_PER_CHUNK = 64  # rows per prange chunk (each chunk allocates its exp scratch once)

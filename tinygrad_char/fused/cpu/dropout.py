@@ -14,8 +14,7 @@ float32 and float64.
 import numpy as np
 
 from tinygrad_char.ops import dropout as xp_dropout
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import kernel, prange
+from tinygrad_char.fused.cpu._jit import applies, kernel, prange
 
 
 @kernel

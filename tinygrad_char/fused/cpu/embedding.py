@@ -15,8 +15,7 @@ NumPy's take and add are as fast there. float32 and float64.
 import numpy as np
 
 from tinygrad_char.ops import embedding as xp_embedding
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import kernel, prange, serial_kernel, too_small
+from tinygrad_char.fused.cpu._jit import applies, kernel, prange, serial_kernel, too_small
 
 
 @kernel(work=2)

@@ -13,8 +13,7 @@ over the kernels' threads. GELU is float32 only; ReLU takes float32 and float64.
 import numpy as np
 
 from tinygrad_char.ops import activations
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import helper, kernel, prange, tanh_approx
+from tinygrad_char.fused.cpu._jit import applies, helper, kernel, prange, tanh_approx
 
 S = activations.GELU_SCALE
 A = activations.GELU_CUBIC

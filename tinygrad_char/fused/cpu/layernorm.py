@@ -15,8 +15,7 @@ float32 and float64.
 import numpy as np
 
 from tinygrad_char.ops import layernorm as xp_layernorm
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import kernel, prange
+from tinygrad_char.fused.cpu._jit import applies, kernel, prange
 
 ROWS_PER_CHUNK = 64  # backward: rows per (dw, db) partial sum
 

@@ -21,8 +21,7 @@ import numba
 import numpy as np
 
 from tinygrad_char.ops import linear as xp_linear
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import helper, kernel, prange, too_small
+from tinygrad_char.fused.cpu._jit import applies, helper, kernel, prange, too_small
 
 
 @helper
