@@ -2,7 +2,7 @@
 tinygrad_char/ops/linear.py.
 
 The CPU kernels and the matmuls share one pool of threads (numba's, see `_jit.py` and
-`cpu_kernels.set_threads`): BLAS runs one thread, and each matmul here is cut into as many
+`runtime.set_threads`): BLAS runs one thread, and each matmul here is cut into as many
 row blocks as the pool has threads, one single-threaded BLAS call per block and thread. With
 x2 = x as (N, in), dy2 = dy as (N, out), and rows c the c-th block of rows:
 
