@@ -73,11 +73,12 @@ def set_threads(n=0, cpu_kernels=True):
     """Run the CPU work on n threads (0 or None: every core this process may run on);
     returns n.
 
-    With numba and cpu_kernels (the numba kernels will run): numba's pool gets n threads (numba.set_num_threads, which holds for the
-    calling thread: a thread started later gets NUMBA_NUM_THREADS, so call this, or
-    `use_threads_here`, in it too) and every loaded BLAS one, through threadpoolctl (SciPy's,
-    which numba's np.dot calls, is loaded first so that the limit reaches it). Without
-    numba, or for the xp ops alone (cpu_kernels False): BLAS gets the n threads.
+    With numba and cpu_kernels (the numba kernels will run): numba's pool gets n threads
+    (numba.set_num_threads, which holds for the calling thread: a thread started later gets
+    NUMBA_NUM_THREADS, so call this, or `use_threads_here`, in it too) and every loaded BLAS
+    one, through threadpoolctl (SciPy's, which numba's np.dot calls, is loaded first so that
+    the limit reaches it). Without numba, or for the xp ops alone (cpu_kernels False): BLAS
+    gets the n threads.
     """
     global _THREADS
     if n is None or n <= 0:

@@ -40,7 +40,7 @@ import numpy as np
 
 from tinygrad_char.ops import cross_entropy, layernorm
 from tinygrad_char import optim
-from tinygrad_char.backend import BackendError, get_array_module
+from tinygrad_char.backend import get_array_module
 
 FIX = "use --kernels xp"
 NVRTC_OPTIONS = ("--std=c++14",)  # no fast math: the kernels must match their twins

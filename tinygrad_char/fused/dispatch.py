@@ -144,9 +144,9 @@ def _cannot_take(path, name, dtypes, config, dtype, compute_dtype):
 # -- the fast paths ---------------------------------------------------------------------------
 
 def _fast_path(mode, backend_name):
-    """"numba", "cuda" or None (the xp ops) for a kernels mode on a backend, or the
-    one-line error of a mode that cannot run here; second value: why a requested path does
-    not apply to this backend's arrays (then None is the path), else None."""
+    """(path, why_not): the path "numba", "cuda" or None (the xp ops) of a kernels mode on
+    a backend; why_not, when a requested path cannot take this backend's arrays (the path
+    is None then). Raises the one-line error of a mode that cannot run on this machine."""
     if mode not in KERNEL_MODES:
         raise ValueError(f"unknown kernels mode {mode!r}: choose one of {KERNEL_MODES}")
     from tinygrad_char.fused.cpu import numba_available

@@ -1,7 +1,7 @@
 """Fused CPU kernels: numba-compiled twins of the xp ops, the CPU side of kernels/*.cu.
 
 Each wrapper here has the signature and return convention of the xp op it replaces (its
-twin, and its oracle in tests/test_cpu_kernels.py); `KERNELS` below lists them by the
+twin, and its oracle in tests/test_cpu_kernels.py); `kernels()` below lists them by the
 names of the op table (fused/dispatch.py: `Ops`), which puts them in a model's table:
 
     linear.py         linear_forward / linear_backward (the matmuls cut in row blocks, one
@@ -17,11 +17,11 @@ names of the op table (fused/dispatch.py: `Ops`), which puts them in a model's t
     adamw.py          CpuAdamW (optim.AdamW with one fused loop per tensor), grad_norm
     warm.py           compiles them all ahead (python -m, or runtime.setup's helper)
 
-A wrapper takes only what its kernel takes: NumPy arrays of one of the dtypes `KERNELS`
-lists for it (it asserts so, with `_jit.applies`). The dispatch decides that once, when a model is built, from
-the model's dtypes; no wrapper falls back per call, and a forward's cache is whatever its
-own backward reads (the two are always chosen together). The only choices left per call
-are by work size, all in `_jit.py` ("the per-call rules").
+A wrapper takes only what its kernel takes: NumPy arrays of one of the dtypes `kernels()`
+lists for it (it asserts so, with `_jit.applies`). The dispatch decides that once, when a
+model is built, from the model's dtypes; no wrapper falls back per call, and a forward's
+cache is whatever its own backward reads (the two are always chosen together). The only
+choices left per call are by work size, all in `_jit.py` ("the per-call rules").
 
 numba is optional: this file does not import it (`numba_available` says whether it
 imports); the kernel modules do, and `kernels()` imports them only when asked. How the

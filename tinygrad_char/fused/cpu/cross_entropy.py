@@ -12,7 +12,6 @@ once per forward. float32 only (exp is `_jit.exp_poly`); other dtypes go to the 
 
 import numpy as np
 
-from tinygrad_char.ops import cross_entropy as xp_cross_entropy
 from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, applies, exp_poly,
                                           kernel, prange, row_max_bits)
 
