@@ -603,26 +603,43 @@ def test_cpu_table_is_chosen_once_by_dtype():
                 assert described[name[:-8] + "_backward"] == impl, name
 
 
+def xp_fallbacks(model):
+    """The op families a model runs on the xp ops that its fast path does not mean to."""
+    from tinygrad_char.fused.cpu import XP_BY_DESIGN
+
+    return list(dict.fromkeys(dispatch.family(name) for name, impl in
+                              model.describe_ops().items() if impl == "xp" and
+                              dispatch.family(name) not in XP_BY_DESIGN))
+
+
 def test_requested_kernels_say_once_what_falls_back(recwarn):
     llama = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8,
                       pos_encoding="rope", normalization="rmsnorm", activation="swiglu",
                       n_kv_head=1)
-    model = GPT(llama, kernels="cpu")
-    said = [str(w.message) for w in recwarn if "kernels" in str(w.message)]
-    assert len(said) == 1 and said[0].startswith("kernels 'cpu': no numba kernel for "), said
-    described = model.describe_ops()
-    assert described["gqa_attention_forward"] == "numba"
-    assert described["windowed_attention_forward"] == "xp"
-    for name, impl in described.items():  # what the warning lists is what runs on xp
-        if impl == "xp" and dispatch.family(name) in ("rmsnorm", "rope", "swiglu"):
-            assert dispatch.family(name) in said[0], said
-    GPT(CFG, kernels="cpu")  # GPT-2's block: every op has a kernel, no warning
+    for cfg in (llama, CFG, GPTConfig(**{**CFG.to_dict(), "activation": "gelu_exact"})):
+        recwarn.clear()
+        model = GPT(cfg, kernels="cpu")
+        said = [str(w.message) for w in recwarn if "kernels" in str(w.message)]
+        missing = xp_fallbacks(model)
+        if not missing:  # GPT-2's block: every op has a kernel, nothing to say
+            assert said == [], said
+            continue
+        assert len(said) == 1 and said[0].startswith("kernels 'cpu': no numba kernel for "), \
+            said
+        assert all(f in said[0] for f in missing), (missing, said)
+        assert model.describe_ops()["gqa_attention_forward" if cfg is llama else
+                                    "attention_forward"] == "numba"
+    assert xp_fallbacks(GPT(CFG, kernels="cpu")) == []
+    assert "gelu_exact" in xp_fallbacks(model)  # no kernel for it: said above
+    recwarn.clear()
     GPT(llama, kernels="auto")  # "auto" does not warn: the entry points print the summary
-    assert len([w for w in recwarn if "kernels" in str(w.message)]) == 1, \
-        [str(w.message) for w in recwarn]
+    assert not [w for w in recwarn if "kernels" in str(w.message)]
+    assert GPT(CFG).ops_summary() == ("kernels: numba (embedding, position_embedding, "
+                                      "dropout, layernorm, linear, attention, gelu, "
+                                      "cross_entropy, adamw), xp (cached_attention)")
     line = GPT(llama).ops_summary()
-    assert line.startswith("kernels: numba (embedding, dropout, linear, gqa_attention"), line
-    assert "xp (rmsnorm, rope, windowed_attention, cached_attention, swiglu)" in line, line
+    assert line.startswith("kernels: numba (embedding, dropout, ") and "gqa_attention" in \
+        line.split("xp (")[0] and "windowed_attention, cached_attention" in line, line
 
 
 def test_public_adamw_and_clip_run_the_kernels():
