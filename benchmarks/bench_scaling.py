@@ -9,7 +9,7 @@ What is timed (medians over --steps training steps after --warmup, each step bei
 train.forward_backward + clip_and_step on a random batch of the config's shapes):
 
     one process, one thread            the baseline each rank is compared with
-    one process, every core            what a plain run gets (cpu_kernels.set_threads:
+    one process, every core            what a plain run gets (runtime.set_threads:
                                        the kernels' pool on every core, BLAS on one)
     mpiexec -n 2, one thread each      the MPI transport, with the overlap on and off
                                        (mpiexec -n 1 is the one-process run: no MPI)
@@ -100,11 +100,11 @@ def time_steps(args, step, world=None):
 
 
 def job_single(args):
-    from tinygrad_char.fused import cpu as cpu_kernels
+    from tinygrad_char import runtime
     from tinygrad_char.training.distributed import SingleProcess, split_rows
     from tinygrad_char.training.train import clip_and_step, forward_backward
 
-    cpu_kernels.set_threads(args.threads)  # as a run with --threads N arranges them
+    runtime.set_threads(args.threads)  # as a run with --threads N arranges them
     model, optimizer, x, y, cfg = build(args)
     world = SingleProcess()
     rows = split_rows(len(x), 1, 1)[0]

@@ -187,17 +187,18 @@ def limit_threads(n):
 
 
 def threads_for(impl, n):
-    """Arrange n threads the way `impl` runs in the library, before timing it: the numba CPU
-    kernels ("numpy-cpu", "auto" on NumPy) on one pool of n threads with BLAS on one
-    (cpu_kernels.set_threads: the kernels cut the matmuls over their pool); the xp ops
-    ("numpy") on BLAS's n threads; torch on n. Then waits 20 ms, so that the idle threads
-    of whatever ran before (OpenMP's spin for a while) are asleep when the timing starts."""
+    """Arrange n threads the way `impl` runs in the library, before timing it, through the
+    entry points' runtime.setup: the numba CPU kernels ("numpy-cpu", "auto" on NumPy) on
+    one pool of n threads with BLAS on one (the kernels cut the matmuls over their pool);
+    the xp ops ("numpy") on BLAS's n threads; both with the allocator set as a training run
+    sets it; torch on n. Then waits 20 ms, so that the idle threads of whatever ran before
+    (OpenMP's spin for a while) are asleep when the timing starts."""
     from threadpoolctl import threadpool_limits
 
-    from tinygrad_char.fused import cpu as cpu_kernels
+    from tinygrad_char import runtime
 
-    if impl == "numpy-cpu":
-        cpu_kernels.set_threads(n)
+    if impl in ("numpy", "numpy-cpu"):
+        runtime.setup(n, cpu_kernels=impl == "numpy-cpu")
     else:
         threadpool_limits(limits=n, user_api="blas")
     torch = sys.modules.get("torch")

@@ -13,7 +13,7 @@ Each arrangement runs in a fresh process (thread pools are fixed when a library 
     blas1-onepool      OpenBLAS started on 1 thread; the matmuls split in two row blocks
                        over numba's OpenMP pool, each block one single-threaded BLAS call,
                        so one pool of 2 threads does everything (as PyTorch's OpenMP does):
-                       the library's design (cpu_kernels.set_threads)
+                       the library's design (runtime.set_threads)
     torch              torch.relu on 2 threads, for reference
 
 Reported per arrangement: ReLU alone (us; 393,216 and 1,572,864 floats: bench_layers'
@@ -143,16 +143,16 @@ def measure(name, repeat):
 
 def model_step_ms(batch, repeat):
     """Median ms of the model's training step (4 x 4 x 128, context 64, V 65, kernels
-    "cpu": the library's one pool, cpu_kernels.set_threads(2))."""
+    "cpu": the library's one pool, runtime.set_threads(2))."""
     import numpy as np
 
-    from tinygrad_char.fused import cpu as cpu_kernels
+    from tinygrad_char import runtime
     from tinygrad_char.model import GPT, GPTConfig
     from tinygrad_char.optim import clip_scale
 
     model = GPT(GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65),
                 kernels="cpu")
-    cpu_kernels.set_threads(2)
+    runtime.set_threads(2)
     opt = model.ops.AdamW(model.params, lr=1e-3)
     rng = np.random.default_rng(0)
     idx, targets = rng.integers(0, 65, (batch, 64)), rng.integers(0, 65, (batch, 64))

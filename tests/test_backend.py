@@ -70,3 +70,92 @@ def test_cupy_without_device_error(monkeypatch):
     assert "no CUDA GPU" in msg and "cudaErrorNoDevice" in msg
     assert "--backend numpy" in msg
     assert get_backend("auto").name == "numpy"
+
+
+# -- the package's import graph -----------------------------------------------------------------
+
+def import_graph(package_dir):
+    """{module: modules of the package it imports}, from every import statement of every
+    file (inside functions too), parsed with ast. `from pkg import name` counts pkg.name
+    when that is a module, else pkg; a parent package a dotted import runs first is not
+    counted (Python runs it before, whichever module asks)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(package_dir)
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def deepest(name):
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {m: set() for m in modules}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [deepest(a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from .x import y
+                    anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 \
+                        else package
+                    base = f"{anchor}.{base}" if base else anchor
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules
+                           else deepest(base) for a in node.names]
+            else:
+                continue
+            graph[module].update(t for t in targets if t and t != module)
+    return graph
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules (first == last), or None."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        state[m] = "done"
+        stack.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def test_import_cycle_check_finds_a_cycle_through_a_function(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from pkg import a\n")
+    assert find_cycle(import_graph(pkg)) == ["pkg.a", "pkg.sub.b", "pkg.a"]
+    (pkg / "sub" / "b.py").write_text("import numpy\n")
+    assert find_cycle(import_graph(pkg)) is None
+
+
+def test_package_has_no_import_cycle():
+    from conftest import REPO
+
+    graph = import_graph(REPO / "tinygrad_char")
+    assert "tinygrad_char.optim" in graph and "tinygrad_char.fused.cpu.adamw" in graph
+    assert "tinygrad_char.optim" in graph["tinygrad_char.fused.cpu.adamw"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)

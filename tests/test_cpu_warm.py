@@ -1,8 +1,10 @@
 """Compiling the CPU kernels ahead (tinygrad_char/fused/cpu/warm.py): what it compiles
-covers a training step, and the background helper starts only when it can help.
+covers a training step, and the background helper (runtime.start_compile_ahead) starts only
+when it can help, is reaped when it ends, and is never started by building a model.
 
 Each check runs in a subprocess with its own empty NUMBA_CACHE_DIR (numba reads it when it
-is imported), so the project's own cache is neither used nor touched.
+is imported), so the project's own cache is neither used nor touched; the one that builds
+a model (and says the cache is cold) uses the project's.
 """
 
 import os
@@ -20,13 +22,13 @@ pytestmark = pytest.mark.skipif(not numba_available(),
 
 STEP_COMPILES_NOTHING = """
 import numpy as np
-from tinygrad_char.fused import cpu as cpu_kernels
+from tinygrad_char import runtime
 from tinygrad_char.fused.cpu import (adamw, attention, cross_entropy, dropout, embedding, gelu,
                                      layernorm, linear)
 from tinygrad_char.model import GPT, GPTConfig
 from tinygrad_char.training.train import clip_and_step
 
-cpu_kernels.set_threads(2)
+runtime.set_threads(2)
 # one small model (the serial builds) and one above _jit.SERIAL_BELOW (the parallel ones)
 for n_embd, block_size, batch in ((16, 8, 2), (128, 64, 4)):
     model = GPT(GPTConfig(vocab_size=65, block_size=block_size, n_layer=2, n_head=2,
@@ -48,22 +50,65 @@ print("compiled:", ",".join(compiled) or "nothing")
 
 HELPER_RULES = """
 import os
+from tinygrad_char import runtime
 from tinygrad_char.fused.cpu import warm
 
 assert not warm.cache_is_warm(), "the cache of this fresh NUMBA_CACHE_DIR is warm"
-assert warm.start_in_background(1) is None, "started without a spare core"
+assert runtime.start_compile_ahead(1) is None, "started without a spare core"
 os.environ["TINYGRAD_CHAR_COMPILE_AHEAD"] = "0"
-assert warm.start_in_background(2) is None, "started though turned off"
+assert runtime.start_compile_ahead(2) is None, "started though turned off"
 del os.environ["TINYGRAD_CHAR_COMPILE_AHEAD"]
-helper = warm.start_in_background(2)
+helper = runtime.start_compile_ahead(2)
 assert helper is not None and helper.poll() is None, "no helper on a cold cache"
-assert warm.start_in_background(2) is None, "a second helper"
+assert runtime.start_compile_ahead(2) is None, "a second helper"
 print("helper", helper.pid)
+"""
+
+# the helper's command replaced by one that ends at once: it must be reaped, not a zombie
+HELPER_REAPED = """
+import os, subprocess, sys, time
+from tinygrad_char import runtime
+from tinygrad_char.fused.cpu import warm
+
+warm.cache_is_warm = lambda: False
+popen = subprocess.Popen
+runtime.subprocess.Popen = lambda cmd, **kw: popen([sys.executable, "-c", "pass"], **kw)
+helper = runtime.start_compile_ahead(2)
+for _ in range(200):
+    time.sleep(0.05)
+    if not os.path.exists(f"/proc/{helper.pid}"):
+        break
+assert not os.path.exists(f"/proc/{helper.pid}"), \
+    "the ended helper was not reaped: " + open(f"/proc/{helper.pid}/stat").read()
+print("reaped")
+"""
+
+# building a model and stepping it, with a cold cache and two threads, starts nothing
+MODEL_STARTS_NOTHING = """
+import os, subprocess
+import numpy as np
+from tinygrad_char.fused.cpu import warm
+from tinygrad_char.model import GPT, GPTConfig
+
+warm.cache_is_warm = lambda: False
+started = []
+subprocess.Popen = lambda *a, **kw: started.append(a) or (_ for _ in ()).throw(
+    AssertionError("a process was started"))
+model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+idx = np.arange(16).reshape(2, 8) % 11
+model.forward(idx, idx)
+model.backward()
+children = [open(f"/proc/self/task/{t}/children").read().split()
+            for t in os.listdir("/proc/self/task")]
+assert not started and not any(children), (started, children)
+print("nothing started")
 """
 
 
 def run(code, cache_dir, **env):
-    full_env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env}
+    full_env = {**os.environ, **env}
+    if cache_dir is not None:
+        full_env["NUMBA_CACHE_DIR"] = str(cache_dir)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, env=full_env, timeout=300)
 
@@ -83,6 +128,16 @@ def test_warm_leaves_a_training_step_nothing_to_compile(tmp_path):
     assert cold.returncode == 0, cold.stderr
     assert "compiled: nothing" not in cold.stdout and "attention._forward_heads.serial" in \
         cold.stdout, cold.stdout
+
+
+def test_background_helper_is_reaped_when_it_ends(tmp_path):
+    done = run(HELPER_REAPED, tmp_path)
+    assert done.returncode == 0 and "reaped" in done.stdout, done.stderr
+
+
+def test_building_and_stepping_a_model_starts_no_process(tmp_path):
+    done = run(MODEL_STARTS_NOTHING, None)  # the project's own cache: nothing to compile
+    assert done.returncode == 0 and "nothing started" in done.stdout, done.stderr
 
 
 def test_background_helper_starts_only_on_a_cold_cache_with_a_spare_core(tmp_path):

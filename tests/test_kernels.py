@@ -11,7 +11,7 @@ xp twins, in three layers that fail loudly:
    the GPU itself.
 3. GPU (marked gpu, skipped without one): the same comparisons with the real kernels.
 
-Plus the dispatch (`select_ops`) and the fallbacks, which run anywhere.
+Plus the dispatch's choices for the CUDA path (`dispatch.resolve`), which run anywhere.
 """
 
 import ctypes
@@ -31,11 +31,12 @@ from tinygrad_char.ops import activations, attention, cross_entropy, embedding, 
 from tinygrad_char.fused import cuda as kernels, dispatch
 from tinygrad_char import optim
 from tinygrad_char.backend import BackendError
+from tinygrad_char.model import GPT, GPTConfig
 
 from conftest import CUPY_MISSING, REPO, gpu, to_np
 
 sys.path.insert(0, str(REPO))  # benchmarks/ is a folder of the repository, not a package
-from benchmarks.kernel_lab import cuda_emulator  # noqa: E402
+from benchmarks.kernel_lab import cuda_emulator, embedding_sorted  # noqa: E402
 
 KERNELS = kernels.kernels_dir()
 CU_FILES = sorted(p.name for p in KERNELS.glob("*.cu"))
@@ -219,7 +220,6 @@ def test_layernorm_kernel(kxp, shape, bias):
     inputs = [x, w, dy] + ([b] if bias else [])
     copies = [a.copy() for a in inputs]
     y, cache = kernels.layernorm_forward(x, w, b)
-    assert isinstance(cache, kernels.FusedCache), "the kernel did not run"
     y_ref, cache_ref = layernorm.layernorm_forward(x, w, b)
     assert_close("layernorm y", y, y_ref)
     grads = kernels.layernorm_backward(dy, cache)
@@ -253,7 +253,6 @@ def test_attention_kernel(kxp, B, T, NH, hs):
     dy = randn(kxp, rng, B, T, NH * hs)
     copies = [qkv.copy(), dy.copy()]
     y, cache = kernels.attention_forward(qkv, NH)
-    assert isinstance(cache, kernels.FusedCache), "the kernel did not run"
     assert cache["lse"].shape == (B, NH, T), "lse is (B, NH, T): no (T, T) matrix is kept"
     y_ref, cache_ref = attention.attention_forward(qkv, NH)
     assert_close(f"attention y {B, T, NH, hs}", y, y_ref)
@@ -278,7 +277,6 @@ def test_cross_entropy_kernel(kxp, shape, V):
     targets = kxp.asarray(targets_np)
     copies = [logits.copy(), targets.copy()]
     loss, cache = kernels.cross_entropy_forward(logits, targets)
-    assert isinstance(cache, kernels.FusedCache), "the kernel did not run"
     loss_ref, cache_ref = cross_entropy.cross_entropy_forward(logits, targets)
     assert_close("cross-entropy loss", loss, loss_ref)
     for dloss in (1.0, 0.5):
@@ -311,11 +309,9 @@ def test_cross_entropy_kernel_extremes(kxp):
 def test_gelu_kernels(kxp, shape):
     rng = np.random.default_rng(4)
     x = randn(kxp, rng, *shape, scale=3.0)
-    b = randn(kxp, rng, shape[-1])
     dy = randn(kxp, rng, *shape)
-    copies = [x.copy(), b.copy(), dy.copy()]
+    copies = [x.copy(), dy.copy()]
     y, cache = kernels.gelu_forward(x)
-    assert isinstance(cache, kernels.FusedCache), "the kernel did not run"
     y_ref, cache_ref = activations.gelu_forward(x)
     assert_close("gelu y", y, y_ref)
     # GELU's slope for x << 0 is a difference of two terms of size ~|x| that nearly
@@ -323,14 +319,7 @@ def test_gelu_kernels(kxp, shape):
     # absolute: compare dx with an absolute tolerance of 1e-5 (dy is ~1).
     assert_close("gelu dx", kernels.gelu_backward(dy, cache),
                  activations.gelu_backward(dy, cache_ref), atol=1e-5)
-    y, cache = kernels.gelu_bias_forward(x, b)
-    y_ref, cache_ref = kernels.gelu_bias_forward_xp(x, b)
-    assert_close("gelu(x + b) y", y, y_ref)
-    (dx, db), (dx_ref, db_ref) = (kernels.gelu_bias_backward(dy, cache),
-                                  kernels.gelu_bias_backward_xp(dy, cache_ref))
-    assert_close("gelu(x + b) dx", dx, dx_ref, atol=1e-5)
-    assert_close("gelu(x + b) db", db, db_ref, atol=1e-4)  # a sum of such dx
-    assert_unchanged("gelu", [x, b, dy], copies)
+    assert_unchanged("gelu", [x, dy], copies)
 
 
 @pytest.mark.parametrize("version", ["atomic", "sorted"])
@@ -347,7 +336,13 @@ def test_embedding_backward_kernels(kxp, version, B, T, V, C, ids):
     W = randn(kxp, rng, V, C)
     _, cache = embedding.embedding_forward(idx, W)
     dout = randn(kxp, rng, B, T, C)
-    fused = kernels.embedding_backward if version == "atomic" else kernels.embedding_backward_sorted
+    if version == "atomic":
+        fused = kernels.embedding_backward
+    else:  # the kernel lab's deterministic version (benchmarks/kernel_lab/)
+        lab = Path(embedding_sorted.__file__).parent
+        launch = functools.partial(cuda_emulator.launch, lab) if kxp is np else \
+            embedding_sorted.launch
+        fused = functools.partial(embedding_sorted.embedding_backward_sorted, launch=launch)
     assert_close(f"embedding dW ({version})", fused(dout, cache),
                  embedding.embedding_backward(dout, cache), atol=1e-5)
     if version == "sorted":
@@ -413,94 +408,109 @@ def test_kernels_module_imports_without_cupy():
     assert done.returncode == 0, f"importing tinygrad_char.fused.cuda imported CuPy: {done.stderr}"
 
 
-def test_select_ops_xp_is_the_op_modules():
-    ops = dispatch.select_ops("xp")
-    assert ops.mode == "xp"
+def test_xp_table_is_the_op_modules():
+    ops = dispatch.resolve("xp", "numpy", GPTConfig(vocab_size=5, block_size=4, n_layer=1,
+                                                    n_head=1, n_embd=4))
+    assert ops == dispatch.Ops(), "kernels 'xp' must be the default table"
     assert ops.layernorm_forward is layernorm.layernorm_forward
     assert ops.attention_backward is attention.attention_backward
     assert ops.cross_entropy_forward is cross_entropy.cross_entropy_forward
     assert ops.embedding_backward is embedding.embedding_backward
     assert ops.AdamW is optim.AdamW
-    assert set(dispatch._fused_ops()) <= set(vars(ops)), "a fused op has no xp twin"
+    assert set(kernels.KERNELS) <= set(dispatch.OP_NAMES), "a CUDA kernel has no table entry"
 
 
-def test_select_ops_xp_runs_on_numpy():
-    """A tiny attention block through the namespace, forward and backward, on NumPy."""
-    ops = dispatch.select_ops("xp")
+def test_xp_table_runs_on_numpy():
+    """A tiny attention block through the table, forward and backward, on NumPy."""
+    ops = dispatch.Ops()
     rng = np.random.default_rng(7)
     B, T, C, NH, V = 2, 5, 8, 2, 11
     idx, targets = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     p = {"wte": rng.standard_normal((V, C)), "ln.w": np.ones(C), "ln.b": np.zeros(C),
-         "attn": rng.standard_normal((3 * C, C)) * 0.1, "fc.b": np.zeros(C)}
+         "attn": rng.standard_normal((3 * C, C)) * 0.1}
     x, c_emb = ops.embedding_forward(idx, p["wte"])
     h, c_ln = ops.layernorm_forward(x, p["ln.w"], p["ln.b"])
     qkv, c_lin = ops.linear_forward(h, p["attn"])
     a, c_att = ops.attention_forward(qkv, NH)
-    g, c_gelu = ops.gelu_bias_forward(a, p["fc.b"])
+    g, c_gelu = ops.gelu_forward(a)
     loss, c_ce = ops.cross_entropy_forward(g @ p["wte"].T, targets)
     assert np.isfinite(loss)
     dg = ops.cross_entropy_backward(1.0, c_ce) @ p["wte"]
-    da, dfc_b = ops.gelu_bias_backward(dg, c_gelu)
+    da = ops.gelu_backward(dg, c_gelu)
     dh, dW_attn, _ = ops.linear_backward(ops.attention_backward(da, c_att), c_lin)
     dx, dln_w, dln_b = ops.layernorm_backward(dh, c_ln)
     dwte = ops.embedding_backward(dx, c_emb)
-    assert dwte.shape == (V, C) and dW_attn.shape == (3 * C, C) and dfc_b.shape == (C,)
+    assert dwte.shape == (V, C) and dW_attn.shape == (3 * C, C)
     opt = ops.AdamW(p, lr=1e-3)
-    opt.step({"wte": dwte, "ln.w": dln_w, "ln.b": dln_b, "attn": dW_attn, "fc.b": dfc_b})
+    opt.step({"wte": dwte, "ln.w": dln_w, "ln.b": dln_b, "attn": dW_attn})
 
 
 @pytest.mark.skipif(CUPY_MISSING is None, reason="a GPU works here: 'fused' is available")
-def test_select_ops_fused_without_gpu_names_the_fix():
+def test_kernels_fused_without_gpu_names_the_fix():
     with pytest.raises(BackendError, match="--kernels xp"):
-        dispatch.select_ops("fused")
+        dispatch.resolve("fused", "cupy")
+    with pytest.raises(BackendError, match="--kernels xp"):
+        GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4),
+            kernels="fused")
 
 
 @gpu
 @pytest.mark.gpu
-def test_select_ops_fused_on_gpu():
-    ops = dispatch.select_ops("fused")
-    assert ops.mode == "fused" and ops.layernorm_forward is kernels.layernorm_forward
-    assert set(vars(ops)) == set(vars(dispatch.select_ops("xp")))
+def test_kernels_fused_on_gpu():
+    cfg = GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)
+    ops = dispatch.resolve("fused", "cupy", cfg)
+    assert ops.layernorm_forward is kernels.layernorm_forward
+    model = GPT(cfg, backend="cupy", kernels="fused")
+    assert model.describe_ops()["attention_forward"] == "cuda", model.ops_summary()
 
 
-def test_select_ops_rejects_unknown_mode():
+def test_kernels_rejects_unknown_mode():
     with pytest.raises(ValueError, match="xp"):
-        dispatch.select_ops("cuda")
+        dispatch.resolve("cuda")
 
 
-def test_wrappers_fall_back_to_twins_where_no_kernel_runs():
-    """NumPy (or float64) inputs, dropout in training, hs > 128: the twin runs, with the
-    twin's tuple cache, and gives the twin's results exactly."""
+def cuda_table(**config):
+    """The op table "auto" builds for a CuPy model of this config (no GPU needed: the
+    choice reads only the config and dtypes)."""
+    dtype, compute = config.pop("dtype", "float32"), config.pop("compute_dtype", None)
+    cfg = GPTConfig(**{**dict(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8),
+                       **config})
+    return dispatch.describe(dispatch.resolve("auto", "cupy", cfg, dtype, compute),
+                             dispatch.ops_used(cfg))
+
+
+def test_cuda_path_is_chosen_once_by_dtype_head_size_dropout_and_gqa():
+    plain = cuda_table()
+    for name in ("layernorm_forward", "layernorm_backward", "attention_forward",
+                 "attention_backward", "gelu_forward", "gelu_backward",
+                 "cross_entropy_forward", "cross_entropy_backward", "embedding_backward",
+                 "AdamW"):
+        assert plain[name] == "cuda", (name, plain)
+    for name in ("embedding_forward", "linear_forward", "dropout_forward",
+                 "cached_attention_forward"):
+        assert plain[name] == "xp", (name, plain)
+    assert set(cuda_table(dtype="float64").values()) == {"xp"}, "float64 has no kernel"
+    mixed = cuda_table(compute_dtype="float16")  # the matmul side in float16
+    assert mixed["attention_forward"] == mixed["gelu_forward"] == "xp", mixed
+    assert mixed["layernorm_forward"] == mixed["cross_entropy_forward"] == "cuda", mixed
+    wide = cuda_table(n_head=1, n_embd=kernels.HS_MAX + 4)  # hs = 132
+    assert wide["attention_forward"] == wide["attention_backward"] == "xp", wide
+    assert wide["layernorm_forward"] == "cuda"
+    with_dropout = cuda_table(dropout=0.1)
+    assert with_dropout["attention_forward"] == with_dropout["attention_backward"] == "xp"
+    gqa = cuda_table(n_kv_head=1)
+    assert gqa["gqa_attention_forward"] == gqa["gqa_attention_backward"] == "xp", gqa
+    windowed = cuda_table(pos_encoding="rope")
+    assert windowed["windowed_attention_forward"] == "xp"
+
+
+def test_wrappers_assert_what_their_kernel_takes():
+    """No wrapper falls back per call: inputs its kernel does not take are refused."""
     rng = np.random.default_rng(8)
-    x, w = rng.standard_normal((2, 3, 4)), rng.standard_normal(4)
-    y, cache = kernels.layernorm_forward(x, w)
-    assert not isinstance(cache, kernels.FusedCache)
-    assert np.array_equal(y, layernorm.layernorm_forward(x, w)[0])
-    assert np.array_equal(kernels.layernorm_backward(y, cache)[0],
-                          layernorm.layernorm_backward(y, cache)[0])
-    qkv = rng.standard_normal((1, 3, 3 * 129))
-    y, cache = kernels.attention_forward(qkv, 1)  # hs = 129 > HS_MAX
-    assert not isinstance(cache, kernels.FusedCache)
-    assert np.array_equal(kernels.attention_backward(y, cache), attention.attention_backward(
-        y, attention.attention_forward(qkv, 1)[1]))
-    logits, targets = rng.standard_normal((4, 5)), np.array([0, -1, 4, 2])
-    loss, cache = kernels.cross_entropy_forward(logits, targets)
-    assert loss == cross_entropy.cross_entropy_forward(logits, targets)[0]
-    y, cache = kernels.gelu_bias_forward(x, w)
-    assert np.array_equal(kernels.gelu_bias_backward(y, cache)[1],
-                          kernels.gelu_bias_backward_xp(y, cache)[1])
-
-
-def test_attention_falls_back_for_dropout(monkeypatch):
-    """With dropout in training the kernel (which has none) must not run, even on a GPU."""
-    monkeypatch.setattr(kernels, "_on_device", lambda a: True)
-
-    def no_launch(*args):
-        raise AssertionError("a kernel was launched for attention with dropout")
-    monkeypatch.setattr(kernels, "_launch", no_launch)
-    qkv = np.random.default_rng(9).standard_normal((1, 4, 12)).astype(np.float32)
-    y, cache = kernels.attention_forward(qkv, 2, dropout=0.5, rng=np.random.default_rng(0))
-    assert not isinstance(cache, kernels.FusedCache)
+    with pytest.raises(AssertionError):
+        kernels.layernorm_forward(rng.standard_normal((2, 3, 4)), rng.standard_normal(4))
+    with pytest.raises(AssertionError):
+        kernels.attention_forward(rng.standard_normal((1, 3, 3 * 129)).astype(np.float32), 1)
 
 
 def test_missing_kernel_source_names_file_and_fix():

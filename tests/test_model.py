@@ -226,3 +226,68 @@ def test_cupy_matches_numpy(tie, pos, norm, act, bias):
         np.testing.assert_allclose(to_np(gg[k]), gc[k], rtol=1e-9, atol=1e-13, err_msg=k)
     errors = check_model(gpu_model, xp.asarray(idx), xp.asarray(targets), max_entries=6)
     assert max(errors.values()) < TOL["gradcheck"], errors
+
+
+# -- building and stepping a model changes nothing outside it ------------------------------------
+
+LEAVES_THE_PROCESS = """
+import ctypes
+import ctypes.util
+import os
+# libgomp loaded first and global, as importing torch does: then an OpenBLAS on threads
+# called inside the kernels' OpenMP loop sees the loop, and would print its warning
+gomp = ctypes.util.find_library("gomp")
+if gomp:
+    ctypes.CDLL(gomp, mode=ctypes.RTLD_GLOBAL)
+import scipy.linalg.cython_blas  # noqa: F401  (SciPy's BLAS, which numba calls, listed too)
+import numpy as np
+from threadpoolctl import threadpool_info
+
+def blas():
+    return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas"}
+
+before = blas()
+from tinygrad_char import GPT, AdamW, GPTConfig, clip_grad_norm
+from tinygrad_char.fused.cpu import numba_available
+pool = None
+if numba_available():
+    import numba
+    pool = numba.get_num_threads()
+# big enough for the kernels' parallel builds and a threaded GEMM in each linear block
+model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=1, n_head=4, n_embd=256))
+opt = AdamW(model.params, 1e-3)
+idx = np.random.default_rng(0).integers(0, 65, (32, 64))
+for _ in range(2):
+    model.forward(idx, idx)
+    grads = model.backward()
+    clip_grad_norm(grads, 1.0)
+    opt.step(grads)
+after = blas()
+assert {k: after.get(k) for k in before} == before, (before, after)
+assert pool is None or numba.get_num_threads() == pool, (pool, numba.get_num_threads())
+children = [open(f"/proc/self/task/{t}/children").read().split()
+            for t in os.listdir("/proc/self/task")]
+assert not any(children), children
+print("unchanged", sorted(before.values()), model.ops_summary())
+"""
+
+
+def test_building_and_stepping_a_model_leaves_blas_threads_and_no_child():
+    """threadpoolctl sees every BLAS with the thread count it had before GPT(...), two
+    steps and the public AdamW; numba's pool too; no child process; and the OpenBLAS
+    warning of a BLAS on threads inside the kernels' OpenMP loop never prints."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl reads the BLAS thread counts")
+    env = {**os.environ, "TINYGRAD_CHAR_COMPILE_AHEAD": "1"}
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    env.pop("OMP_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, "-c", LEAVES_THE_PROCESS], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0 and "unchanged" in done.stdout, done.stderr[-3000:]
+    assert "OpenMP" not in done.stderr, done.stderr[-3000:]

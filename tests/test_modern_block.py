@@ -6,7 +6,6 @@ the PyTorch oracle; the KV cache against the full forward for every variant; the
 parameter tables and the fused-kernel fallback."""
 
 import itertools
-import logging
 import math
 import sys
 
@@ -23,7 +22,8 @@ from tinygrad_char.ops.attention import (attention_forward, cached_attention_for
                                          split_heads)
 from tinygrad_char.gradcheck import check_model, check_op
 from tinygrad_char.ops.layernorm import rmsnorm_backward, rmsnorm_forward
-from tinygrad_char.model import param_shapes, xp_only_parts
+from tinygrad_char.fused import dispatch
+from tinygrad_char.model import param_shapes
 from tinygrad_char.ops.rope import rope_backward, rope_forward, rope_tables
 from tinygrad_char.inference.sampling import KVCache
 
@@ -376,21 +376,32 @@ def test_kv_cache_equals_the_full_forward(new, old):
     assert cache.k_t[0].shape[1] == cfg.kv_heads  # the cache stores NKV heads
 
 
-def test_fused_kernels_fall_back_to_xp_for_the_new_parts_and_say_so(caplog):
-    assert xp_only_parts(config()) == []
-    parts = xp_only_parts(config(pos_encoding="rope", normalization="rmsnorm",
-                                 activation="swiglu", n_head=2, n_kv_head=1))
-    assert parts == ["rmsnorm", "rope", "swiglu", "grouped-query attention (n_kv_head < "
-                                                  "n_head)"]
-    assert xp_only_parts(config(n_head=2, n_kv_head=1), cpu_kernels=True) == []
-    with caplog.at_level(logging.INFO, logger="tinygrad_char.model"):
-        GPT(config(normalization="rmsnorm", n_kv_head=1), kernels="auto")
-    assert any("rmsnorm" in r.getMessage() and "xp ops" in r.getMessage()
-               for r in caplog.records), caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="tinygrad_char.model"):
-        GPT(config(normalization="rmsnorm"), kernels="xp")  # nothing falls back on xp
-    assert not caplog.records
+def test_fast_paths_run_the_new_parts_on_xp_and_say_so(recwarn):
+    """The op table (chosen once, model.describe_ops) runs the parts no fast path has a
+    kernel for on the xp ops; a requested fast path says so once, "auto" in the summary."""
+    llama = config(pos_encoding="rope", normalization="rmsnorm", activation="swiglu",
+                   n_head=2, n_kv_head=1)
+    cuda = dispatch.describe(dispatch.resolve("auto", "cupy", llama),
+                             dispatch.ops_used(llama))
+    for name in ("rmsnorm_forward", "rope_forward", "swiglu_forward",
+                 "gqa_attention_forward", "windowed_attention_forward"):
+        assert cuda[name] == "xp", (name, cuda)
+    assert set(dispatch.describe(dispatch.resolve("auto", "cupy", config()),
+                                 ["layernorm_forward", "attention_forward"]).values()) == {"cuda"}
+    model = GPT(llama, kernels="xp")  # nothing to say on xp
+    assert not [w for w in recwarn if "kernels" in str(w.message)]
+    assert model.ops_summary().startswith("kernels: xp (")
+    from tinygrad_char.fused.cpu import numba_available
+
+    if numba_available():  # what runs on xp (beyond the windowed and cached paths) is said
+        from tinygrad_char.fused.cpu import XP_BY_DESIGN
+
+        fast = GPT(llama, kernels="cpu")
+        said = [str(w.message) for w in recwarn if "kernels" in str(w.message)]
+        on_xp = {dispatch.family(n) for n, impl in fast.describe_ops().items()
+                 if impl == "xp"} - set(XP_BY_DESIGN)
+        assert len(said) == (1 if on_xp else 0), said
+        assert all(f in said[0] and "xp ops" in said[0] for f in on_xp), (on_xp, said)
     # an "auto" model (fused or numba kernels where they apply) gives the xp model's
     # numbers: the new parts on xp ops, and rope's rotated qkv through the MHA kernel
     idx = np.random.default_rng(0).integers(0, 11, size=(2, 8))

@@ -102,26 +102,6 @@ class Backend:
         return f"Backend({self.name!r}, device={self.device!r})"
 
 
-def keep_freed_memory_in_heap():
-    """Ask glibc to serve large arrays from its heap instead of fresh mmap()s.
-
-    By default glibc maps every allocation above 128 KiB (adjusting up to 32 MiB) with
-    mmap and unmaps it on free, so each new activation array costs a page fault per 4 KiB
-    on first touch. A training step allocates and frees the same sizes every step; keeping
-    them in the heap made the tiny-cpu NumPy step ~10% faster here (GELU forward on
-    (12, 64, 512) float32: 1.46 -> 0.74 ms). A no-op where mallopt does not exist.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        libc.mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
-        libc.mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
 def cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -136,14 +116,14 @@ def cpu_name():
 def get_backend(name="numpy", seed=0):
     """Return a Backend for "numpy", "cupy" or "auto" (CuPy only when a GPU actually works).
 
-    Raises BackendError with a one-line fix when "cupy" cannot run here.
+    Raises BackendError with a one-line fix when "cupy" cannot run here. Changes nothing
+    outside the Backend it returns (process settings: tinygrad_char.runtime.setup).
     """
     if isinstance(name, Backend):
         return name
     if name == "auto":
         name = "cupy" if gpu_available() else "numpy"
     if name == "numpy":
-        keep_freed_memory_in_heap()
         return Backend("numpy", np, f"CPU ({cpu_name()}, {os.cpu_count()} cores)", seed)
     if name == "cupy":
         cupy = _cupy_or_error()

@@ -26,13 +26,11 @@ One forward serves training and generation: `forward(idx, kv_cache=cache)` runs 
 new positions (each row at its own absolute positions, from the cache's per-row lengths)
 against the keys and values a `sampling.KVCache` holds, with the same block code.
 
-Fused kernels (dispatch.select_ops) cover the GPT-2 block, and the CPU kernels grouped-query
-attention (n_kv_head < n_head) too. RMSNorm, RoPE, SwiGLU, the exact GELU and sliding-window
-attention (sequences past block_size) always run on the xp ops of this package; a model
-asked for other kernels logs which parts fall back, once (`xp_only_parts`).
+Which implementation of each op runs (the xp ops of this package, numba CPU kernels or
+CUDA kernels) is chosen once, when the model is built, into `self.ops` (fused/dispatch.py:
+`Ops`, a table by op name); `describe_ops()` says what was chosen.
 """
 
-import logging
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
@@ -42,10 +40,8 @@ import numpy as np
 from tinygrad_char.ops import attention, rope
 from tinygrad_char.backend import get_backend
 from tinygrad_char.ops.embedding import sinusoidal_encoding
-from tinygrad_char.fused.dispatch import select_ops
+from tinygrad_char.fused import dispatch
 from tinygrad_char.schema import ConfigError, Rule, check_fields
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -179,23 +175,6 @@ def init_params(config, seed=0):
     return params
 
 
-def xp_only_parts(config, cpu_kernels=False):
-    """The parts of this config that no fused kernel covers (they always run on the xp
-    ops); an empty list for GPT-2's block. cpu_kernels: the numba kernels run (they cover
-    grouped-query attention, the CUDA ones do not). Sliding-window attention (past
-    block_size) is not listed: it is a property of a call, not of the config."""
-    parts = []
-    if config.normalization == "rmsnorm":
-        parts.append("rmsnorm")
-    if config.pos_encoding == "rope":
-        parts.append("rope")
-    if config.activation in ("gelu_exact", "swiglu"):
-        parts.append(config.activation)
-    if config.kv_heads != config.n_head and not cpu_kernels:
-        parts.append("grouped-query attention (n_kv_head < n_head)")
-    return parts
-
-
 class GPT:
     """A character-level GPT whose forward and backward are written out by hand.
 
@@ -207,10 +186,10 @@ class GPT:
     the caches of its ops for one backward; call forward again before the next backward.
     backend: "numpy", "cupy", "auto" or a Backend; dtype: "float32" or "float64" (for
     gradient checks); seed: initialisation and dropout; kernels: "auto" (default: the
-    fused kernels for the arrays at hand, numba on NumPy when it imports, CUDA on CuPy),
-    "xp" (the ops of this package), "cpu" (the numba kernels of cpu_kernels/) or "fused"
-    (the CUDA kernels of kernels/; GPU only), each falling back to the xp op where it has
-    no kernel (dispatch.select_ops);
+    fused kernels for the backend, numba on NumPy when it imports, CUDA on CuPy), "xp"
+    (the ops of this package), "cpu" (the numba kernels of fused/cpu/) or "fused" (the
+    CUDA kernels of kernels/; GPU only), each with the xp op wherever it has no kernel for
+    this model (chosen once, here: dispatch.resolve; `describe_ops` lists the choice);
     compute_dtype: None, or "float16" for mixed precision (precision.py): the matmuls,
     attention and GELU run in float16 on a float16 copy of the float32 `params`, while the
     embeddings, the residual stream, LayerNorm and the cross-entropy stay float32.
@@ -229,12 +208,10 @@ class GPT:
                               "--dtype float32 / tf32 with --kernels fused)")
         self.config = config
         self.backend = get_backend(backend, seed)
-        # the op functions: the xp pairs of this package, or fused kernels (numba, CUDA)
-        # where one exists; decided in one place, dispatch.select_ops
-        self.ops = select_ops(kernels)
         self.xp = self.backend.xp
         self.dtype = dtype
         self.compute_dtype = compute_dtype
+        self.set_kernels(kernels)  # self.ops: the op table
         self._run_params = None  # the weights the forward's matmuls use (see forward)
         self.params = {name: self.xp.asarray(p, dtype=dtype)
                        for name, p in init_params(config, seed).items()}
@@ -242,11 +219,23 @@ class GPT:
         self.rng = self.xp.random.default_rng(seed)  # dropout masks
         self._pos_table, self._pos_table_len = None, 0  # sinusoidal or rope (`_positions`)
         self._caches = None
-        fallback = xp_only_parts(config, cpu_kernels=self.ops.mode == "cpu" or (
-            self.ops.mode == "auto" and self.backend.name == "numpy"))
-        if self.ops.mode != "xp" and fallback:
-            log.info("kernels %r: no fused kernel for %s; those run on the xp ops",
-                        self.ops.mode, ", ".join(fallback))
+
+    # -- the op table ------------------------------------------------------------------
+    def set_kernels(self, kernels):
+        """Choose each op's implementation for this model's backend, dtypes and config
+        (fused/dispatch.resolve): self.ops, an Ops table. Called by the constructor; call
+        it again after changing compute_dtype (a resumed run does)."""
+        self.kernels = kernels
+        self.ops = dispatch.resolve(kernels, self.backend.name, self.config, self.dtype,
+                                    self.compute_dtype)
+
+    def describe_ops(self):
+        """{op name: "numba" | "cuda" | "xp"} for every op this model runs, in forward order."""
+        return dispatch.describe(self.ops, dispatch.ops_used(self.config))
+
+    def ops_summary(self):
+        """describe_ops in one line: `kernels: numba (embedding, ...), xp (cached_attention)`."""
+        return dispatch.summary(self.describe_ops())
 
     # -- modes -------------------------------------------------------------------------
     def train(self):
@@ -330,28 +319,30 @@ class GPT:
             if kv_cache.keep_attention:  # (B, NH, T, capacity): for a reader to look at
                 kv_cache.attention[layer] = att
             y, c_att = y.transpose(0, 2, 1, 3).reshape(B, T, cfg.n_embd), None  # (B, T, C)
-        elif NKV == NH and window is None:  # GPT-2's attention: a fused kernel may run it
+        elif window is not None:  # a sequence past block_size: sliding-window attention
+            y, c_att = ops.windowed_attention_forward(qkv, NH, NKV, cfg.dropout, self.rng,
+                                                      self.training, window)
+        elif NKV == NH:  # GPT-2's attention
             y, c_att = ops.attention_forward(qkv, NH, cfg.dropout, self.rng, self.training)
-        else:  # grouped-query or sliding-window attention (kernels: grouped, not windowed)
+        else:  # grouped-query attention
             y, c_att = ops.gqa_attention_forward(qkv, NH, NKV, cfg.dropout, self.rng,
-                                                 self.training, window)
+                                                 self.training)
         out, c_proj = ops.linear_forward(y, self._p(h + "attn.c_proj.weight"),
                                          self._p(h + "attn.c_proj.bias"))  # (B, T, C)
         out, c_drop = ops.dropout_forward(out, cfg.dropout, self.rng, self.training)
-        grouped = kv_cache is None and not (NKV == NH and window is None)
-        return out, (c_qkv, c_rope, grouped, c_att, c_proj, c_drop)
+        kind = "windowed" if window is not None else "mha" if NKV == NH else "gqa"
+        return out, (c_qkv, c_rope, kind, c_att, c_proj, c_drop)
 
     def _attn_backward(self, dout, cache, h, grads):
         ops = self.ops
-        c_qkv, c_rope, grouped, c_att, c_proj, c_drop = cache
+        c_qkv, c_rope, kind, c_att, c_proj, c_drop = cache
         dout = ops.dropout_backward(dout, c_drop)
         dy, grads[h + "attn.c_proj.weight"], db = ops.linear_backward(dout, c_proj)
         if db is not None:
             grads[h + "attn.c_proj.bias"] = db
-        if grouped:  # the forward ran gqa_attention_forward
-            dqkv = ops.gqa_attention_backward(dy, c_att)
-        else:
-            dqkv = ops.attention_backward(dy, c_att)
+        attention_backward = {"mha": ops.attention_backward, "gqa": ops.gqa_attention_backward,
+                              "windowed": ops.windowed_attention_backward}[kind]
+        dqkv = attention_backward(dy, c_att)  # the backward of the forward that ran
         if c_rope is not None:
             dqkv = ops.rope_backward(dqkv, c_rope)
         dx, grads[h + "attn.c_attn.weight"], db = ops.linear_backward(dqkv, c_qkv)

@@ -116,10 +116,11 @@ def _as_dtype(scale, dtype):
     return scale.astype(dtype) if hasattr(scale, "astype") else dtype.type(scale)
 
 
-def clip_grad_norm(grads, max_norm):
+def clip_grad_norm(grads, max_norm, norm=grad_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm:
-    g *= clip_scale(grad_norm(grads), max_norm). Returns the norm before clipping."""
-    total = grad_norm(grads)
+    g *= clip_scale(norm(grads), max_norm). Returns the norm before clipping. `norm`:
+    how the norm is computed (tinygrad_char.clip_grad_norm passes a kernel's)."""
+    total = norm(grads)
     if max_norm is not None and max_norm > 0:
         scale = clip_scale(total, max_norm)
         for g in grads.values():

@@ -31,7 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tinygrad_char.ops import attention, cross_entropy, embedding, layernorm  # noqa: E402
+from benchmarks.kernel_lab import embedding_sorted  # noqa: E402  (the lab's version)
+from tinygrad_char.ops import (activations, attention, cross_entropy, embedding,  # noqa: E402
+                               layernorm)
 from tinygrad_char.fused import cuda as kernels  # noqa: E402
 from tinygrad_char import optim  # noqa: E402
 from tinygrad_char.backend import BackendError, get_backend  # noqa: E402
@@ -39,7 +41,7 @@ from tinygrad_char.model import GPTConfig, param_shapes  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "kernels.jsonl"
 RTOL, ATOL = 1e-4, 1e-5  # as tests/test_kernels.py (atol at its loosest, for summed grads)
-OPS = ("layernorm", "attention", "cross_entropy", "gelu_bias", "embedding_backward", "adamw")
+OPS = ("layernorm", "attention", "cross_entropy", "gelu", "embedding_backward", "adamw")
 
 
 def cuda_time_ms(cupy, fn, warmup, repeats):
@@ -125,29 +127,28 @@ def cases(cp, args):
             return loss, cross_entropy.cross_entropy_backward(1.0, c)
         out.append(("cross_entropy", "forward+backward", {"B": B, "T": T, "V": V}, fused, twin,
                     lambda: list(zip(fused(), twin()))))
-    if "gelu_bias" in args.only:
+    if "gelu" in args.only:
         F = 4 * C
-        x, b, dy = randn(B, T, F, scale=2.0), randn(F), randn(B, T, F)
-        _, cf = kernels.gelu_bias_forward(x, b)
-        _, cr = kernels.gelu_bias_forward_xp(x, b)
+        x, dy = randn(B, T, F, scale=2.0), randn(B, T, F)
+        _, cf = kernels.gelu_forward(x)
+        _, cr = activations.gelu_forward(x)
         shape = {"B": B, "T": T, "F": F}
-        out.append(("gelu_bias", "forward", shape,
-                    lambda: kernels.gelu_bias_forward(x, b),
-                    lambda: kernels.gelu_bias_forward_xp(x, b),
-                    lambda: [(kernels.gelu_bias_forward(x, b)[0],
-                              kernels.gelu_bias_forward_xp(x, b)[0])]))
-        out.append(("gelu_bias", "backward", shape,
-                    lambda: kernels.gelu_bias_backward(dy, cf),
-                    lambda: kernels.gelu_bias_backward_xp(dy, cr),
-                    lambda: list(zip(kernels.gelu_bias_backward(dy, cf),
-                                     kernels.gelu_bias_backward_xp(dy, cr)))))
+        out.append(("gelu", "forward", shape,
+                    lambda: kernels.gelu_forward(x),
+                    lambda: activations.gelu_forward(x),
+                    lambda: [(kernels.gelu_forward(x)[0], activations.gelu_forward(x)[0])]))
+        out.append(("gelu", "backward", shape,
+                    lambda: kernels.gelu_backward(dy, cf),
+                    lambda: activations.gelu_backward(dy, cr),
+                    lambda: [(kernels.gelu_backward(dy, cf),
+                              activations.gelu_backward(dy, cr))]))
     if "embedding_backward" in args.only:
         idx = cp.asarray(rng.integers(0, V, size=(B, T)))
         dout = randn(B, T, C)
         cache = (idx, V)
         shape = {"B": B, "T": T, "V": V, "C": C}
         for name, fn in (("atomic", kernels.embedding_backward),
-                         ("sorted", kernels.embedding_backward_sorted)):
+                         ("sorted", embedding_sorted.embedding_backward_sorted)):
             out.append((f"embedding_backward_{name}", "backward", shape,
                         lambda fn=fn: fn(dout, cache),
                         lambda: embedding.embedding_backward(dout, cache),

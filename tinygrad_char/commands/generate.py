@@ -21,6 +21,7 @@ import sys
 
 import numpy as np
 
+from tinygrad_char import runtime
 from tinygrad_char.training.cli import (Parser, UsageError, describe_range, float_arg, int_arg,
                                         run_cli)
 from tinygrad_char.training.config import check_memory, generation_memory_bytes
@@ -106,6 +107,10 @@ def main(argv=None):
     except ValueError as e:  # the library's checks: one line each (CheckpointError too)
         raise UsageError(str(e)) from None
     check_fits(model, args, prompt)
+    if hasattr(model, "ops_summary"):  # a GPT (not an exported ONNX model)
+        if model.backend.name == "numpy":
+            runtime.setup(cpu_kernels=model.kernels != "xp")  # threads, allocator
+        print(model.ops_summary(), file=sys.stderr)  # stdout carries the text alone
 
     write(prompt)
     try:

@@ -23,7 +23,7 @@ import sys
 
 from tinygrad_char.training.cli import Parser, UsageError, int_arg, run_cli
 from tinygrad_char.training.config import check_memory, generation_memory_bytes
-from tinygrad_char.fused.cpu import set_threads
+from tinygrad_char import runtime
 from tinygrad_char.interop.onnx_export import load_for_sampling
 
 
@@ -84,7 +84,9 @@ def main(argv=None):
     sock = bind(args.host, args.port)
     # the one runtime set-up of the CPU threads (numba's pool, BLAS); the engine thread,
     # the only one that runs the model, uses them
-    threads = set_threads(args.threads)
+    cpu_kernels = hasattr(model, "ops_summary") and model.kernels != "xp" and \
+        model.backend.name == "numpy"  # a GPT (not an ONNX model) on the CPU kernels
+    threads = runtime.setup(args.threads, cpu_kernels=cpu_kernels)
     try:
         app = create_app(model, tokenizer, max_new_tokens_limit=args.max_new_tokens_limit,
                          max_slots=args.max_slots, max_queue=args.max_queue,
@@ -94,6 +96,8 @@ def main(argv=None):
     source = args.onnx or args.checkpoint
     print(f"serving {source} (step {meta['step']}, {model.num_params():,} parameters) on "
           f"http://{args.host}:{args.port}", flush=True)
+    if hasattr(model, "ops_summary"):
+        print(model.ops_summary(), flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
     try:
         server.run(sockets=[sock])  # Ctrl-C: uvicorn finishes the requests in flight, returns

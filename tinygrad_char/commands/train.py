@@ -75,13 +75,13 @@ def check_backend(cfg):
 
     from tinygrad_char.backend import BackendError, _cupy_or_error
     from tinygrad_char.fused.cpu import numba_available
-    from tinygrad_char.fused.dispatch import select_ops
+    from tinygrad_char.fused.dispatch import check_mode
     from tinygrad_char.training.precision import set_tf32
 
     gpu = cfg.backend == "cupy" or cfg.kernels == "fused"
     if gpu and launched_world()[0] == 1:
         if cfg.kernels == "fused":
-            select_ops("fused")  # says what the fused kernels need
+            check_mode("fused", "cupy")  # says what the fused kernels need
         _cupy_or_error()
     elif gpu:
         try:
@@ -90,7 +90,7 @@ def check_backend(cfg):
             raise BackendError(f"backend 'cupy' unavailable: CuPy is not installed ({e}); "
                                f"use --backend numpy") from None
     if cfg.kernels == "cpu" and not numba_available():
-        select_ops("cpu")  # raises, naming the fix
+        check_mode("cpu")  # raises, naming the fix
     if cfg.dtype == "tf32" and cfg.backend == "numpy":
         set_tf32(np, True)  # raises, naming the fix
 

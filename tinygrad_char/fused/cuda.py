@@ -1,10 +1,8 @@
-"""The fused CUDA kernels of `kernels/*.cu`, wrapped as drop-in twins of the xp ops, and
-`select_ops`, the one place that decides which implementation of each op runs (the xp
-ops, these CUDA kernels, or the numba CPU kernels of `tinygrad_char/fused/cpu/`, which
-follow the same conventions with a `cpu_kernels.CpuCache`).
+"""The fused CUDA kernels of `kernels/*.cu`, wrapped as drop-in twins of the xp ops.
 
 Each wrapper has the signature and return convention of the xp op it replaces (its twin,
-and its oracle in tests/test_kernels.py):
+and its oracle in tests/test_kernels.py); `KERNELS` at the end lists them by the names of
+the op table (fused/dispatch.py: `Ops`), which puts them in a model's table:
 
     layernorm_forward(x, w, b=None, eps=1e-5) -> (y, cache)
     layernorm_backward(dy, cache) -> (dx, dw, db)
@@ -13,23 +11,20 @@ and its oracle in tests/test_kernels.py):
     cross_entropy_forward(logits, targets) -> (loss, cache)
     cross_entropy_backward(dloss, cache) -> dlogits
     gelu_forward(x) -> (y, cache),  gelu_backward(dy, cache) -> dx
-    gelu_bias_forward(x, b) -> (y, cache),  gelu_bias_backward(dy, cache) -> (dx, db)
     embedding_backward(dout, cache) -> dW               (atomics, not bit-reproducible)
-    embedding_backward_sorted(dout, cache) -> dW        (deterministic)
     FusedAdamW(params, ...)                             (optim.AdamW, one-launch step)
 
-A wrapper runs its kernel only for CuPy float32 inputs the kernel supports; otherwise it
-calls its xp twin (float64 checks, dropout inside attention, head sizes over 128), so a
-"fused" model runs everywhere a kernel exists and stays correct where none does. A fused
-cache is a `FusedCache` (a dict); the twins' caches are tuples, which is how a backward
-knows which forward ran. Caches of the two implementations are not interchangeable.
+A wrapper takes only float32 CuPy arrays of sizes its kernel supports; the dispatch
+decides that once, when a model is built (dtype, head size <= HS_MAX, no dropout inside
+attention, no grouped-query attention), and no wrapper falls back per call. A forward's
+cache is a dict that only its own backward reads (the two are always chosen together).
 
 The sources are read from the `kernels/` folder beside the package in a repository
 checkout (`Path(__file__).parents[1] / "kernels"`), or from `tinygrad_char/kernels/` when
-installed as package data (which needs pyproject's `[tool.setuptools.package-data]`; not
-set up yet), or from $TINYGRAD_CHAR_KERNELS. Each file is compiled once per process with
+installed as package data (pyproject maps kernels/ into the wheel), or from
+$TINYGRAD_CHAR_KERNELS. Each file is compiled once per process with
 NVRTC through `cupy.RawModule` (CuPy also caches the binary on disk). CuPy is imported
-inside functions only: this module imports, and `select_ops("xp")` works, without it.
+inside functions only: this module imports, and an xp model builds, without it.
 
 Not here: the kernels themselves (kernels/*.cu), their experiments and timings
 (benchmarks/kernel_lab/), and any autotuning: launch configurations are fixed, and each
@@ -43,10 +38,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from tinygrad_char.ops import (activations, attention, cross_entropy, dropout, embedding,
-                               layernorm, linear, rope)
+from tinygrad_char.ops import cross_entropy, layernorm
 from tinygrad_char import optim
-from tinygrad_char.backend import BackendError, get_array_module
+from tinygrad_char.backend import get_array_module
 from tinygrad_char.errors import UserError
 
 FIX = "use --kernels xp"
@@ -62,7 +56,7 @@ KERNEL_FILES = {
                      "attention_backward_dq", "attention_backward_dkdv"),
     "cross_entropy.cu": ("cross_entropy_forward",),
     "gelu.cu": ("gelu_bias_forward", "gelu_bias_backward"),
-    "embedding_backward.cu": ("embedding_backward_atomic", "embedding_backward_sorted"),
+    "embedding_backward.cu": ("embedding_backward_atomic",),
     "adamw.cu": ("adamw_multi_tensor",),
 }
 
@@ -79,11 +73,6 @@ ADAMW_CHUNK = 4096  # adamw.cu ADAMW_CHUNK
 class KernelError(UserError, RuntimeError):
     """A fused kernel could not be found, compiled or launched. The message names the
     .cu file and the fix."""
-
-
-class FusedCache(dict):
-    """What a fused forward saves for its backward (a dict). The xp twins' caches are
-    tuples, so `isinstance(cache, FusedCache)` tells a backward which forward ran."""
 
 
 def kernels_dir():
@@ -153,7 +142,8 @@ def _on_device(a):
 
 
 def _kernel_applies(*arrays):
-    """True when every array is a float32 CuPy array: the only inputs the kernels take."""
+    """True when every array is a float32 CuPy array: the only inputs the kernels take
+    (the wrappers assert it)."""
     return all(_on_device(a) and a.dtype == np.float32 for a in arrays)
 
 
@@ -180,12 +170,11 @@ def _blocks(n, per_block):
 def layernorm_forward(x, w, b=None, eps=layernorm.LN_EPS):
     """Fused twin of layernorm.layernorm_forward: y = (x - mean) * rstd * w + b per row.
 
-    Args: x (..., C), w (C,), b (C,) or None. Returns y (..., C) and a FusedCache of
+    Args: x (..., C), w (C,), b (C,) or None. Returns y (..., C) and a cache (a dict) of
     x as (N, C), w, mean (N,) and rstd (N,): the backward recomputes the normalised row
     from x instead of storing it.
     """
-    if not _kernel_applies(x, w, *([] if b is None else [b])):
-        return layernorm.layernorm_forward(x, w, b, eps)
+    assert _kernel_applies(x, w, *([] if b is None else [b])), "layernorm kernel: float32 CuPy"
     xp = get_array_module(x)
     C = x.shape[-1]
     x2 = xp.ascontiguousarray(x).reshape(-1, C)  # (N, C)
@@ -198,15 +187,13 @@ def layernorm_forward(x, w, b=None, eps=layernorm.LN_EPS):
     _launch("layernorm.cu", "layernorm_forward", (_blocks(N, LN_ROWS_PER_BLOCK),),
             (32 * LN_ROWS_PER_BLOCK,),
             (x2, w, b_or_w, _i32(b is not None), y, mean, rstd, _i32(N), _i32(C), _f32(eps)))
-    cache = FusedCache(x=x2, w=w, mean=mean, rstd=rstd, has_bias=b is not None, shape=x.shape)
+    cache = dict(x=x2, w=w, mean=mean, rstd=rstd, has_bias=b is not None, shape=x.shape)
     return y.reshape(x.shape), cache
 
 
 def layernorm_backward(dy, cache):
     """Fused twin of layernorm.layernorm_backward. Returns (dx, dw, db); db is None
     without bias. Deterministic: dw and db are summed in a fixed order (no atomics)."""
-    if not isinstance(cache, FusedCache):
-        return layernorm.layernorm_backward(dy, cache)
     xp = get_array_module(dy)
     x2, w, mean, rstd = cache["x"], cache["w"], cache["mean"], cache["rstd"]
     N, C = x2.shape
@@ -232,30 +219,29 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     """Fused twin of attention.attention_forward: causal softmax(q k^T / sqrt(hs)) v
     without the (B, NH, T, T) matrix.
 
-    Args: qkv (B, T, 3C), n_head. Falls back to the twin with dropout > 0 in training
-    (the kernel has no dropout) or hs > 128. Returns y (B, T, C) and a FusedCache of qkv,
-    y and lse (B, NH, T), the per-row logsumexp. The cache holds y itself, not a copy:
-    the backward reads it (D = rowsum(dy * y)), so do not modify y in place.
+    Args: qkv (B, T, 3C) float32, n_head with hs <= HS_MAX; no dropout in training (the
+    kernel has none: the dispatch gives a model with dropout the twin). Returns y (B, T, C)
+    and a cache (a dict) of qkv, y and lse (B, NH, T), the per-row logsumexp. The cache
+    holds y itself, not a copy: the backward reads it (D = rowsum(dy * y)), so do not
+    modify y in place.
     """
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
-    if (training and dropout > 0.0) or hs > HS_MAX or not _kernel_applies(qkv):
-        return attention.attention_forward(qkv, n_head, dropout, rng, training)
+    assert _kernel_applies(qkv) and hs <= HS_MAX and not (training and dropout > 0.0), \
+        "attention kernel: float32 CuPy qkv, hs <= HS_MAX, no dropout"
     xp = get_array_module(qkv)
     qkv = xp.ascontiguousarray(qkv)
     y = xp.empty((B, T, C), dtype=np.float32)
     lse = xp.empty((B, n_head, T), dtype=np.float32)
     _launch("attention.cu", "attention_forward", (_blocks(T, ATT_FWD_ROWS), n_head, B), (128,),
             (qkv, y, lse, _i32(T), _i32(n_head), _i32(hs), _f32(1.0 / math.sqrt(hs))))
-    return y, FusedCache(qkv=qkv, y=y, lse=lse, n_head=n_head)
+    return y, dict(qkv=qkv, y=y, lse=lse, n_head=n_head)
 
 
 def attention_backward(dy, cache):
     """Fused twin of attention.attention_backward. Args: dy (B, T, C). Returns dqkv
     (B, T, 3C). Scores are recomputed from q, k and lse; deterministic (no atomics)."""
-    if not isinstance(cache, FusedCache):
-        return attention.attention_backward(dy, cache)
     xp = get_array_module(dy)
     qkv, y, lse, n_head = cache["qkv"], cache["y"], cache["lse"], cache["n_head"]
     B, T, C3 = qkv.shape
@@ -278,11 +264,10 @@ def cross_entropy_forward(logits, targets):
     """Fused twin of cross_entropy.cross_entropy_forward: mean softmax cross-entropy over
     valid targets (-1 ignored). Args: logits (N, V) or (B, T, V), targets (N,) or (B, T).
 
-    Returns loss (0-d) and a FusedCache holding dlogits for dloss = 1, computed in the
+    Returns loss (0-d) and a cache (a dict) holding dlogits for dloss = 1, computed in the
     same launch (there is no probs buffer to keep).
     """
-    if not _kernel_applies(logits):
-        return cross_entropy.cross_entropy_forward(logits, targets)
+    assert _kernel_applies(logits), "cross-entropy kernel: float32 CuPy logits"
     xp = get_array_module(logits)
     V = logits.shape[-1]
     z = xp.ascontiguousarray(logits).reshape(-1, V)  # (N, V)
@@ -296,7 +281,7 @@ def cross_entropy_forward(logits, targets):
         _launch("cross_entropy.cu", "cross_entropy_forward", (N,), (CE_THREADS,),
                 (z, flat_t, inv_n_valid, losses, dlogits, _i32(V)))
     loss = losses.sum() / xp.asarray(n_valid, dtype=np.float32)
-    return loss, FusedCache(dlogits=dlogits, shape=logits.shape)
+    return loss, dict(dlogits=dlogits, shape=logits.shape)
 
 
 def cross_entropy_backward(dloss, cache):
@@ -305,101 +290,51 @@ def cross_entropy_backward(dloss, cache):
     With dloss == 1 (the training loop's case) the cache's buffer is handed over without
     a copy: call the backward once per forward.
     """
-    if not isinstance(cache, FusedCache):
-        return cross_entropy.cross_entropy_backward(dloss, cache)
     dlogits = cache["dlogits"]
     if not (isinstance(dloss, (int, float)) and dloss == 1.0):
         dlogits = dlogits * dloss
     return dlogits.reshape(cache["shape"])
 
 
-# -- GELU, with and without the bias add (kernels/gelu.cu) ----------------------------------
+# -- GELU (kernels/gelu.cu, whose kernels take an optional bias: launched without one) ------
 
-def gelu_bias_forward_xp(x, b):
-    """The xp twin of the fused bias + GELU: y = gelu(x + b). Returns (y, cache).
-    (It belongs in activations.py; it lives here until the model uses it.)"""
-    return activations.gelu_forward(x + b)
-
-
-def gelu_bias_backward_xp(dy, cache):
-    """Twin of gelu_bias_backward: returns (dx, db), db the sum of dx over all rows."""
-    dx = activations.gelu_backward(dy, cache)
-    return dx, linear.sum_rows(dx.reshape(-1, dx.shape[-1]))
-
-
-def _gelu_launch(x, b):
+def gelu_forward(x):
+    """Fused twin of activations.gelu_forward (tanh GELU). Returns y and a cache (a dict)
+    of x (the backward recomputes tanh instead of storing it)."""
+    assert _kernel_applies(x), "gelu kernel: float32 CuPy x"
     xp = get_array_module(x)
     x = xp.ascontiguousarray(x)
-    C = x.shape[-1]
-    b_or_x = x if b is None else xp.ascontiguousarray(b)  # not read when there is no bias
     y = xp.empty_like(x)
     _launch("gelu.cu", "gelu_bias_forward", (min(_blocks(x.size, 256), 65535),), (256,),
-            (x, b_or_x, _i32(b is not None), y, np.int64(x.size), _i32(C)))
-    return y, FusedCache(x=x, b=b_or_x, has_bias=b is not None)
+            (x, x, _i32(0), y, np.int64(x.size), _i32(x.shape[-1])))  # x as the unread bias
+    return y, dict(x=x)
 
 
-def _gelu_backward_launch(dy, cache):
+def gelu_backward(dy, cache):
+    """Fused twin of activations.gelu_backward. Returns dx."""
     xp = get_array_module(dy)
     x = cache["x"]
     dy = xp.ascontiguousarray(dy, dtype=np.float32)
     dx = xp.empty_like(x)
     _launch("gelu.cu", "gelu_bias_backward", (min(_blocks(x.size, 256), 65535),), (256,),
-            (dy, x, cache["b"], _i32(cache["has_bias"]), dx, np.int64(x.size),
-             _i32(x.shape[-1])))
+            (dy, x, x, _i32(0), dx, np.int64(x.size), _i32(x.shape[-1])))
     return dx
-
-
-def gelu_forward(x):
-    """Fused twin of activations.gelu_forward (tanh GELU). Returns y and a FusedCache of
-    x (the backward recomputes tanh instead of storing it)."""
-    if not _kernel_applies(x):
-        return activations.gelu_forward(x)
-    return _gelu_launch(x, None)
-
-
-def gelu_backward(dy, cache):
-    """Fused twin of activations.gelu_backward. Returns dx."""
-    if not isinstance(cache, FusedCache):
-        return activations.gelu_backward(dy, cache)
-    return _gelu_backward_launch(dy, cache)
-
-
-def gelu_bias_forward(x, b):
-    """y = gelu(x + b) in one pass. Args: x (..., C), b (C,). Returns (y, cache)."""
-    if not _kernel_applies(x, b):
-        return gelu_bias_forward_xp(x, b)
-    return _gelu_launch(x, b)
-
-
-def gelu_bias_backward(dy, cache):
-    """Returns (dx, db): dx = dy * gelu'(x + b), db = sum of dx over all rows (linear.sum_rows,
-    a cuBLAS matrix-vector product: no atomics, reproducible)."""
-    if not isinstance(cache, FusedCache):
-        return gelu_bias_backward_xp(dy, cache)
-    dx = _gelu_backward_launch(dy, cache)
-    return dx, linear.sum_rows(dx.reshape(-1, dx.shape[-1]))
 
 
 # -- token embedding backward (kernels/embedding_backward.cu) -------------------------------
 
-def _embedding_inputs(dout, cache):
+def embedding_backward(dout, cache):
+    """Fused twin of embedding.embedding_backward with atomicAdd: dW[v] = sum of dout
+    over positions with idx == v. NOT bit-reproducible when ids repeat (the order of the
+    float additions varies; benchmarks/kernel_lab/ keeps a deterministic sorted version).
+    Takes the twin's cache (idx, V): the forward is the twin's gather. Returns dW (V, C).
+    """
+    assert _kernel_applies(dout), "embedding kernel: float32 CuPy dout"
     xp = get_array_module(dout)
     idx, V = cache
     C = dout.shape[-1]
     dout2 = xp.ascontiguousarray(dout).reshape(-1, C)  # (N, C)
     flat_idx = xp.ascontiguousarray(xp.asarray(idx).reshape(-1), dtype=np.int64)  # (N,)
-    return xp, dout2, flat_idx, V, C
-
-
-def embedding_backward(dout, cache):
-    """Fused twin of embedding.embedding_backward with atomicAdd: dW[v] = sum of dout
-    over positions with idx == v. NOT bit-reproducible when ids repeat (the order of the
-    float additions varies); see embedding_backward_sorted for a deterministic one.
-    Takes the twin's cache (idx, V): the forward is the twin's gather. Returns dW (V, C).
-    """
-    if not _kernel_applies(dout):
-        return embedding.embedding_backward(dout, cache)
-    xp, dout2, flat_idx, V, C = _embedding_inputs(dout, cache)
     N = dout2.shape[0]
     dW = xp.zeros((V, C), dtype=np.float32)
     if N > 0:
@@ -408,30 +343,14 @@ def embedding_backward(dout, cache):
     return dW
 
 
-def embedding_backward_sorted(dout, cache):
-    """Deterministic fused twin of embedding.embedding_backward: positions sorted by
-    (id, position), then one thread per (v, c) sums its id's run in order. Returns dW (V, C)."""
-    if not _kernel_applies(dout):
-        return embedding.embedding_backward(dout, cache)
-    xp, dout2, flat_idx, V, C = _embedding_inputs(dout, cache)
-    N = dout2.shape[0]
-    keys = flat_idx * N + xp.arange(N, dtype=np.int64)  # unique, so the sort order is too
-    order = xp.ascontiguousarray(xp.argsort(keys), dtype=np.int64)  # (N,) positions by id
-    seg_start = xp.searchsorted(flat_idx[order], xp.arange(V + 1, dtype=np.int64))  # (V+1,)
-    seg_start = xp.ascontiguousarray(seg_start, dtype=np.int64)
-    dW = xp.empty((V, C), dtype=np.float32)  # every element is written
-    _launch("embedding_backward.cu", "embedding_backward_sorted", (V, _blocks(C, 256)), (256,),
-            (order, seg_start, dout2, dW, _i32(V), _i32(C)))
-    return dW
-
-
 # -- AdamW (kernels/adamw.cu) ---------------------------------------------------------------
 
 class FusedAdamW(optim.AdamW):
     """optim.AdamW whose step updates every parameter in one kernel launch.
 
-    Same constructor, state and state_dict as optim.AdamW (its step is the oracle). Runs
-    the kernel when every parameter is a float32 CuPy array, else optim.AdamW.step.
+    Same constructor, state and state_dict as optim.AdamW (its step is the oracle), for
+    float32 CuPy parameters (`_kernel_applies`: the dispatch and tinygrad_char.AdamW
+    choose it only for those).
     """
 
     _tables = None  # (key, device tables) built on the first fused step
@@ -493,10 +412,8 @@ class FusedAdamW(optim.AdamW):
         the step count as they are, again without a read-back.
         """
         params = list(self.params.values())
-        if not params or not _kernel_applies(*params, *self.m.values(), *self.v.values()):
-            if skip is not None and bool(skip):  # the twin branches on the host: one read
-                return
-            return super().step(grads, lr, grad_scale)
+        assert params and _kernel_applies(*params, *self.m.values(), *self.v.values()), \
+            "FusedAdamW: float32 CuPy parameters"
         xp = get_array_module(params[0])
         lr = self.lr if lr is None else lr
         tab = self._device_tables(xp)
@@ -531,3 +448,24 @@ class FusedAdamW(optim.AdamW):
                  np.float64(self.beta1), np.float64(self.beta2), _f32(self.eps),
                  np.float64(lr), _f32(1.0 - lr * wd), scale, skip, t))
         del g_list
+
+
+# -- the CUDA fast path, by the op-table names it replaces (fused/dispatch.py) --------------
+# Every kernel takes float32 only. The ops not listed run the xp ops on CuPy, which is not a
+# fallback for these (XP_BY_DESIGN: no warning): the linear layers (cuBLAS through CuPy
+# already), the embedding gather and learned positions, dropout and ReLU (one CuPy
+# elementwise kernel each), the KV-cache path and sliding-window attention.
+KERNELS = {
+    "embedding_backward": embedding_backward,
+    "layernorm_forward": layernorm_forward,
+    "layernorm_backward": layernorm_backward,
+    "attention_forward": attention_forward,
+    "attention_backward": attention_backward,
+    "gelu_forward": gelu_forward,
+    "gelu_backward": gelu_backward,
+    "cross_entropy_forward": cross_entropy_forward,
+    "cross_entropy_backward": cross_entropy_backward,
+    "AdamW": FusedAdamW,
+}
+XP_BY_DESIGN = ("linear", "embedding_forward", "position_embedding", "dropout", "relu",
+                "cached_attention", "windowed_attention")

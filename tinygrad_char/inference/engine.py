@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tinygrad_char.fused.cpu import few_rows, use_threads_here
+from tinygrad_char.runtime import few_rows, use_threads_here
 from tinygrad_char.inference.sampling import (KVCache, check_sampling_args, prompt_ids,
                                               sample_next)
 from tinygrad_char.training.cli import MAX_SEED

@@ -23,7 +23,7 @@ import copy
 import numpy as np
 
 from tinygrad_char.backend import get_array_module
-from tinygrad_char.fused.cpu import few_rows
+from tinygrad_char.runtime import few_rows
 from tinygrad_char.training.cli import MAX_SEED, range_error
 
 

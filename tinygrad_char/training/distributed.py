@@ -47,7 +47,7 @@ import time
 
 import numpy as np
 
-from tinygrad_char.fused import cpu as cpu_kernels
+from tinygrad_char import runtime
 from tinygrad_char.training import rank_watch
 from tinygrad_char.model import ConfigError
 
@@ -197,9 +197,9 @@ class MPIWorld(SingleProcess):
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
         # the ranks on one machine share its cores out (one thread each on 2 cores, 2 ranks):
-        # the kernels' pool, or BLAS without numba (cpu_kernels.set_threads)
-        threads = max(min(cpu_kernels.cores(), (os.cpu_count() or 1) // self.local_size), 1)
-        cpu_kernels.set_threads(threads)
+        # the kernels' pool, or BLAS without numba (runtime.set_threads)
+        threads = max(min(runtime.cores(), (os.cpu_count() or 1) // self.local_size), 1)
+        runtime.set_threads(threads)
         # CuPy gradients: handed to MPI as device buffers only when the user says the MPI
         # library is CUDA-aware (no MPI call reports it portably); else through host copies
         self.cuda_aware = os.environ.get("TINYGRAD_CHAR_CUDA_AWARE_MPI", "0") == "1"

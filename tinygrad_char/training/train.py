@@ -31,13 +31,12 @@ from dataclasses import asdict
 
 import numpy as np
 
+from tinygrad_char import runtime
 from tinygrad_char.backend import get_backend
 from tinygrad_char.training.checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from tinygrad_char.fused.cpu import set_threads
 from tinygrad_char.training.data import batch_starts, eval_batches, windows
 from tinygrad_char.training.distributed import (SingleProcess, connect, run_fingerprint,
                                                 share_seed, split_rows)
-from tinygrad_char.fused.dispatch import select_ops
 from tinygrad_char.model import GPT, ConfigError
 from tinygrad_char.optim import clip_scale, cosine_lr
 from tinygrad_char.training.precision import LossScaler, dtypes, set_tf32
@@ -168,8 +167,8 @@ def setup(cfg, data, resume, backend, out):
                     seed=cfg.seed, kernels=cfg.kernels, compute_dtype=compute_dtype)
         return model, adamw(model), scaler, 0, {}
     model, saved_tok, meta = load_checkpoint(resume, backend=backend, dtype=param_dtype)
-    model.ops = select_ops(cfg.kernels)
     model.compute_dtype = compute_dtype
+    model.set_kernels(cfg.kernels)  # the op table for this run's kernels and precision
     wanted = cfg.model_config(tokenizer.vocab_size)
     if model.config != wanted:
         diff = {k: (v, getattr(wanted, k)) for k, v in model.config.to_dict().items()
@@ -379,6 +378,7 @@ def _start(cfg, data, resume, backend, world, out):
     out(f"backend: {backend.device}; data: {data.description}; "
         f"{len(data.train_ids):,} training characters; {world.describe()}"
         + (f"; {cfg.grad_accum} micro-batches per step" if cfg.grad_accum > 1 else ""))
+    out(model.ops_summary())
     if cfg.dtype != "float32":
         out(f"precision: {cfg.dtype}" + (" (NumPy emulates float16 on the CPU: slower than "
                                          "float32; mixed precision is meant for GPUs)"
@@ -411,8 +411,10 @@ def _train(cfg, data, resume, progress, out, world, ctrl_c):
         world.use_local_gpu()  # one GPU per rank on each node, before the backend starts
     backend = get_backend(cfg.backend, cfg.seed)
     set_tf32(backend.xp, cfg.dtype == "tf32")  # enabling raises BackendError on the CPU
-    if backend.name == "numpy" and (cfg.threads or world.world_size == 1):
-        set_threads(cfg.threads)  # else each MPI rank keeps its share of the node's cores
+    if backend.name == "numpy":  # threads (else each MPI rank keeps its share of the
+        # node's cores), allocator, and the CPU kernels compiled ahead on a cold cache
+        runtime.setup(cfg.threads if cfg.threads or world.world_size == 1 else None,
+                      cpu_kernels=cfg.kernels != "xp")
     model, optimizer, scaler, start_step, ckpt = _start(cfg, data, resume, backend, world,
                                                         out)
     if model is None:

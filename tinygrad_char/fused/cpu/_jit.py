@@ -15,12 +15,13 @@
   must stay NaN so that the training loop's divergence check sees it. Not "afn"
   (approximate library functions): the one approximation used is `tanh_approx`, stated.
 - parallel=True: kernels loop over rows (heads, row blocks) with `prange`, on numba's
-  thread pool, and the matmuls beside them run on the same pool (cpu_kernels/linear.py,
+  thread pool, and the matmuls beside them run on the same pool (fused/cpu/linear.py,
   attention.py: one single-threaded BLAS call per block and thread), so one pool does all
   the work, as PyTorch's OpenMP pool does. Two pools would fight: with OpenBLAS on its own
   two threads beside numba's, a loop of matmuls and ReLUs took 68 ms against 7.3 ms
-  (benchmarks/results/cpu_threads.md). `cpu_kernels.set_threads` sets BLAS to one thread
-  and the pool to n; it runs when the kernels are first chosen.
+  (benchmarks/results/cpu_threads.md). `runtime.setup` (`runtime.set_threads`) sets BLAS
+  to one thread and the pool to n; without it the kernels still hold the BLAS they call
+  inside the pool at one thread (`Kernel`, blas=True).
 - The threading layer is OpenMP where numba finds it (its idle threads spin briefly, so a
   kernel right after a matmul starts at once; sleeping threads cost tens of microseconds
   per kernel to wake on the machines measured), then TBB, then numba's workqueue. GNU
@@ -48,45 +49,117 @@ OPTIONS = dict(cache=True, error_model="numpy", fastmath=FASTMATH)  # every buil
 prange = numba.prange
 
 
+# -- the per-call rules: the only choices made on each call, all by work size -------------
+# The implementation of every op is chosen once, when a model is built (fused/dispatch.py).
+# What remains per call is how much of the machine a call is worth, decided here alone:
+#  1. A kernel's serial or parallel build (`Kernel.__call__`): a call whose work array holds
+#     fewer than SERIAL_BELOW elements runs its serial build on the calling thread (waking
+#     the pool costs ~2 us, more than such a call's work); every call runs serial while
+#     SERIAL_ONLY is set (by `runtime.few_rows`, for generation's steps of a few rows).
+#  2. `too_small(n)`: the linear layer's products under SMALL_MATMUL multiply-adds and the
+#     embedding lookups under SERIAL_BELOW elements are handed to their xp twin (NumPy's own
+#     matmul or take, as fast there, and no pool to wake): linear.py, embedding.py.
 SERIAL_BELOW = 1 << 14  # elements of a kernel's work array below which it runs serial
-SERIAL_ONLY = False  # every call serial (set by cpu_kernels.few_rows while BLAS has threads)
+SERIAL_ONLY = False  # every call serial (set by runtime.few_rows while BLAS has threads)
+SMALL_MATMUL = 1 << 20  # multiply-adds below which a linear layer runs on NumPy's matmul
+#   (cutting one row's (1, 128) x (128, 384) in blocks cost 5.5 us against 3.5 us; 63 tokens
+#   of 8 rows took 36.9 ms with them cut, 29.9 ms not)
+
+
+def applies(*arrays, dtypes=(np.float32,)):
+    """True when every array is a NumPy array of one dtype among `dtypes`: what a kernel
+    takes (the wrappers assert it; the dispatch decides it once, from the model's dtypes)."""
+    if not arrays or not isinstance(arrays[0], np.ndarray):
+        return False
+    dtype = arrays[0].dtype
+    return dtype in dtypes and all(isinstance(a, np.ndarray) and a.dtype == dtype
+                                   for a in arrays)
+
+
+def too_small(n, matmul=False):
+    """Rule 2 above: True when work of n elements (n multiply-adds with matmul=True) is too
+    small to share over the pool."""
+    return n < (SMALL_MATMUL if matmul else SERIAL_BELOW)
+
+
+# -- the BLAS inside the pool ---------------------------------------------------------------
+# Kernels that call np.dot inside a prange loop (linear.py, attention.py) run SciPy's BLAS
+# (numba's np.dot calls it) on the pool's threads, and it must run one thread there: an
+# OpenBLAS on threads called from inside an OpenMP loop oversubscribes the cores and prints
+# "OpenBLAS Warning : Detect OpenMP Loop and this application may hang". `runtime.setup`
+# sets it to one thread for the whole run; a kernel built with `blas=True` also reads its
+# count on each parallel call (~1 us) and, if something gave it more (a library user
+# without setup, threadpoolctl elsewhere), holds it at one for the call and puts it back.
+_POOL_BLAS = None  # threadpoolctl controllers of the BLAS numba calls (None: not looked up)
+
+
+def _pool_blas():
+    """The BLAS libraries numba's np.dot may call, as threadpoolctl lib controllers: every
+    loaded BLAS but NumPy's own when NumPy brings its own (pip wheels), else all of them.
+    Empty without threadpoolctl."""
+    global _POOL_BLAS
+    if _POOL_BLAS is None:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (load it, so that it is listed)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _POOL_BLAS = []
+            return _POOL_BLAS
+        libs = ThreadpoolController().select(user_api="blas").lib_controllers
+        numpy_dir = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+        own = [lib for lib in libs if os.path.dirname(lib.filepath) in
+               (os.path.join(numpy_dir, "numpy.libs"), os.path.join(numpy_dir, "numpy"))]
+        _POOL_BLAS = [lib for lib in libs if lib not in own] or libs
+    return _POOL_BLAS
 
 
 class Kernel:
     """A CPU kernel compiled twice, parallel (its `prange` loops on the pool) and serial (the
-    same loops on the calling thread), called as the function it wraps. Calls whose work
-    array (argument `work`, default the first) holds fewer than SERIAL_BELOW elements take
-    the serial build: starting the pool costs ~2 us a call, more than such a call's work
-    (generation, a row at a time: 63 tokens took 18.9 ms with every call parallel, 16.5 ms
-    with this rule, 2-core AMD EPYC). Both builds are cached on disk, the serial one under
-    the name `<name>_serial` (numba's cache key holds the function's name and bytecode, not
-    its options)."""
+    same loops on the calling thread), called as the function it wraps. Which build a call
+    takes is rule 1 above: calls whose work array (argument `work`, default the first) holds
+    fewer than SERIAL_BELOW elements take the serial build (generation, a row at a time: 63
+    tokens took 18.9 ms with every call parallel, 16.5 ms with this rule, 2-core AMD EPYC).
+    blas=True: the kernel calls np.dot inside its prange loops, so its parallel calls hold
+    that BLAS at one thread (`_pool_blas`). Both builds are cached on disk, the serial one
+    under the name `<name>_serial` (numba's cache key holds the function's name and bytecode,
+    not its options)."""
 
-    def __init__(self, fn, work=0):
+    def __init__(self, fn, work=0, blas=False):
         self.parallel = numba.njit(parallel=True, **OPTIONS)(fn)
         twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                                   fn.__defaults__, fn.__closure__)
         twin.__qualname__ = fn.__qualname__ + "_serial"
         self.serial = serial_kernel(twin)
-        self.work = work
+        self.work, self.blas = work, blas
         self.__name__, self.__doc__, self.__wrapped__ = fn.__name__, fn.__doc__, fn
 
     def __call__(self, *args):
-        serial = SERIAL_ONLY or args[self.work].size < SERIAL_BELOW
-        return (self.serial if serial else self.parallel)(*args)
+        if SERIAL_ONLY or args[self.work].size < SERIAL_BELOW:
+            return self.serial(*args)
+        if not self.blas:
+            return self.parallel(*args)
+        raised = [(lib, n) for lib in _pool_blas() if (n := lib.get_num_threads()) > 1]
+        for lib, _ in raised:
+            lib.set_num_threads(1)
+        try:
+            return self.parallel(*args)
+        finally:
+            for lib, n in raised:
+                lib.set_num_threads(n)
 
 
-def kernel(fn=None, work=0):
+def kernel(fn=None, work=0, blas=False):
     """Compile `fn` as a CPU kernel (see the module docstring for the options and Kernel for
-    the two builds); `@kernel(work=i)` when argument i, not the first, measures the work."""
+    the two builds); `@kernel(work=i)` when argument i, not the first, measures the work;
+    `@kernel(blas=True)` when it calls np.dot inside its prange loops."""
     if fn is None:
-        return lambda f: Kernel(f, work)
-    return Kernel(fn, work)
+        return lambda f: Kernel(f, work, blas)
+    return Kernel(fn, work, blas)
 
 
 def serial_kernel(fn):
     """Compile `fn` as a CPU kernel that is serial by design (no prange: a scatter-add whose
-    order must be fixed, a helper's test loop), with the options of `kernel` but never
+    order must be fixed), with the options of `kernel` but never
     parallel."""
     return numba.njit(**OPTIONS)(fn)
 
@@ -207,26 +280,3 @@ def tanh_approx(x):
     t = p / q
     t = np.float32(1.0) if big else t
     return np.float32(-1.0) if small else t
-
-
-@serial_kernel
-def exp_array(x, out):
-    """exp_into over a whole 1-d float32 array (for tests and benchmarks)."""
-    bits = np.empty(x.size, np.int32)
-    exp_into(x, out, bits)
-
-
-@kernel
-def row_max_array(x, n, out):
-    """max(x[i, :n]) by row_max_bits for each row of a 2-d float32 array (for tests)."""
-    for i in prange(x.shape[0]):
-        bits = np.empty(1, np.int32)
-        bits[0] = row_max_bits(x[i].view(np.int32), n)
-        out[i] = bits.view(np.float32)[0]
-
-
-@kernel
-def tanh_array(x, out):
-    """tanh_approx over a whole 1-d float32 array (for tests and benchmarks)."""
-    for i in prange(x.size):
-        out[i] = tanh_approx(x[i])

@@ -11,14 +11,14 @@ the kernel runs once per tensor on flat views: ~50 calls of a few microseconds a
 The gradient-norm clip is beside it and in it: `grad_norm` sums g^2 per tensor in one
 vectorised float64 loop (the twin, optim.grad_norm, squares into a temporary first), and
 the clip's factor (optim.clip_scale) enters the update loop as `grad_scale`, so clipping
-costs no pass of its own. float32 and float64.
+costs no pass of its own. float32 and float64 NumPy arrays, C-contiguous (`takes` says
+whether a dict of parameters qualifies; the dispatch and tinygrad_char.AdamW ask it).
 """
 
 import numpy as np
 
 from tinygrad_char import optim
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import kernel, prange
+from tinygrad_char.fused.cpu._jit import applies, kernel, prange
 
 
 @kernel
@@ -47,41 +47,50 @@ def _sum_squares(g):
     return total
 
 
+def takes(params):
+    """True when CpuAdamW can step these parameters: NumPy float32 or float64 arrays of one
+    dtype, each C-contiguous (the kernel updates them through flat views)."""
+    arrays = list(params.values())
+    return bool(arrays) and applies(*arrays, dtypes=(np.float32, np.float64)) and \
+        all(a.flags.c_contiguous for a in arrays)
+
+
+def grad_norm(grads):
+    """Kernel twin of optim.grad_norm for NumPy float32/float64 grads: sqrt of the float64
+    sum of every g^2 (squared in float64 too, where the twin squares in the grads' dtype:
+    float32 grads differ from it by ~1e-8 relative). A 0-d float64 array."""
+    arrays = list(grads.values())
+    assert applies(*arrays, dtypes=(np.float32, np.float64)), "grad_norm kernel: NumPy grads"
+    return np.sqrt(np.float64(sum(_sum_squares(np.ascontiguousarray(g).reshape(-1))
+                                  for g in arrays)))
+
+
 class CpuAdamW(optim.AdamW):
-    """optim.AdamW whose step is one kernel call per tensor on NumPy float32/float64
-    parameters (else optim.AdamW.step)."""
+    """optim.AdamW whose step is one kernel call per tensor, for parameters `takes`
+    accepts (the caller chooses it only for those)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        assert takes(params), "CpuAdamW: NumPy float32/64 C-contiguous parameters"
         super().__init__(params, lr, betas, eps, weight_decay)
+        # the moments in two flat buffers; the dicts hold views of them
         arrays = list(params.values())
-        if arrays and applies(*arrays, dtypes=(np.float32, np.float64)):
-            # the moments in two flat buffers; the dicts hold views of them
-            total = sum(a.size for a in arrays)
-            self._m_flat = np.zeros(total, dtype=arrays[0].dtype)
-            self._v_flat = np.zeros(total, dtype=arrays[0].dtype)
-            start = 0
-            for name, p in params.items():
-                self.m[name] = self._m_flat[start:start + p.size].reshape(p.shape)
-                self.v[name] = self._v_flat[start:start + p.size].reshape(p.shape)
-                start += p.size
+        total = sum(a.size for a in arrays)
+        self._m_flat = np.zeros(total, dtype=arrays[0].dtype)
+        self._v_flat = np.zeros(total, dtype=arrays[0].dtype)
+        start = 0
+        for name, p in params.items():
+            self.m[name] = self._m_flat[start:start + p.size].reshape(p.shape)
+            self.v[name] = self._v_flat[start:start + p.size].reshape(p.shape)
+            start += p.size
 
     def grad_norm(self, grads):
-        """Kernel twin of optim.grad_norm: sqrt of the float64 sum of every g^2 (squared in
-        float64 too, where the twin squares in the grads' dtype: float32 grads differ from
-        it by ~1e-8 relative)."""
-        arrays = list(grads.values())
-        if not arrays or not applies(*arrays, dtypes=(np.float32, np.float64)):
-            return optim.grad_norm(grads)
-        return np.sqrt(np.float64(sum(_sum_squares(g.reshape(-1)) for g in arrays)))
+        """The global L2 norm of `grads` by the kernel (module function grad_norm)."""
+        return grad_norm(grads)
 
     def step(self, grads, lr=None, grad_scale=1.0):
         """One AdamW update of every parameter from grads * grad_scale (see
         optim.AdamW.step for the math); the grads are not modified."""
         params = list(self.params.values())
-        if not params or not applies(*params, *self.m.values(), *self.v.values(),
-                                     dtypes=(np.float32, np.float64)) or \
-                not all(p.flags.c_contiguous for p in params):
-            return super().step(grads, lr, grad_scale)
         lr = self.lr if lr is None else lr
         self.step_count += 1
         t = self.step_count

@@ -17,8 +17,7 @@ contiguous row, and the scale s = 1/sqrt(hs) is applied inside the kernels (q is
 unscaled). Entries above the diagonal are written as exact zeros. Dropout masks come from
 the model's generator drawn exactly as the twin draws them (one uniform (B, NH, T, T) array
 in the twin's transposed layout, read here as its transpose), so both implementations drop
-the same entries for the same seed. float32 only (the exp is exp_into's method); other
-dtypes go to the twin.
+the same entries for the same seed. float32 only (the exp is exp_into's method).
 
 Why BLAS for the matmuls: a forward written as one numba loop per (b, h), computing only
 the causal half of q k^T (half the FLOPs), took 0.65 ms against 0.43 ms for BLAS at
@@ -34,12 +33,11 @@ import numpy as np
 
 from tinygrad_char.ops import attention as xp_attention
 from tinygrad_char.ops.dropout import uniform_dtype
-from tinygrad_char.fused.cpu import CpuCache, applies
-from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange,
-                                          row_max_bits)
+from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, applies, exp_poly,
+                                          kernel, prange, row_max_bits)
 
 
-@kernel
+@kernel(blas=True)
 def _forward_heads(q, k_t, v, scale, uniform_t, p_drop, P, A, y):
     """Per head bh of q, v (BH, T, hs) and k_t (BH, hs, T), k transposed: P[bh] (T, T) =
     causal softmax of q k^T * scale
@@ -94,7 +92,7 @@ def _forward_heads(q, k_t, v, scale, uniform_t, p_drop, P, A, y):
                 out[h * hs + j] = yh[t, j]
 
 
-@kernel
+@kernel(blas=True)
 def _backward_heads(q, k, v_t, P, A, dy, scale, uniform_t, p_drop, dqkv):
     """Per head bh: dqkv (B, T, 3, NH, hs) gets dq, dk, dv of the forward above, given
     q, k (BH, T, hs), v_t (BH, hs, T) (v transposed), dy (B, T, NH * hs) in y's merged
@@ -143,12 +141,11 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     """Kernel twin of attention.attention_forward: y = merge_heads(softmax(mask(q k^T s)) v).
 
     Args: qkv (B, T, 3C) float32 NumPy; n_head; dropout, rng, training as the twin (the
-    mask is drawn from rng exactly as the twin draws it). Returns y (B, T, C) and a CpuCache
-    of q, k, v (B, NH, T, hs), P (B, NH, T, T), A (P with dropout applied, or P itself),
-    the uniform draws (or None), p and the scale.
+    mask is drawn from rng exactly as the twin draws it). Returns y (B, T, C) and a cache
+    (a dict) of q, k, v (B, NH, T, hs), P (B, NH, T, T), A (P with dropout applied, or P
+    itself), the uniform draws (or None), p and the scale.
     """
-    if not applies(qkv):
-        return xp_attention.attention_forward(qkv, n_head, dropout, rng, training)
+    assert applies(qkv), "attention kernel: float32 NumPy qkv"
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
@@ -171,15 +168,13 @@ def attention_forward(qkv, n_head, dropout=0.0, rng=None, training=True):
     _forward_heads(q.reshape(BH, T, hs), k_t, v.reshape(BH, T, hs),
                    np.float32(scale), (uniform if uniform is not None else att).reshape(BH, T, T),
                    np.float32(p_drop), att.reshape(BH, T, T), att_used.reshape(BH, T, T), y)
-    return y, CpuCache(q=q, k=k, v=v, P=att, A=att_used, uniform=uniform, p_drop=p_drop,
-                       scale=scale)
+    return y, dict(q=q, k=k, v=v, P=att, A=att_used, uniform=uniform, p_drop=p_drop,
+                   scale=scale)
 
 
 def attention_backward(dy, cache):
     """Kernel twin of attention.attention_backward. Args: dy (B, T, C). Returns dqkv
     (B, T, 3C)."""
-    if not isinstance(cache, CpuCache):
-        return xp_attention.attention_backward(dy, cache)
     q, k, v, P, A = cache["q"], cache["k"], cache["v"], cache["P"], cache["A"]
     B, NH, T, hs = q.shape
     BH = B * NH
@@ -200,10 +195,9 @@ def gqa_attention_forward(qkv, n_head, n_kv_head, dropout=0.0, rng=None, trainin
                           window=None):
     """Kernel twin of attention.gqa_attention_forward, the same way: the key and value
     heads repeated into the multi-head layout (attention.repeat_kv_heads), then the kernel
-    above. Sliding windows (window < T) and other dtypes go to the twin."""
-    if not applies(qkv) or (window is not None and window < qkv.shape[1]):
-        return xp_attention.gqa_attention_forward(qkv, n_head, n_kv_head, dropout, rng,
-                                                  training, window)
+    above. No sliding window (window < T): that is the op table's windowed_attention,
+    always the twin."""
+    assert window is None or window >= qkv.shape[1], "gqa kernel: no sliding window"
     packed = xp_attention.repeat_kv_heads(qkv, n_head, n_kv_head)
     y, cache = attention_forward(packed, n_head, dropout, rng, training)
     return y, (cache, n_kv_head)
@@ -212,8 +206,6 @@ def gqa_attention_forward(qkv, n_head, n_kv_head, dropout=0.0, rng=None, trainin
 def gqa_attention_backward(dy, cache):
     """Kernel twin of attention.gqa_attention_backward."""
     mha_cache, n_kv_head = cache
-    if not isinstance(mha_cache, CpuCache):
-        return xp_attention.gqa_attention_backward(dy, cache)
     n_head = mha_cache["q"].shape[1]
     return xp_attention.sum_repeated_kv_grads(attention_backward(dy, mha_cache), n_head,
                                               n_kv_head)

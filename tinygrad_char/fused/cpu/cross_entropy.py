@@ -12,10 +12,8 @@ once per forward. float32 only (exp is `_jit.exp_poly`); other dtypes go to the 
 
 import numpy as np
 
-from tinygrad_char.ops import cross_entropy as xp_cross_entropy
-from tinygrad_char.fused.cpu import CpuCache, applies
-from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, exp_poly, kernel, prange,
-                                          row_max_bits)
+from tinygrad_char.fused.cpu._jit import (EXP_MIN, LN2_HI, LN2_LO, LOG2E, applies, exp_poly,
+                                          kernel, prange, row_max_bits)
 
 
 ROWS_PER_CHUNK = 64  # rows per prange chunk (each chunk allocates its exp scratch once)
@@ -77,9 +75,8 @@ def _forward(z, targets, losses, dz):
 def cross_entropy_forward(logits, targets):
     """Kernel twin of cross_entropy.cross_entropy_forward: mean softmax cross-entropy over
     valid targets (-1 ignored). Args: logits (N, V) or (B, T, V) float32, targets (N,) or
-    (B, T). Returns loss (0-d) and a CpuCache holding dlogits for dloss = 1."""
-    if not applies(logits):
-        return xp_cross_entropy.cross_entropy_forward(logits, targets)
+    (B, T). Returns loss (0-d) and a cache (a dict) holding dlogits for dloss = 1."""
+    assert applies(logits), "cross-entropy kernel: float32 NumPy logits"
     V = logits.shape[-1]
     z = np.ascontiguousarray(logits).reshape(-1, V)  # (N, V)
     flat_t = np.ascontiguousarray(np.asarray(targets).reshape(-1), dtype=np.int64)  # (N,)
@@ -92,14 +89,12 @@ def cross_entropy_forward(logits, targets):
         raise IndexError(f"cross-entropy: targets must be in [0, {V}) or -1 (ignored), got "
                          f"values in [{flat_t.min()}, {flat_t.max()}]")
     loss = np.asarray(loss_sum / max(n_valid, 1), dtype=np.float32)
-    return loss, CpuCache(dlogits=dlogits, shape=logits.shape)
+    return loss, dict(dlogits=dlogits, shape=logits.shape)
 
 
 def cross_entropy_backward(dloss, cache):
     """Kernel twin of cross_entropy.cross_entropy_backward: the forward's dlogits * dloss
     (handed over without a copy when dloss is 1)."""
-    if not isinstance(cache, CpuCache):
-        return xp_cross_entropy.cross_entropy_backward(dloss, cache)
     dlogits = cache["dlogits"]
     if not (isinstance(dloss, (int, float)) and dloss == 1.0):
         dlogits = dlogits * np.float32(dloss)

@@ -14,8 +14,7 @@ float32 and float64.
 import numpy as np
 
 from tinygrad_char.ops import dropout as xp_dropout
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import kernel, prange
+from tinygrad_char.fused.cpu._jit import applies, kernel, prange
 
 
 @kernel
@@ -36,9 +35,11 @@ def _backward(dy, mask, dx):
 
 
 def dropout_forward(x, p, rng, training=True):
-    """Kernel twin of dropout.dropout_forward (same draw, same mask, same cache)."""
-    if not training or p == 0.0 or not applies(x, dtypes=(np.float32, np.float64)):
+    """Kernel twin of dropout.dropout_forward (same draw, same mask, same cache); outside
+    training or with p = 0 it is the identity, as the twin (which it calls then)."""
+    if not training or p == 0.0:
         return xp_dropout.dropout_forward(x, p, rng, training)
+    assert applies(x, dtypes=(np.float32, np.float64)), "dropout kernel: float32/64 NumPy x"
     u = rng.random(x.shape, dtype=xp_dropout.uniform_dtype(x.dtype))  # the twin's draw
     dtype = x.dtype.type
     y = np.empty(x.shape, dtype=x.dtype)
@@ -50,9 +51,9 @@ def dropout_forward(x, p, rng, training=True):
 
 def dropout_backward(dy, cache):
     """Kernel twin of dropout.dropout_backward: dx = dy * mask."""
-    if cache is None or not applies(dy, cache, dtypes=(np.float32, np.float64)) or \
-            dy.shape != cache.shape:
+    if cache is None:  # the forward was the identity
         return xp_dropout.dropout_backward(dy, cache)
-    dx = np.empty(dy.shape, dtype=dy.dtype)
-    _backward(np.ascontiguousarray(dy).reshape(-1), cache.reshape(-1), dx.reshape(-1))
+    dx = np.empty(cache.shape, dtype=cache.dtype)
+    _backward(np.ascontiguousarray(dy, dtype=cache.dtype).reshape(-1), cache.reshape(-1),
+              dx.reshape(-1))
     return dx

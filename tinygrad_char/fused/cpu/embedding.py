@@ -8,15 +8,14 @@ the N rows adding each into its id's row (repeated ids add up correctly; the ord
 so the result is bit-reproducible). Positions: out[b, t] = x[b, t] + W[start + t], a batch
 row per thread (the position rows added as one contiguous T C loop); backward dW[start + t]
 = sum over b of dout[b, t], a position per thread, summed in batch order. Few rows (under
-_jit.SERIAL_BELOW elements) go to the twins: NumPy's take and add are as fast there.
-float32 and float64.
+_jit.SERIAL_BELOW elements: `_jit.too_small`, the per-call rule by size) go to the twins:
+NumPy's take and add are as fast there. float32 and float64.
 """
 
 import numpy as np
 
 from tinygrad_char.ops import embedding as xp_embedding
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import SERIAL_BELOW, kernel, prange, serial_kernel
+from tinygrad_char.fused.cpu._jit import applies, kernel, prange, serial_kernel, too_small
 
 
 @kernel(work=2)
@@ -48,9 +47,10 @@ def _scatter_add(idx, dout, dW):
 def embedding_forward(idx, W):
     """Kernel twin of embedding.embedding_forward: out[b, t] = W[idx[b, t]]. Args: idx
     (B, T) ints, W (V, C). Returns out (B, T, C) and the twin's cache (idx, V)."""
-    if not isinstance(idx, np.ndarray) or idx.size * W.shape[-1] < SERIAL_BELOW or \
-            idx.dtype.kind not in "iu" or not applies(W, dtypes=(np.float32, np.float64)):
-        return xp_embedding.embedding_forward(idx, W)  # and a few rows: NumPy's take is as fast
+    assert applies(W, dtypes=(np.float32, np.float64)), "embedding kernel: float32/64 W"
+    if not isinstance(idx, np.ndarray) or idx.dtype.kind not in "iu" or \
+            too_small(idx.size * W.shape[-1]):
+        return xp_embedding.embedding_forward(idx, W)  # checks idx; few rows: as fast
     out = np.empty((idx.size, W.shape[1]), dtype=W.dtype)
     if _gather(np.ascontiguousarray(idx).reshape(-1), np.ascontiguousarray(W), out):
         return xp_embedding.embedding_forward(idx, W)  # raises (or wraps negative ids)
@@ -60,8 +60,7 @@ def embedding_forward(idx, W):
 def embedding_backward(dout, cache):
     """Kernel twin of embedding.embedding_backward. Args: dout (B, T, C), cache (idx, V)
     from embedding_forward. Returns dW (V, C)."""
-    if not applies(dout, dtypes=(np.float32, np.float64)):
-        return xp_embedding.embedding_backward(dout, cache)
+    assert applies(dout, dtypes=(np.float32, np.float64)), "embedding kernel: float32/64 dout"
     idx, V = cache
     C = dout.shape[-1]
     flat_idx = np.ascontiguousarray(np.asarray(idx).reshape(-1), dtype=np.int64)  # (N,)
@@ -100,9 +99,10 @@ def _sum_over_batch(dout, start, dW):
 def position_embedding_forward(x, W, start=0):
     """Kernel twin of embedding.position_embedding_forward: out[b, t] = x[b, t] + W[start + t].
     Args: x (B, T, C), W (block_size, C). Returns out (B, T, C) and the twin's cache."""
-    if x.size < SERIAL_BELOW or not applies(x, W, dtypes=(np.float32, np.float64)) or \
-            x.ndim != 3 or start + x.shape[1] > W.shape[0]:
-        return xp_embedding.position_embedding_forward(x, W, start)  # few rows: NumPy's add
+    assert applies(x, W, dtypes=(np.float32, np.float64)), \
+        "position embedding kernel: float32/64 NumPy inputs of one dtype"
+    if too_small(x.size) or x.ndim != 3 or start + x.shape[1] > W.shape[0]:
+        return xp_embedding.position_embedding_forward(x, W, start)  # checks; few rows
     B, T, C = x.shape
     out = np.empty(x.shape, dtype=x.dtype)
     _add_positions(np.ascontiguousarray(x).reshape(B, T * C),
@@ -114,8 +114,7 @@ def position_embedding_backward(dout, cache):
     """Kernel twin of embedding.position_embedding_backward. Args: dout (B, T, C). Returns
     dW (block_size, C)."""
     shape, start = cache
-    if not applies(dout, dtypes=(np.float32, np.float64)) or dout.ndim != 3 or \
-            dout.shape[0] == 0:
+    if dout.ndim != 3 or dout.shape[0] == 0:
         return xp_embedding.position_embedding_backward(dout, cache)
     dW = np.zeros(shape, dtype=dout.dtype)
     _sum_over_batch(np.ascontiguousarray(dout), start, dW)

@@ -2,7 +2,7 @@
 tinygrad_char/ops/linear.py.
 
 The CPU kernels and the matmuls share one pool of threads (numba's, see `_jit.py` and
-`cpu_kernels.set_threads`): BLAS runs one thread, and each matmul here is cut into as many
+`runtime.set_threads`): BLAS runs one thread, and each matmul here is cut into as many
 row blocks as the pool has threads, one single-threaded BLAS call per block and thread. With
 x2 = x as (N, in), dy2 = dy as (N, out), and rows c the c-th block of rows:
 
@@ -13,16 +13,15 @@ x2 = x as (N, in), dy2 = dy as (N, out), and rows c the c-th block of rows:
 
 The partials are summed in a fixed order, so a result depends on the thread count (float
 rounding) but never on timing. float32 and float64 (BLAS sgemm / dgemm through numba's
-np.dot); other dtypes (float16 mixed precision), CuPy arrays and products too small to
-share out (under SMALL multiply-adds: a token of generation) go to the twin.
+np.dot). Products too small to share out (a token of generation) run on the twin, NumPy's
+matmul: `_jit.too_small`, the per-call rule by size.
 """
 
 import numba
 import numpy as np
 
 from tinygrad_char.ops import linear as xp_linear
-from tinygrad_char.fused.cpu import applies
-from tinygrad_char.fused.cpu._jit import helper, kernel, prange
+from tinygrad_char.fused.cpu._jit import applies, helper, kernel, prange, too_small
 
 
 @helper
@@ -41,7 +40,7 @@ def _add_into(dst, src):
         dst[j] += src[j]
 
 
-@kernel
+@kernel(blas=True)
 def _matmul_rows(a, b, bias, has_bias, n_blocks, out):
     """out (M, N) = a (M, K) @ b (K, N) (+ bias (N,) on every row), a's rows cut in
     n_blocks blocks (one per thread); the bias is added to a block while it is in cache."""
@@ -54,7 +53,7 @@ def _matmul_rows(a, b, bias, has_bias, n_blocks, out):
                     _add_into(out[i], bias)
 
 
-@kernel
+@kernel(blas=True)
 def _weight_grad(dy, x, has_bias, dW_part, db_part):
     """dW_part[c] (out, in) = dy[rows c].T @ x[rows c], db_part[c] (out,) = the rows' sum of
     dy, for dy (N, out), x (N, in) and one block c per thread (the caller sums them)."""
@@ -83,11 +82,6 @@ def _sum_blocks(part, out):
         out[j] = s
 
 
-SMALL = 1 << 20  # multiply-adds below which the twin runs: generation's products, a few rows
-#                 each (cutting one row's (1, 128) x (128, 384) in blocks cost 5.5 us
-#                 against 3.5 us; 63 tokens of 8 rows took 36.9 ms with them cut, 29.9 not)
-
-
 def _as_rows(a):
     return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
 
@@ -95,8 +89,9 @@ def _as_rows(a):
 def linear_forward(x, W, b=None):
     """Kernel twin of linear.linear_forward: y = x @ W.T + b. Args: x (..., in), W (out, in),
     b (out,) or None. Returns y (..., out) and the twin's cache (x, W, has_bias)."""
-    if x.size * W.shape[0] < SMALL or not applies(x, W, *(() if b is None else (b,)),
-                                                  dtypes=(np.float32, np.float64)):
+    assert applies(x, W, *(() if b is None else (b,)), dtypes=(np.float32, np.float64)), \
+        "linear kernel: float32/64 NumPy inputs of one dtype"
+    if too_small(x.size * W.shape[0], matmul=True):
         return xp_linear.linear_forward(x, W, b)
     x2 = _as_rows(x)  # (N, in)
     y = np.empty((x2.shape[0], W.shape[0]), dtype=x.dtype)  # (N, out)
@@ -111,7 +106,7 @@ def linear_backward(dy, cache):
     """Kernel twin of linear.linear_backward. Returns (dx, dW, db); db is None when the
     forward had no bias."""
     x, W, has_bias = cache
-    if x.size * W.shape[0] < SMALL or not applies(dy, x, W, dtypes=(np.float32, np.float64)):
+    if too_small(x.size * W.shape[0], matmul=True):
         return xp_linear.linear_backward(dy, cache)
     dy2, x2 = _as_rows(dy), _as_rows(x)  # (N, out), (N, in)
     W = np.ascontiguousarray(W)

@@ -3,20 +3,18 @@
     python -m tinygrad_char.fused.cpu.warm     # every float32 kernel of training, now
 
 A fresh install compiles its kernels on the first training step: 12.6 s on a 2-core AMD
-EPYC (kernels/README.md has the figures), and 0.4 s from the cache afterwards. So when the
-kernels are first chosen with a cold cache and the process has a core to spare,
-`start_in_background` starts this module in a second process that compiles them in the
-reverse order of a training step (attention, the largest, first; then AdamW back to the
-embedding) while training compiles them in step order as it meets them: each kernel is compiled by whichever process reaches
-it first and loaded from the cache by the other (numba replaces cache files atomically, and
-both compile the same code), so the first step costs less (12.6 s -> 8.8-10.7 s measured).
-The helper ends with the process that started it. TINYGRAD_CHAR_COMPILE_AHEAD=0 turns it
-off; running this module by hand (an image build, a CI step) leaves nothing to compile.
+EPYC (kernels/README.md has the figures), and 0.4 s from the cache afterwards. So
+`tinygrad_char.runtime.setup` (what the entry points call), with a cold cache and a core to
+spare, starts this module in a second process (`runtime.start_compile_ahead`) that compiles
+them in the reverse order of a training step (attention, the largest, first; then AdamW
+back to the embedding) while training compiles them in step order as it meets them: each
+kernel is compiled by whichever process reaches it first and loaded from the cache by the
+other (numba replaces cache files atomically, and both compile the same code), so the first
+step costs less (12.6 s -> 8.8-10.7 s measured). TINYGRAD_CHAR_COMPILE_AHEAD=0 turns it off;
+running this module by hand (an image build, a CI step) leaves nothing to compile.
 """
 
-import atexit
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -29,11 +27,11 @@ SHAPES = (dict(B=2, T=4, C=8, NH=2, V=5),  # below _jit.SERIAL_BELOW: the serial
 def exercises(B, T, C, NH, V):
     """(name, fn) pairs in training-step order; fn calls one op's kernels (forward and
     backward) on float32 inputs of these sizes, with the types training passes them."""
-    from tinygrad_char.fused.cpu import ops as kernel_ops
+    from tinygrad_char.fused.cpu import kernels
     from tinygrad_char.fused.cpu import rmsnorm, rope, swiglu
     from tinygrad_char.ops.rope import rope_tables
 
-    ops = kernel_ops()
+    ops = {name: fn for name, (fn, _) in kernels().items()}
     rng = np.random.default_rng(0)
     f32 = np.float32
 
@@ -52,7 +50,7 @@ def exercises(B, T, C, NH, V):
     def adamw():
         params = {"w": rng.standard_normal((C, C)).astype(f32), "b": np.zeros(C, f32)}
         opt = ops["AdamW"](params, lr=1e-3)
-        opt.step(params, grad_scale=opt.grad_norm(params))
+        opt.step(params, grad_scale=opt.grad_norm(params))  # the norm's kernel too
 
     ones, zeros = np.ones(C, f32), np.zeros(C, f32)
     W = rng.standard_normal((3 * C, C)).astype(f32)
@@ -75,8 +73,6 @@ def exercises(B, T, C, NH, V):
         ("attention", lambda: pair(lambda a: ops["attention_forward"](a, NH, 0.1, rng, True),
                                    ops["attention_backward"],
                                    rng.standard_normal((B, T, 3 * C)).astype(f32))),
-        ("gelu_bias", lambda: pair(ops["gelu_bias_forward"], ops["gelu_bias_backward"], x(),
-                                   zeros)),
         ("gelu", lambda: pair(ops["gelu_forward"], ops["gelu_backward"], x())),
         ("swiglu", lambda: pair(swiglu.swiglu_forward, swiglu.swiglu_backward, x(), x())),
         ("relu", lambda: pair(ops["relu_forward"], ops["relu_backward"], x())),
@@ -109,34 +105,6 @@ def cache_is_warm():
                    for build in (k.parallel, k.serial))
     except AttributeError:  # another numba's cache internals: assume warm, start nothing
         return True
-
-
-_HELPER = None
-
-
-def start_in_background(threads):
-    """Start the reverse-order compile in a second process when the cache is cold, the
-    process has a spare core (threads >= 2) and TINYGRAD_CHAR_COMPILE_AHEAD is not 0.
-    Returns the helper's Popen, or None."""
-    global _HELPER
-    if _HELPER is not None or threads < 2 or \
-            os.environ.get("TINYGRAD_CHAR_COMPILE_AHEAD", "1") == "0" or cache_is_warm():
-        return None
-    env = {**os.environ, "TINYGRAD_CHAR_COMPILE_AHEAD": "0", "NUMBA_NUM_THREADS": "1"}
-    _HELPER = subprocess.Popen([sys.executable, "-m", "tinygrad_char.fused.cpu.warm",
-                                "--reverse"], env=env, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    atexit.register(_stop_helper)
-    return _HELPER
-
-
-def _stop_helper():
-    if _HELPER is not None and _HELPER.poll() is None:
-        _HELPER.terminate()  # what it wrote is complete: numba replaces files atomically
-        try:
-            _HELPER.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            _HELPER.kill()
 
 
 def main(argv=None):
