@@ -582,7 +582,7 @@ def test_cpu_table_uses_the_kernels():
     ops = dispatch.resolve("cpu", "numpy", CFG)
     for name, (op, _) in cpu_kernels.kernels().items():
         assert getattr(ops, name) is op, f"resolve('cpu').{name} is not the CPU kernel"
-    assert ops.swiglu_forward is dispatch.Ops().swiglu_forward  # no kernel
+    assert ops.gelu_exact_forward is dispatch.Ops().gelu_exact_forward  # no kernel
     assert dispatch.resolve("auto", "numpy", CFG) == ops, "auto on NumPy is 'cpu'"
 
 
