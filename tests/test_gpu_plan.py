@@ -12,15 +12,12 @@ import sys
 
 import pytest
 
-from conftest import CUPY_MISSING, DATA, REPO
+from conftest import CUPY_MISSING, REPO, wikitext_like_dir
 
 sys.path.insert(0, str(REPO))
 from benchmarks import gpu_plan  # noqa: E402
 
 PLAN = REPO / "benchmarks" / "gpu_plan.py"
-WIKITEXT = DATA / "wikitext-2-raw"
-needs_wikitext = pytest.mark.skipif(not (WIKITEXT / "wiki.valid.raw").is_file(),
-                                    reason=f"WikiText-2 not found in {WIKITEXT}")
 
 
 def run_plan(*args, out=None, timeout=600):
@@ -170,12 +167,11 @@ def test_device_data_is_ignored_by_git():
     assert gpu_plan.DATA_DIR.relative_to(REPO).parts[0] == gpu_plan.CARRY == "device_data"
 
 
-@needs_wikitext
 def test_the_train_stage_rehearsed_on_the_cpu(tmp_path):
     """The train stage's machinery with NumPy and a tiny model: a run that saves a
     checkpoint, its resume, a sample; the results copied under $OUT/train (at most 8
     files), the checkpoints left in the scratch folder."""
-    gpu_plan.prepare_data(WIKITEXT, tmp_path / "data")
+    gpu_plan.prepare_data(wikitext_like_dir(), tmp_path / "data")  # WikiText-2's layout
     done = run_plan("train", "--rehearse", "--data", tmp_path / "data", "--work",
                     tmp_path / "work", out=tmp_path / "out")
     assert done.returncode == 0, done.stdout + done.stderr

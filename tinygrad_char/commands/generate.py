@@ -22,7 +22,8 @@ import sys
 import numpy as np
 
 from tinygrad_char import runtime
-from tinygrad_char.training.cli import (Parser, UsageError, describe_range, float_arg, int_arg,
+from tinygrad_char.schema import describe_range
+from tinygrad_char.training.cli import (Parser, UsageError, float_arg, int_arg,
                                         run_cli)
 from tinygrad_char.training.config import check_memory, generation_memory_bytes
 from tinygrad_char.interop.onnx_export import load_for_sampling
