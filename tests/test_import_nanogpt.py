@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from tinygrad_char.training.checkpoint import load_checkpoint
+from tinygrad_char.training.tokenizer import CharTokenizer
 from tinygrad_char.training.cli import run_cli
 from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWarning,
                                            check_output_file, exact_gelu, import_state, read_meta,
@@ -26,7 +27,7 @@ from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWar
 
 from conftest import REPO
 
-from tinygrad_char.interop.nanogpt_io import import_nanogpt  # the files
+from tinygrad_char.interop.nanogpt_io import import_nanogpt, reference_logits  # the files
 from tinygrad_char.commands import import_nanogpt as importer  # the command
 
 try:
@@ -224,6 +225,26 @@ def compare(model, out):
         theirs = model(torch.from_numpy(idx)).numpy()  # float64 reference
     logits = ours.forward(idx)[0].astype(np.float64)
     return float(np.abs(logits - theirs).max() / np.abs(theirs).max()), tokenizer, meta
+
+
+@needs_torch
+@needs_exact_gelu
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_reference_forward_is_nanogpts(approximate, bias):
+    """nanogpt_io.reference_logits, our float64 xp forward that checks every conversion,
+    computes nanoGPT's forward (PyTorch, nanoGPT's code) with either GELU."""
+    args = model_args(bias)
+    model = build(args, approximate=approximate)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    activation = "gelu_exact" if approximate == "none" else "gelu"
+    config, params, _ = to_ours(state, args, CharTokenizer(CHARS, unk=False), activation)
+    idx = np.random.default_rng(2).integers(0, len(CHARS), size=(3, 16))
+    ours = reference_logits(params, config, idx, approximate)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(idx)).numpy()
+    err = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+    assert ours.dtype == np.float64 and err < 1e-12, (approximate, bias, err)
 
 
 @needs_torch

@@ -85,7 +85,7 @@ ACTIVATION_KEY = "tinygrad_char_activation"  # our activation, in ckpt.pt's "con
 DEFAULT_DATASET = "tinygrad_char"  # sample.py reads data/<dataset>/meta.pkl
 CHECK_BATCH = 4  # rows of the random batch the logits are compared on
 MAX_CHECK_T = 256  # ... and at most this many positions (block_size when smaller)
-AGREEMENT = 1e-4  # float32 forward vs the float64 reference, same GELU: relative to the largest logit
+AGREEMENT = 1e-4  # float32 forward vs float64 reference, same GELU: relative to the top logit
 _DATASET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -425,8 +425,9 @@ def compare_with_reference(model, params, reference_logits):
     same = diffs[reference_gelu_mode(config.activation)]
     if not same <= AGREEMENT * scale:
         raise ConversionError(f"the converted model disagrees with the float64 reference "
-                              f"forward of the same weights ({config.activation}: max |logits difference| "
-                              f"{same:.2e}, largest logit {scale:.2f}); please report this")
+                              f"forward of the same weights ({config.activation}: max |logits "
+                              f"difference| {same:.2e}, largest logit {scale:.2f}); please "
+                              f"report this")
     return {"max_diff_erf": diffs["none"], "max_diff_tanh": diffs["tanh"],
             "max_abs_logit": scale, "check_shape": list(idx.shape)}
 
