@@ -214,9 +214,13 @@ def load(path, allow_pickle=False):
                 if name not in names:
                     raise TorchFileError(f"data.pkl names the storage {key!r} but the "
                                          f"archive has no {name}")
-                storages[key] = _storage_array(z.read(name), storage_type.code, byteorder,
-                                               numel)
-            return storages[key]
+                storages[key] = (storage_type.name,
+                                 _storage_array(z.read(name), storage_type.code, byteorder,
+                                                numel))
+            if storages[key][0] != storage_type.name:  # torch.save refuses this too
+                raise TorchFileError(f"the storage {key!r} is read as {storages[key][0]} and "
+                                     f"as {storage_type.name}")
+            return storages[key][1]
 
         with z.open(prefix + "data.pkl") as f:
             return _Unpickler(io.BytesIO(f.read()), read_storage, allow_pickle).load()
