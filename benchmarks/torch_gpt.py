@@ -8,8 +8,8 @@ nanoGPT's fixed choices (exact GELU, learned positions, pre-norm, tied head) and
 GPTConfig. Every variant of our GPTConfig runs: RoPE, RMSNorm, SwiGLU, grouped-query
 attention, sinusoidal positions, post-norm, untied head, no biases.
 
-It lives in benchmarks/ (the PyTorch comparison model), where tests, benchmarks and
-examples/nanogpt_torch.py import it; the library (tinygrad_char/) never imports it or torch.
+It lives in benchmarks/ (the PyTorch comparison model), where tests and benchmarks import
+it; the library (tinygrad_char/) never imports it or torch.
 """
 
 import math

@@ -1,12 +1,13 @@
-"""The import direction (tinygrad_char.interop.nanogpt and its torch half,
-tinygrad_char/interop/nanogpt_torch.py) and the import-nanogpt command, against the nanoGPT twin of
+"""The import direction (tinygrad_char.interop.nanogpt and its file half,
+tinygrad_char/interop/nanogpt_io.py) and the import-nanogpt command, against the nanoGPT twin of
 nanogpt_twin.py: models saved the way nanoGPT's train.py and prepare.py save (torch.save
 of {'model', 'model_args', ...} plus a pickled meta.pkl), converted, loaded with
 load_checkpoint, and compared logit for logit. With the same GELU on both
 sides they agree to float32 rounding; with nanoGPT's exact-erf GELU against our tanh GELU
 the difference is bounded and reported. Then a table of bad files through the command
 line: one line naming the problem and the fix, exit status 2, no traceback. The vocabulary
-and output-path checks need no torch; the rest is skipped, with the reason, without it."""
+and output-path checks need no torch; the files are made by torch.save (and the import
+then runs with torch hidden too), so the rest is skipped, with the reason, without it."""
 
 import argparse
 import pickle
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 
 from tinygrad_char.training.checkpoint import load_checkpoint
+from tinygrad_char.training.tokenizer import CharTokenizer
 from tinygrad_char.training.cli import run_cli
 from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWarning,
                                            check_output_file, exact_gelu, import_state, read_meta,
@@ -25,7 +27,7 @@ from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWar
 
 from conftest import REPO
 
-from tinygrad_char.interop.nanogpt_torch import import_nanogpt  # the torch half
+from tinygrad_char.interop.nanogpt_io import import_nanogpt, reference_logits  # the files
 from tinygrad_char.commands import import_nanogpt as importer  # the command
 
 try:
@@ -226,6 +228,26 @@ def compare(model, out):
 
 
 @needs_torch
+@needs_exact_gelu
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_reference_forward_is_nanogpts(approximate, bias):
+    """nanogpt_io.reference_logits, our float64 xp forward that checks every conversion,
+    computes nanoGPT's forward (PyTorch, nanoGPT's code) with either GELU."""
+    args = model_args(bias)
+    model = build(args, approximate=approximate)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    activation = "gelu_exact" if approximate == "none" else "gelu"
+    config, params, _ = to_ours(state, args, CharTokenizer(CHARS, unk=False), activation)
+    idx = np.random.default_rng(2).integers(0, len(CHARS), size=(3, 16))
+    ours = reference_logits(params, config, idx, approximate)
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(idx)).numpy()
+    err = float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+    assert ours.dtype == np.float64 and err < 1e-12, (approximate, bias, err)
+
+
+@needs_torch
 @pytest.mark.parametrize("bias", [True, False])
 def test_tanh_gelu_model_converts_exactly(tmp_path, bias):
     args = model_args(bias)
@@ -356,10 +378,18 @@ def _bad_ckpt(tmp_path, what, good):
         path.write_bytes(b"\x80\x02" + np.random.default_rng(0).bytes(5000))
     elif what == "text file":
         path.write_text("this is a text file, not a checkpoint\n" * 20)
-    elif what == "truncated legacy":  # torch.save's pickle format (before PyTorch 1.6)
+    elif what in ("legacy", "truncated legacy"):  # torch.save's format before PyTorch 1.6
         legacy = tmp_path / "legacy.pt"
         torch.save(torch.load(good), legacy, _use_new_zipfile_serialization=False)
-        path.write_bytes(legacy.read_bytes()[:len(legacy.read_bytes()) // 2])
+        cut = len(legacy.read_bytes()) // (2 if what == "truncated legacy" else 1)
+        path.write_bytes(legacy.read_bytes()[:cut])
+    elif what == "os.system":  # a hostile data.pkl: os.system("echo pwned")
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nX\n\x00\x00\x00echo "
+                                           b"pwned\x85R.")
+            z.writestr("archive/version", b"3\n")
     elif what.startswith("truncated"):
         path.write_bytes(data[:int(len(data) * float(what.split()[1]))])
     elif what == "empty":
@@ -385,17 +415,18 @@ def _bad_ckpt(tmp_path, what, good):
 BAD_CKPTS = [  # what, flags, expected fragment, fragment that must not appear
     ("random bytes", [], "not a PyTorch checkpoint (starts with bytes", "--trust-pickle"),
     ("random bytes", ["--trust-pickle"], "not a PyTorch checkpoint", "--trust-pickle"),
-    ("pickle-like bytes", [], "not a PyTorch checkpoint (unpickling failed: Unsupported",
+    ("pickle-like bytes", [], "not a PyTorch checkpoint (a pickle, but not one torch.save",
      "--trust-pickle"),
-    ("pickle-like bytes", ["--trust-pickle"], "not a PyTorch checkpoint (unpickling failed",
+    ("pickle-like bytes", ["--trust-pickle"], "not a PyTorch checkpoint (a pickle",
      "--trust-pickle"),
     ("text file", [], "not a PyTorch checkpoint (a text file", "101"),
     ("text file", ["--trust-pickle"], "not a PyTorch checkpoint (a text file", "101"),
     ("truncated 0.01", [], "truncated or damaged", "Errno"),
     ("truncated 0.5", [], "truncated or damaged", "Errno"),
     ("truncated 0.999", ["--trust-pickle"], "truncated or damaged", "Errno"),
-    ("truncated legacy", [], "truncated, damaged or not a PyTorch checkpoint",
-     "--trust-pickle"),
+    ("legacy", [], "legacy format (PyTorch < 1.6), which is not read here; re-save it with "
+                   "PyTorch >= 1.6", "--trust-pickle"),
+    ("truncated legacy", [], "legacy format (PyTorch < 1.6)", "--trust-pickle"),
     ("empty", [], "empty file", None),
     ("missing", [], "no such file", None),
     ("folder", [], "is a folder; pass the ckpt.pt file inside it", None),
@@ -403,6 +434,8 @@ BAD_CKPTS = [  # what, flags, expected fragment, fragment that must not appear
     ("a tensor, not a dict", [], "expected nanoGPT's", None),
     ("python object", [], "(argparse.Namespace); if you trust the file, pass --trust-pickle",
      None),
+    ("os.system", [], "holds a Python object beyond tensors and plain data (os.system); if "
+                      "you trust", "pwned"),
 ]
 
 
@@ -422,7 +455,8 @@ def test_bad_ckpt_is_one_line(tmp_path, capsys, what, flags, fragment, absent):
 @needs_torch
 @pytest.mark.parametrize("legacy", [False, True])
 def test_every_truncation_is_refused_with_one_line(tmp_path, legacy):
-    """ckpt.pt cut at 40 points (zip format, and torch.save's older pickle format)."""
+    """ckpt.pt cut at 40 points (zip format: truncated; torch.save's older pickle format:
+    refused as such, once its header is whole)."""
     args = model_args()
     good, meta = save_nanogpt(tmp_path, build(args), args)
     if legacy:
@@ -436,7 +470,9 @@ def test_every_truncation_is_refused_with_one_line(tmp_path, legacy):
                 import_nanogpt(str(cut), meta, str(tmp_path / "o.safetensors"), trust)
             message = str(e.value)
             assert "\n" not in message and "Errno" not in message, (n, message)
-            assert "truncated" in message or "empty file" in message, (n, message)
+            expected = ("truncated", "empty file") if not legacy else \
+                ("legacy format", "empty file", "not a PyTorch checkpoint")
+            assert any(e in message for e in expected), (n, message)
 
 
 @needs_torch
@@ -487,12 +523,18 @@ def test_script_run_prints_no_traceback(tmp_path):
     assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
 
 
-def test_without_torch_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    meta = write_meta(tmp_path / "meta.pkl")
-    (tmp_path / "ckpt.pt").write_bytes(b"PK\x03\x04")
-    assert run_cli(importer.main, [str(tmp_path / "ckpt.pt"), meta,
-                                   str(tmp_path / "o.safetensors")]) == 2
-    err = capsys.readouterr().err
-    assert err == "error: reading ckpt.pt needs PyTorch (ckpt.pt is a torch file): " \
-                  "pip install torch\n", err
+@needs_torch
+def test_import_without_torch(tmp_path, capsys, monkeypatch):
+    """nanoGPT's ckpt.pt (torch.compile's prefix, mask buffers, a tensor in the config)
+    converts through the command with torch hidden, to the logits of nanoGPT's forward."""
+    args = model_args()
+    model = build(args, approximate="tanh", flash=False)
+    paths = save_nanogpt(tmp_path, model, args, compiled=True)
+    out = str(tmp_path / "o.safetensors")
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+        assert run_cli(importer.main, [*paths, out, "--activation", "gelu"]) == 0, \
+            capsys.readouterr().err
+    assert "wrote" in capsys.readouterr().out
+    err, tokenizer, meta = compare(model, out)
+    assert err < 1e-5 and tokenizer.chars == CHARS and meta["step"] == 250, err

@@ -34,9 +34,8 @@ COMMANDS = {
     "export-onnx": ("export_onnx", "export a checkpoint's forward to ONNX (needs the extra "
                                    "'onnx')"),
     "import-nanogpt": ("import_nanogpt", "convert nanoGPT's ckpt.pt + meta.pkl into a "
-                                         "checkpoint (needs PyTorch)"),
-    "export-nanogpt": ("export_nanogpt", "write a checkpoint as nanoGPT's ckpt.pt + meta.pkl "
-                                         "(needs PyTorch)"),
+                                         "checkpoint"),
+    "export-nanogpt": ("export_nanogpt", "write a checkpoint as nanoGPT's ckpt.pt + meta.pkl"),
 }
 
 

@@ -5,12 +5,12 @@
     mkdir -p data/tinygrad_char && cp out-nano/meta.pkl data/tinygrad_char/
     python sample.py --out_dir=out-nano --device=cpu
 
-A thin command line over tinygrad_char.interop.nanogpt_torch.export_nanogpt (which writes
-ckpt.pt with torch; tinygrad_char.interop.nanogpt's docstring says what can be exported and how
+A thin command line over tinygrad_char.interop.nanogpt_io.export_nanogpt (which writes
+ckpt.pt without torch; tinygrad_char.interop.nanogpt's docstring says what can be exported and how
 GELU differs: our default "gelu" is the tanh approximation,
 nanoGPT computes exact erf GELU, so a "gelu" model gets a warning with the measured
 logits difference; a "gelu_exact" model exports exactly). Our unknown id is an ordinary
-entry of meta.pkl's itos/stoi (it decodes to U+FFFD). Needs PyTorch (to write ckpt.pt).
+entry of meta.pkl's itos/stoi (it decodes to U+FFFD).
 Every error is one line "error: ..." on stderr and exit status 2.
 """
 
@@ -18,7 +18,7 @@ import argparse
 import sys
 import warnings
 
-from tinygrad_char.interop.nanogpt_torch import export_nanogpt
+from tinygrad_char.interop.nanogpt_io import export_nanogpt
 from tinygrad_char.training.cli import Parser, run_cli
 from tinygrad_char.interop.nanogpt import (DEFAULT_DATASET, ConversionError,
                                            GeluApproximationWarning)

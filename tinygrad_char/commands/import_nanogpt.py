@@ -3,11 +3,11 @@
     tinygrad-char import-nanogpt out-shakespeare-char/ckpt.pt \
         data/shakespeare_char/meta.pkl shakespeare_char.safetensors
 
-A thin command line over tinygrad_char.interop.nanogpt_torch.import_nanogpt (which reads
-ckpt.pt with torch; tinygrad_char.interop.nanogpt's docstring says what is converted, what is
+A thin command line over tinygrad_char.interop.nanogpt_io.import_nanogpt (which reads
+ckpt.pt without torch; tinygrad_char.interop.nanogpt's docstring says what is converted, what is
 refused and how GELU differs). It prints what it wrote, the notes
 of the conversion and, when the imported model uses our tanh GELU, the measured logits
-difference from nanoGPT's exact-erf GELU. Needs PyTorch (to read ckpt.pt). Every error
+difference from nanoGPT's exact-erf GELU. Every error
 is one line "error: ..." on stderr and exit status 2.
 """
 
@@ -15,7 +15,7 @@ import os
 import sys
 import warnings
 
-from tinygrad_char.interop.nanogpt_torch import import_nanogpt
+from tinygrad_char.interop.nanogpt_io import import_nanogpt
 from tinygrad_char.training.cli import Parser, run_cli
 from tinygrad_char.interop.nanogpt import (ConversionError, GeluApproximationWarning,
                                            exact_gelu)
@@ -28,7 +28,8 @@ def main(argv=None):
     p.add_argument("meta", help="the data set's meta.pkl (stoi/itos)")
     p.add_argument("out", help="the .safetensors checkpoint to write")
     p.add_argument("--trust-pickle", action="store_true",
-                   help="load ckpt.pt with full pickle (runs code from the file)")
+                   help="also build Python classes other than tensors and plain data that "
+                        "ckpt.pt holds (runs code from the file)")
     p.add_argument("--activation", choices=activations, default=None,
                    help=f"the GELU of the imported model (default: the one an export of ours "
                         f"recorded, else {activations[0]}; nanoGPT's is exact erf)")

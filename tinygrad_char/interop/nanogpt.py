@@ -6,7 +6,7 @@ nanoGPT (github.com/karpathy/nanoGPT) saves `ckpt.pt` as torch.save({"model": st
 `meta.pkl` {"vocab_size", "itos", "stoi"}. Its parameter names and layouts are ours (we
 borrowed them), so both directions are mostly checking.
 
-Import (`import_state`; examples/nanogpt_torch.py reads ckpt.pt): ckpt.pt + meta.pkl ->
+Import (`import_state`; interop/nanogpt_io.py reads ckpt.pt): ckpt.pt + meta.pkl ->
 our .safetensors checkpoint.
 - the `_orig_mod.` prefix that torch.compile adds is stripped;
 - `attn.bias` buffers (the causal mask, saved when flash attention is off) are dropped,
@@ -19,7 +19,7 @@ our .safetensors checkpoint.
   that is not one character per id, a vocab_size that differs from the vocabulary's, NaN)
   stops the conversion with one ConversionError line naming it.
 
-Export (`export_state`; examples/nanogpt_torch.py writes ckpt.pt): our checkpoint ->
+Export (`export_state`; interop/nanogpt_io.py writes ckpt.pt): our checkpoint ->
 ckpt.pt + meta.pkl that nanoGPT's unchanged `sample.py` loads (`torch.load`,
 `GPTConfig(**model_args)`, a strict `load_state_dict`, meta.pkl from
 `data/<config["dataset"]>/meta.pkl`). The state dict holds every key of
@@ -40,7 +40,8 @@ so the imported model computes what nanoGPT computed; otherwise import uses "gel
 warns (GeluApproximationWarning). Export of a "gelu_exact" model is exact; export of a
 "gelu" model warns, because nanoGPT will run it with erf GELU. Either way the measured
 max |logits difference| on a random batch is in the report: our forward against a
-float64 reference forward of the same weights (PyTorch's, from examples/nanogpt_torch.py)
+float64 reference forward of the same weights (our xp ops with nanoGPT's GELU, from
+interop/nanogpt_io.py; the tests check it against PyTorch running nanoGPT's code)
 with erf GELU (`max_diff_erf`) and with tanh GELU (`max_diff_tanh`); the one with our
 activation must agree to float32 rounding, or the conversion stops (a bug to report).
 
@@ -50,11 +51,12 @@ that accepts plain data only, and written), the sniffing of a ckpt.pt file's for
 it is unpickled (`_check_torch_file`), nanoGPT's state dict of NumPy arrays <-> our params,
 model_args <-> GPTConfig, the vocabulary <-> CharTokenizer, the ckpt dict that torch.save
 is to write (NumPy arrays), and the comparison of logits against a reference forward that
-the caller passes in. What it is not: it never imports torch (the library does not depend
-on PyTorch), so it neither unpickles nor writes ckpt.pt and has no PyTorch forward. Those
-live in examples/nanogpt_torch.py, whose `import_nanogpt` and `export_nanogpt` are the
-whole conversions (torch.load with weights_only=True unless trust_pickle=True, torch.save,
-the float64 PyTorch reference forward) built on `import_state` and `export_state` here.
+the caller passes in. What it is not: it neither unpickles nor writes ckpt.pt (that is
+interop/torch_file.py, without torch: the library never imports it) and has no reference
+forward. Those are joined in interop/nanogpt_io.py, whose `import_nanogpt` and
+`export_nanogpt` are the whole conversions (torch_file's restricted load unless
+trust_pickle=True, its save, the float64 reference forward) built on `import_state` and
+`export_state` here.
 This is not a general converter: one architecture (nanoGPT's GPT), character
 vocabularies only.
 """
@@ -69,6 +71,7 @@ import zipfile
 
 import numpy as np
 
+from tinygrad_char.interop import torch_file
 from tinygrad_char.training.checkpoint import load_checkpoint, save_checkpoint, write_file_atomic
 from tinygrad_char.errors import UserError
 from tinygrad_char.training.cli import check_output_path
@@ -82,7 +85,7 @@ ACTIVATION_KEY = "tinygrad_char_activation"  # our activation, in ckpt.pt's "con
 DEFAULT_DATASET = "tinygrad_char"  # sample.py reads data/<dataset>/meta.pkl
 CHECK_BATCH = 4  # rows of the random batch the logits are compared on
 MAX_CHECK_T = 256  # ... and at most this many positions (block_size when smaller)
-AGREEMENT = 1e-4  # float32 forward vs float64 PyTorch, same GELU: relative to the largest logit
+AGREEMENT = 1e-4  # float32 forward vs float64 reference, same GELU: relative to the top logit
 _DATASET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -205,8 +208,11 @@ def _check_torch_file(path):
             raise ConversionError(f"{path}: a zip archive but not a torch.save file (no "
                                   f"data.pkl inside); pass nanoGPT's ckpt.pt")
         return
+    if head.startswith(torch_file.LEGACY_MAGIC):
+        raise ConversionError(f"{path}: {torch_file.LegacyFormat()}")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return  # a pickle: torch.save's legacy format; torch.load checks the rest
+        raise ConversionError(f"{path}: not a PyTorch checkpoint (a pickle, but not one "
+                              f"torch.save writes); pass the ckpt.pt nanoGPT's train.py wrote")
     try:
         text = head.decode("utf-8")
         is_text = "\x00" not in text
@@ -225,27 +231,25 @@ def _first_line(e, limit=200):
 
 
 def ckpt_load_error(path, e, trust_pickle=False):
-    """The one-line ConversionError for the exception `e` that unpickling ckpt.pt (torch.load,
-    with weights_only unless trust_pickle) raised; the caller raises it `from None`."""
-    if isinstance(e, pickle.UnpicklingError):
-        message = str(e)
-        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-        if not trust_pickle and refused:
-            return ConversionError(f"{path}: holds a Python object beyond tensors and plain "
-                                   f"data ({refused.group(1)}); if you trust the file, pass "
-                                   f"--trust-pickle (it runs code from the file)")
-        detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", message)
-        return ConversionError(f"{path}: truncated, damaged or not a PyTorch checkpoint "
-                               f"(unpickling failed: "
-                               f"{detail.group(1) if detail else _first_line(e)}); copy the "
-                               f"file again or use an earlier checkpoint")
+    """The one-line ConversionError for the exception `e` that reading ckpt.pt
+    (torch_file.load, tensors and plain data only unless trust_pickle) raised; the caller
+    raises it `from None`."""
+    if isinstance(e, torch_file.UnsupportedObject):
+        if trust_pickle:  # a class of torch's own: only PyTorch can rebuild it
+            return ConversionError(f"{path}: holds {e.name}, a PyTorch object beyond tensors "
+                                   f"and plain data, which cannot be rebuilt without "
+                                   f"PyTorch; save a checkpoint of plain tensors")
+        return ConversionError(f"{path}: {e}; if you trust the file, pass --trust-pickle "
+                               f"(it runs code from the file)")
+    if isinstance(e, torch_file.LegacyFormat):
+        return ConversionError(f"{path}: {e}")
     if isinstance(e, ModuleNotFoundError):  # trust_pickle: a class from a module not installed
         return ConversionError(f"{path}: unpickling needs the module {e.name!r}, which is not "
                                f"installed; install it or save a plain state dict")
-    # anything else: a damaged zip member, a cut legacy file, ...
+    # anything else: a damaged zip member, a cut pickle, a view past its storage, ...
     return ConversionError(f"{path}: truncated, damaged or not a PyTorch checkpoint "
-                           f"(torch.load: {_first_line(e)}); copy the file again or use "
-                           f"an earlier checkpoint")
+                           f"(unpickling failed: {_first_line(e)}); copy the file again or "
+                           f"use an earlier checkpoint")
 
 
 def _float64_array(value):
@@ -259,8 +263,8 @@ def ckpt_contents(ckpt, path="ckpt.pt", to_numpy=_float64_array):
     """(state dict of float64 NumPy arrays without the compile prefix, model_args, iter_num,
     the run's config dict) of nanoGPT's unpickled ckpt.pt `ckpt` (named `path` in errors).
     `to_numpy(value)` turns one state-dict value into a float64 NumPy array, or None when it
-    is not a float tensor; the default takes NumPy floating-point arrays (a torch-side
-    caller passes one that takes torch tensors)."""
+    is not a float tensor; the default takes NumPy floating-point arrays (what
+    torch_file.load gives for tensors)."""
     path = os.fspath(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("model_args"), dict):
@@ -403,8 +407,8 @@ def to_nanogpt(params, config, tokenizer):
 def compare_with_reference(model, params, reference_logits):
     """The max |logits difference| between `model`'s forward and the reference forward
     `reference_logits(params, config, idx, approximate)` (nanoGPT's, in float64; `approximate`
-    is "none" for erf GELU, "tanh" for ours, as torch's F.gelu; examples/nanogpt_torch.py
-    has the PyTorch one) on a random batch, with erf and with tanh GELU; stops when the GELU
+    is "none" for erf GELU, "tanh" for ours, as torch's F.gelu; interop/nanogpt_io.py
+    has one) on a random batch, with erf and with tanh GELU; stops when the GELU
     that `model` computes does not agree to float32 rounding (the conversion would be
     wrong)."""
     config = model.config
@@ -420,9 +424,10 @@ def compare_with_reference(model, params, reference_logits):
     scale = float(np.abs(ours).max()) or 1.0
     same = diffs[reference_gelu_mode(config.activation)]
     if not same <= AGREEMENT * scale:
-        raise ConversionError(f"the converted model disagrees with PyTorch's forward of the "
-                              f"same weights ({config.activation}: max |logits difference| "
-                              f"{same:.2e}, largest logit {scale:.2f}); please report this")
+        raise ConversionError(f"the converted model disagrees with the float64 reference "
+                              f"forward of the same weights ({config.activation}: max |logits "
+                              f"difference| {same:.2e}, largest logit {scale:.2f}); please "
+                              f"report this")
     return {"max_diff_erf": diffs["none"], "max_diff_tanh": diffs["tanh"],
             "max_abs_logit": scale, "check_shape": list(idx.shape)}
 
