@@ -365,7 +365,8 @@ TINY_CPU = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_s
 GPU_LARGE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 256, "batch_size": 32,
              "dropout": 0.0}  # GPT-2 small's body (85M parameters) on characters
 INLINE_CONFIGS = {"tiny-cpu": TINY_CPU, "gpu-large": GPU_LARGE}
-NAMED_CONFIGS = {"tiny-cpu": None, "cpu-preset": "cpu.json", "gpu-preset": "gpu.json",
+NAMED_CONFIGS = {"tiny-cpu": None, "cpu-preset": "cpu.json", "llama-cpu": "llama_cpu.json",
+                 "gpu-preset": "gpu.json",
                  "gpu-large": None}
 
 

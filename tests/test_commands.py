@@ -170,5 +170,5 @@ def test_a_cold_kernel_cache_is_said_before_the_first_step(tmp_path_factory, mon
         expected = ["compiling the CPU kernels once (about 30 s; cached for later runs)"]
         assert said == (expected if kernels == "auto" and not warm else []), printed
         if said:  # after the lines that describe the run, before the first step's
-            assert printed.index(said[0]) == 1 + max(
-                i for i, line in enumerate(printed) if line.startswith("backend: "))
+            assert printed.index(said[0]) == 1 + max(  # the backend and op-table lines
+                i for i, line in enumerate(printed) if line.startswith(("backend: ", "kernels: ")))

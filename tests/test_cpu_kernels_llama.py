@@ -17,6 +17,8 @@ polynomial (swiglu.SILU_MAX_REL_ERROR, checked on a dense grid against float64).
 
 from collections import Counter
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -253,13 +255,9 @@ def test_small_work_runs_the_serial_build_and_large_work_the_parallel_one(kernel
 # == the whole model ===========================================================================
 
 def use_llama_kernels(model, impls):
-    """Put `impls` (op name -> function) into the model's op table: the one place that
-    knows how the table is held (attributes of a namespace today, or a dict)."""
-    for name, fn in impls.items():
-        if isinstance(model.ops, dict):
-            model.ops[name] = fn
-        else:
-            setattr(model.ops, name, fn)
+    """Put `impls` (op name -> function) into the model's op table (a frozen dataclass,
+    fused/dispatch.py's Ops: a new table with these entries replaced)."""
+    model.ops = dataclasses.replace(model.ops, **impls)
 
 
 @pytest.mark.parametrize("variant", [dict(bias=False), dict(bias=True, tie_weights=False)])

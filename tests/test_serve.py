@@ -532,12 +532,12 @@ def test_attention_endpoint_gives_the_models_probabilities(served):
     ref.params = model.params
     ref.forward(np.asarray([tokenizer.encode(text)]))
     for layer in range(2):
-        att_t = ref._caches[layer][1][3][3][0]  # (NH, T, T), P^T[s, t]
+        att = ref._caches[layer][1][3][3][0]  # (NH, T, T), P[t, s]: the xp cache's P
         for h in range(2):
             got = body["attention"][layer][h]
             for t in range(len(text)):
                 assert len(got[t]) == t + 1 and abs(sum(got[t]) - 1) < 1e-4
-                assert np.allclose(got[t], att_t[h, :t + 1, t], atol=1e-5), (layer, h, t)
+                assert np.allclose(got[t], att[h, t, :t + 1], atol=1e-5), (layer, h, t)
     assert client.post("/attention", {"text": "caf\u00e9"})[0] == 422
 
 

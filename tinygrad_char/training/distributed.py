@@ -488,18 +488,18 @@ def report_once(line):
     print(line, file=sys.stderr)
 
 
-def run_ranks(run_cli, main):
-    """`run_cli(main)` (cli.run_cli: an exit status) so that, under an MPI launcher, a bad
+def run_ranks(run_cli, main, argv=None):
+    """`run_cli(main, argv)` (cli.run_cli: an exit status; argv None: sys.argv[1:]) so that, under an MPI launcher, a bad
     input is reported once (report_once) and a rank that fails alone ends the whole job:
     an exception, or a status other than 0 and 130 (an agreed Ctrl-C), aborts every rank
     (the others would otherwise wait for it in a collective forever). SystemExit passes
     through: the ranks agreed to stop (check_same_run). Outside a launcher this is just
-    run_cli(main)."""
+    run_cli(main, argv)."""
     size, _ = launched_world()
     if size == 1:
-        return run_cli(main)
+        return run_cli(main, argv)
     try:
-        code = run_cli(main, report=report_once)
+        code = run_cli(main, argv, report=report_once)
     except SystemExit:
         raise
     except BaseException:
