@@ -321,6 +321,19 @@ def grad_norm(grads):
 
 
 def clip_grad_norm(grads, max_norm):
-    """tinygrad_char.clip_grad_norm: optim.clip_grad_norm with the norm of `grad_norm`
-    above. Scales the grads in place; returns the norm before clipping."""
+    """tinygrad_char.clip_grad_norm: optim.clip_grad_norm (the math and its reference), with
+    the norm and the in-place scaling by the numba kernels for C-contiguous NumPy float32/64
+    grads of one dtype when numba imports (decided per call: this takes any dict of arrays).
+    Scales the grads in place; returns the norm before clipping."""
+    from tinygrad_char.fused.cpu import F32_F64, numba_available
+
+    arrays = list(grads.values())
+    if numba_available():
+        from tinygrad_char.fused.cpu import _jit, adamw
+
+        if _jit.applies(*arrays, dtypes=F32_F64) and all(a.flags.c_contiguous for a in arrays):
+            total = adamw.grad_norm(grads)
+            if max_norm is not None and max_norm > 0:
+                adamw.scale_grads(grads, optim.clip_scale(total, max_norm))
+            return total
     return optim.clip_grad_norm(grads, max_norm, norm=grad_norm)

@@ -47,6 +47,24 @@ def _sum_squares(g):
     return total
 
 
+@kernel
+def _scale_into(g, scale):
+    """g *= scale, a 1-d array in place (the clip's pass, for tinygrad_char.clip_grad_norm;
+    the training loop folds it into _adamw's grad_scale instead)."""
+    for i in prange(g.size):
+        g[i] = g[i] * scale
+
+
+def scale_grads(grads, scale):
+    """Kernel twin of optim.clip_grad_norm's pass: every g *= scale in place, the scale
+    rounded to the grads' dtype first as the twin rounds it."""
+    arrays = list(grads.values())
+    assert applies(*arrays, dtypes=(np.float32, np.float64)) and \
+        all(a.flags.c_contiguous for a in arrays), "scale_grads kernel: C-contiguous NumPy grads"
+    for g in arrays:
+        _scale_into(g.reshape(-1), g.dtype.type(scale))
+
+
 def takes(params):
     """True when CpuAdamW can step these parameters: NumPy float32 or float64 arrays of one
     dtype, each C-contiguous (the kernel updates them through flat views)."""
