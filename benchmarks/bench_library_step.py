@@ -10,8 +10,8 @@ CPU shape (4 layers x 4 heads x 128, context 64, batch 12, 65 characters):
 - "training loop": what `tinygrad-char train` runs: the model's op-table optimizer
   (`model.ops.AdamW`) and `train.clip_and_step`, the clip folded into the update.
 Both after `tinygrad_char.runtime.setup(threads)`, as the README says. Each step is timed
-whole; the two are interleaved in rounds so drift on a shared machine hits both alike, and
-the medians over the rounds are reported with their ratio (library / loop; 1.00 = equal).
+whole; the two are interleaved in rounds, each going first in every other round, so drift on a
+shared machine hits both alike, and the medians over the rounds are reported with their ratio (library / loop; 1.00 = equal).
 
 Results: <out>/library_step.jsonl (appended) and <out>/library_step.md.
 """
@@ -84,8 +84,9 @@ def main(argv=None):
             fn(m, o, idx, targets, 1 + s)
     times = {name: [] for name in ways}
     step = 1 + args.warmup
-    for _ in range(args.rounds):
-        for name, (m, o, fn) in ways.items():
+    for r in range(args.rounds):
+        order = list(ways.items())
+        for name, (m, o, fn) in (order if r % 2 == 0 else order[::-1]):  # neither always first
             t0 = time.perf_counter()
             for s in range(args.steps):
                 fn(m, o, idx, targets, step + s)
