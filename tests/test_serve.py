@@ -610,13 +610,18 @@ def test_full_slots_and_queue_answer_429_at_once_and_disconnects_free_slots():
             refused = json.loads(e.read())
         assert time.perf_counter() - start < 1.0, "the refusal was not immediate"
         assert "slots" in refused["error"] and refused["detail"][0]["type"] == "overloaded"
+        handle = engine._active[0].handle  # the streaming request's (one slot)
         sock.close()  # the client goes away
-        steps = engine.steps
-        deadline = time.monotonic() + 10
-        while engine.stats()[0] and time.monotonic() < deadline:
+        closed = time.monotonic()
+        while engine.stats()[0] and time.monotonic() < closed + 10:
             time.sleep(0.005)
         assert engine.stats() == (0, 0), "the slot of a closed connection was not freed"
-        assert engine.steps - steps <= 3, f"{engine.steps - steps} steps ran after the close"
+        assert time.monotonic() - closed < 2.0, "the closed connection's slot took seconds"
+        # once the server learns of the close (the ASGI disconnect: a few ms, in which a
+        # step of this tiny model may run several times), the slot is freed within one step
+        assert handle.cancelled_at_step is not None, "the disconnect did not cancel"
+        assert handle.freed_at_step - handle.cancelled_at_step <= 1, \
+            (handle.cancelled_at_step, handle.freed_at_step)
         assert engine.chars_generated < 100_000
         status, body = Client(server.url).post("/generate", {"max_new_tokens": 5})
         assert status == 200 and body["num_chars"] == 5

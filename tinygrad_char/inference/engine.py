@@ -100,6 +100,8 @@ class Handle:
     submitted: float = field(default_factory=time.perf_counter)
     first: float | None = None  # when its first character was sampled (perf_counter)
     cancelled: bool = False
+    cancelled_at_step: int | None = None  # the engine's step count when cancel() was called
+    freed_at_step: int | None = None  # ... and when its slot was freed
 
 
 class _Sequence:
@@ -198,6 +200,7 @@ class Engine:
 
     def cancel(self, handle):
         """The client went away: its slot is freed at the next step."""
+        handle.cancelled_at_step = self.steps
         handle.cancelled = True
         with self._lock:
             self._lock.notify_all()
@@ -448,6 +451,7 @@ class Engine:
 
     def _finish(self, seq, reason):
         self._remove(seq)
+        seq.handle.freed_at_step = self.steps
         if reason != "cancelled":
             self._flush(seq, len(seq.text))
         self._done(seq.handle, {
