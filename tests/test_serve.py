@@ -651,5 +651,7 @@ def test_bench_serve_runs_and_writes_its_results(tmp_path):
     assert [(p["server"], p["clients"]) for p in points] == [("this", 1), ("this", 3)]
     for p in points:
         assert p["errors"] == 0 and p["chars_per_s"] > 0 and p["streaming"] is True
-        assert 0 < p["ttfc_p50_s"] <= p["request_p99_s"] and p["cores_used"] > 0
+        assert 0 < p["ttfc_p50_s"] <= p["request_p99_s"]
+        # CPU time is counted in clock ticks (10 ms): 5 characters may take less than one
+        assert p["cores_used"] >= 0
     assert "| this | tiny | 3 |" in (tmp_path / "serve.md").read_text()
