@@ -2,7 +2,7 @@
  * attention.cu: causal multi-head self-attention, forward and backward, float32, that
  * never writes the (B, NH, T, T) score matrix to memory ("flash" attention: online
  * softmax in the forward, recomputed scores in the backward). Head size hs <= 128.
- * xp twin (the oracle): tinygrad_char/ops/attention.py (no dropout). Wrapper: kernels.py.
+ * xp twin (the oracle): tinygrad_char/ops/attention.py (no dropout). Wrapper: tinygrad_char/fused/cuda.py.
  *
  * Layout: qkv (B, T, 3C) as produced by c_attn, q, k, v stacked along the last axis;
  * head h of q uses columns h*hs .. h*hs+hs-1, of k C + h*hs .., of v 2C + h*hs ..
@@ -58,7 +58,7 @@
  */
 
 #define ATT_WARP 32
-#define HS_MAX 128                  /* largest head size; kernels.py falls back above it */
+#define HS_MAX 128                  /* largest head size; the dispatch runs xp above it (fused/dispatch.py) */
 #define DIMS_PER_LANE (HS_MAX / ATT_WARP)  /* output dims owned by one lane: 4 */
 #define TILE 32                     /* keys (forward, dq) or queries (dkdv) per tile = lanes */
 #define ATT_WARPS 4                 /* blockDim.x = 128 for every kernel here */

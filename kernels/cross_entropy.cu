@@ -2,7 +2,7 @@
  * cross_entropy.cu: softmax cross-entropy over the vocabulary, float32, producing the
  * per-row loss and dlogits in the same launch (the forward's probabilities are never
  * stored; dlogits replaces them).
- * xp twin (the oracle): tinygrad_char/ops/cross_entropy.py. Wrapper: kernels.py.
+ * xp twin (the oracle): tinygrad_char/ops/cross_entropy.py. Wrapper: tinygrad_char/fused/cuda.py.
  *
  * Math, per row n of V logits, target t (t = -1: ignored), n_valid = max(#(t != -1), 1):
  *     m = max_j z_j                      subtracted for stability, as the twin
@@ -30,7 +30,7 @@
  */
 
 #define CE_WARP 32
-#define CE_THREADS 256         /* blockDim.x (kernels.py agrees); a multiple of 32, <= 1024 */
+#define CE_THREADS 256         /* blockDim.x (fused/cuda.py agrees); a multiple of 32, <= 1024 */
 #define CE_IGNORE_INDEX (-1)   /* as tinygrad_char.ops.cross_entropy.IGNORE_INDEX */
 
 static __device__ __forceinline__ float ce_neg_inf() { return __int_as_float(0xff800000); }

@@ -1,7 +1,7 @@
 /*
  * gelu.cu: tanh-GELU fused with the bias add that precedes it, y = gelu(x + b), float32.
  * xp twin (the oracle): tinygrad_char/ops/activations.py gelu_forward / gelu_backward applied
- * to x + b (the bias add of linear_forward). Wrapper: kernels.py.
+ * to x + b (the bias add of linear_forward). Wrapper: tinygrad_char/fused/cuda.py.
  *
  * Math (constants as activations.py: GELU_SCALE = sqrt(2/pi), GELU_CUBIC = 0.044715):
  *     u  = x + b[col]                   b broadcast over rows; has_bias = 0 gives u = x

@@ -41,8 +41,8 @@
  */
 
 #define LN_WARP 32
-#define LN_ROWS_PER_CHUNK 64  /* rows summed by one dwdb_partial block (kernels.py agrees) */
-#define LN_ROW_LANES 8        /* blockDim.y of dwdb_partial (kernels.py agrees) */
+#define LN_ROWS_PER_CHUNK 64  /* rows summed by one dwdb_partial block (fused/cuda.py agrees) */
+#define LN_ROW_LANES 8        /* blockDim.y of dwdb_partial (fused/cuda.py agrees) */
 
 static __device__ __forceinline__ float ln_warp_sum(float v)
 {

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tinygrad_char.backend import get_array_module
 from tinygrad_char.fused import cuda
 
 FILE = "embedding_backward_sorted.cu"
@@ -34,12 +33,8 @@ def launch(file, name, grid, block, args):
 def embedding_backward_sorted(dout, cache, launch=launch):
     """Deterministic twin of embedding.embedding_backward. Args: dout (B, T, C) float32,
     cache (idx, V) from the gather. Returns dW (V, C)."""
-    xp = get_array_module(dout)
-    idx, V = cache
-    C = dout.shape[-1]
-    dout2 = xp.ascontiguousarray(dout).reshape(-1, C)  # (N, C)
-    flat_idx = xp.ascontiguousarray(xp.asarray(idx).reshape(-1), dtype=np.int64)  # (N,)
-    N = dout2.shape[0]
+    xp, dout2, flat_idx, V = cuda.embedding_rows(dout, cache)  # the library kernel's inputs
+    N, C = dout2.shape
     keys = flat_idx * N + xp.arange(N, dtype=np.int64)  # unique, so the sort order is too
     order = xp.ascontiguousarray(xp.argsort(keys), dtype=np.int64)  # (N,) positions by id
     seg_start = xp.searchsorted(flat_idx[order], xp.arange(V + 1, dtype=np.int64))  # (V+1,)

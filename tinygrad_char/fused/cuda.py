@@ -323,6 +323,16 @@ def gelu_backward(dy, cache):
 
 # -- token embedding backward (kernels/embedding_backward.cu) -------------------------------
 
+def embedding_rows(dout, cache):
+    """What an embedding-backward kernel reads: (xp, dout as contiguous (N, C) rows, the ids
+    as contiguous int64 (N,), V), from dout (B, T, C) and the gather's cache (idx, V)."""
+    xp = get_array_module(dout)
+    idx, V = cache
+    dout2 = xp.ascontiguousarray(dout).reshape(-1, dout.shape[-1])  # (N, C)
+    flat_idx = xp.ascontiguousarray(xp.asarray(idx).reshape(-1), dtype=np.int64)  # (N,)
+    return xp, dout2, flat_idx, V
+
+
 def embedding_backward(dout, cache):
     """Fused twin of embedding.embedding_backward with atomicAdd: dW[v] = sum of dout
     over positions with idx == v. NOT bit-reproducible when ids repeat (the order of the
@@ -330,12 +340,8 @@ def embedding_backward(dout, cache):
     Takes the twin's cache (idx, V): the forward is the twin's gather. Returns dW (V, C).
     """
     assert _kernel_applies(dout), "embedding kernel: float32 CuPy dout"
-    xp = get_array_module(dout)
-    idx, V = cache
-    C = dout.shape[-1]
-    dout2 = xp.ascontiguousarray(dout).reshape(-1, C)  # (N, C)
-    flat_idx = xp.ascontiguousarray(xp.asarray(idx).reshape(-1), dtype=np.int64)  # (N,)
-    N = dout2.shape[0]
+    xp, dout2, flat_idx, V = embedding_rows(dout, cache)
+    N, C = dout2.shape
     dW = xp.zeros((V, C), dtype=np.float32)
     if N > 0:
         _launch("embedding_backward.cu", "embedding_backward_atomic", (N,),

@@ -325,13 +325,12 @@ def clip_grad_norm(grads, max_norm):
     the norm and the in-place scaling by the numba kernels for C-contiguous NumPy float32/64
     grads of one dtype when numba imports (decided per call: this takes any dict of arrays).
     Scales the grads in place; returns the norm before clipping."""
-    from tinygrad_char.fused.cpu import F32_F64, numba_available
+    from tinygrad_char.fused.cpu import numba_available
 
-    arrays = list(grads.values())
     if numba_available():
-        from tinygrad_char.fused.cpu import _jit, adamw
+        from tinygrad_char.fused.cpu import adamw
 
-        if _jit.applies(*arrays, dtypes=F32_F64) and all(a.flags.c_contiguous for a in arrays):
+        if adamw.takes(grads):  # the kernels' inputs: C-contiguous float32/64 NumPy arrays
             total = adamw.grad_norm(grads)
             if max_norm is not None and max_norm > 0:
                 adamw.scale_grads(grads, optim.clip_scale(total, max_norm))
