@@ -9,7 +9,7 @@ For each model config and each number of concurrent clients, every client sends
 prompt, temperature 0.8, a seed per request); the server is examples/serve.py in its own
 process on a free 127.0.0.1 port, serving an untrained checkpoint of the config (speed does
 not depend on the weights). Reported per (server, config, clients), the median over
---repeats runs:
+--repeats runs, after one untimed run of that many clients (one request each):
   * chars_per_s: characters received by all clients / wall time of the run;
   * ttfc_p50_s / ttfc_p99_s: time to first character (request sent -> first text event;
     for a server that does not stream, the whole answer);
@@ -320,9 +320,9 @@ def main(argv=None):
                 server = ServerProcess(repo, ckpt, args, label)
                 try:
                     check_text(server, ckpt, label)
-                    measure(server, 2, argparse.Namespace(**{**vars(args), "requests": 1}),
-                            99)  # warm-up: kernels compiled, caches made
+                    warm_up = argparse.Namespace(**{**vars(args), "requests": 1})
                     for n in clients:
+                        measure(server, n, warm_up, 99)  # untimed: kernels built, caches made
                         runs = [measure(server, n, args, r) for r in range(args.repeats)]
                         point = {k: statistics.median(run[k] for run in runs)
                                  for k in runs[0] if k != "errors"}

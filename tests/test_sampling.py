@@ -62,6 +62,28 @@ def test_forward_cached_matches_forward_prefill_then_steps(tie, pos, norm, act, 
     assert err < TOL["float64"], f"forward_cached vs forward ({tie, pos, norm, act, bias}): {err}"
 
 
+@pytest.mark.parametrize("pos,norm,kw", [
+    ("learned", "pre", {}), ("learned", "post", dict(tie=False)),
+    ("sinusoidal", "pre", {}), ("rope", "pre", dict(normalization="rmsnorm", n_kv_head=1))])
+def test_last_only_gives_the_last_column_and_caches_every_position(pos, norm, kw):
+    """last_only=True: logits (B, 1, V) equal the full forward's last column, from an empty
+    cache and after a cached prefix; the keys and values of every position still enter the
+    cache (the next steps equal the full forward)."""
+    model = random_model(pos=pos, norm=norm, **kw).eval()
+    idx = prompt_ids(3, BLOCK, seed=2)
+    expected, _ = model.forward(idx)  # (B, T, V)
+    cache = KVCache(model, 3)
+    got = [model.forward(idx[:, :6], kv_cache=cache, last_only=True)[0],
+           model.forward(idx[:, 6:10], kv_cache=cache, last_only=True)[0]]
+    assert [g.shape for g in got] == [(3, 1, 13), (3, 1, 13)]
+    got += [forward_cached(model, idx[:, t:t + 1], cache) for t in range(10, BLOCK)]
+    want = np.concatenate([expected[:, 5:6], expected[:, 9:10], expected[:, 10:]], axis=1)
+    err = np.abs(np.concatenate(got, axis=1) - want).max() / np.abs(want).max()
+    assert err < TOL["float64"], f"last_only ({pos}, {norm}): {err}"
+    with pytest.raises(ValueError, match="last_only needs a kv_cache"):
+        model.forward(idx, last_only=True)
+
+
 def test_forward_cached_chunks_of_several_new_positions():
     """A chunk of 4 after a cached prefix: causal within the chunk, sees the whole prefix."""
     model = random_model(pos="sinusoidal", norm="post").eval()

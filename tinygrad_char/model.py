@@ -24,7 +24,9 @@ dict, and the backward is that code reversed.
 
 One forward serves training and generation: `forward(idx, kv_cache=cache)` runs only the
 new positions (each row at its own absolute positions, from the cache's per-row lengths)
-against the keys and values a `sampling.KVCache` holds, with the same block code.
+against the keys and values a `sampling.KVCache` holds, with the same block code (rows
+that start empty, a prefill, take the training attention over their own keys), and
+`last_only=True` stops the last block at the position a sampler reads.
 
 Which implementation of each op runs (the xp ops of this package, numba CPU kernels or
 CUDA kernels) is chosen once, when the model is built, into `self.ops` (fused/dispatch.py:
@@ -313,12 +315,20 @@ class GPT:
         if kv_cache is not None:
             q, k, v = attention.split_heads(qkv, NH, NKV)  # (B, NH|NKV, T, hs)
             B, T = x.shape[:2]
+            starts_empty = kv_cache.empty  # before this layer's append
             k_t, v, k_pos = kv_cache.append(layer, k, v)  # the rows' rings of keys, values
-            y, att = ops.cached_attention_forward(q, k_t, v, kv_cache.positions(T), k_pos,
-                                                  cfg.block_size, return_probs=True)
-            if kv_cache.keep_attention:  # (B, NH, T, capacity): for a reader to look at
-                kv_cache.attention[layer] = att
-            y, c_att = y.transpose(0, 2, 1, 3).reshape(B, T, cfg.n_embd), None  # (B, T, C)
+            if starts_empty and not kv_cache.keep_attention:
+                # rows that held nothing (a prefill): the new queries see only their own
+                # keys, causally, which is the training attention (and its fast path)
+                y, _ = ops.gqa_attention_forward(qkv, NH, NKV, training=False) \
+                    if NKV != NH else ops.attention_forward(qkv, NH, training=False)
+            else:
+                y, att = ops.cached_attention_forward(q, k_t, v, kv_cache.positions(T), k_pos,
+                                                      cfg.block_size, return_probs=True)
+                if kv_cache.keep_attention:  # (B, NH, T, capacity): for a reader to see
+                    kv_cache.attention[layer] = att
+                y = y.transpose(0, 2, 1, 3).reshape(B, T, cfg.n_embd)  # (B, T, C)
+            c_att = None
         elif window is not None:  # a sequence past block_size: sliding-window attention
             y, c_att = ops.windowed_attention_forward(qkv, NH, NKV, cfg.dropout, self.rng,
                                                       self.training, window)
@@ -413,7 +423,7 @@ class GPT:
         return dx
 
     # -- forward -----------------------------------------------------------------------
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, last_only=False):
         """Args:
             idx: (B, T) integer token ids. T <= block_size with learned positions; longer
                 sequences with sinusoidal or rope positions run sliding-window attention
@@ -425,14 +435,21 @@ class GPT:
                 appended to the cache, and the forward runs in eval mode (no dropout)
                 whatever `training` says, keeping nothing for a backward. Its logits equal
                 those of a forward on the whole sequence, up to float rounding.
+            last_only: with kv_cache, the logits of each row's last position only (what a
+                sampler reads): every position's keys and values still enter the cache,
+                but the last block's MLP, the final norm and the head run on the last
+                position alone. Logits then (B, 1, V), equal to the last column of the
+                full forward's up to float rounding.
         Returns:
-            logits: (B, T, V)
+            logits: (B, T, V), or (B, 1, V) with last_only
             loss: 0-d array (mean cross-entropy in nats), or None without targets.
         """
         cfg, p, ops = self.config, self.params, self.ops
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
         B, T = idx.shape
+        if last_only and (kv_cache is None or targets is not None):
+            raise ValueError("last_only needs a kv_cache and no targets")
         start, span = 0, (0, T)  # span: the positions, as _positions takes them
         if kv_cache is not None:
             kv_cache.reserve(B, T)  # checks the batch and the window
@@ -469,12 +486,16 @@ class GPT:
                     a, c_ln1 = self._ln_forward(x, h + "ln_1")
                     a, c_attn = self._attn_forward(self._low(a), *attn)
                     x = x + a
-                    m, c_ln2 = self._ln_forward(x, h + "ln_2")
-                    m, c_mlp = self._mlp_forward(self._low(m), h)
-                    x = x + m
                 else:  # x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))
                     a, c_attn = self._attn_forward(self._low(x), *attn)
                     x, c_ln1 = self._ln_forward(x + a, h + "ln_1")
+                if last_only and i == cfg.n_layer - 1:  # keys and values are cached now
+                    x = self.xp.ascontiguousarray(x[:, -1:])  # (B, 1, C): the last position
+                if cfg.norm == "pre":
+                    m, c_ln2 = self._ln_forward(x, h + "ln_2")
+                    m, c_mlp = self._mlp_forward(self._low(m), h)
+                    x = x + m
+                else:
                     m, c_mlp = self._mlp_forward(self._low(x), h)
                     x, c_ln2 = self._ln_forward(x + m, h + "ln_2")
                 caches[i] = (c_ln1, c_attn, c_ln2, c_mlp)

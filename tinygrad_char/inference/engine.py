@@ -13,9 +13,10 @@ The loop, on the engine thread only:
      on its row of the cache, `KVCache.rows`) and samples its first character;
   3. one decode step: the model's forward on the last token of every active sequence at
      once (rows 0 .. n - 1, each at its own position), then each sequence samples its next
-     character with its own settings and its own random generator (a learned-position
-     model past its window re-runs each such sequence's last block_size tokens, as
-     `sampling.generate` does, all of them in one forward: `_prefill_slid`);
+     character with its own settings and its own random generator, the sequences that
+     share settings in one call (a learned-position model past its window re-runs each
+     such sequence's last block_size tokens, as `sampling.generate` does, all of them in
+     one forward that computes only the last position's logits: `_prefill_slid`);
   4. finished sequences leave at once: the last active row moves into the freed one, so
      the active rows stay 0 .. n - 1 (a slice of the cache, no gather).
 Work a caller needs from the model (the attention maps of serve.py) is queued with `call`
@@ -23,7 +24,7 @@ and runs between two steps: no other thread ever calls the kernels (numba's work
 threading layer aborts when two threads run a parallel kernel at once).
 
 Same seed, same text whatever else runs: a sequence's random generator is seeded from its
-request alone (`numpy.random.default_rng(seed)`, drawn once per sampled character as
+request alone (`xp.random.default_rng(seed)`, drawn once per sampled character as
 `sampling.generate` does), its prompt is prefilled as `generate` prefills it, and the cache
 attends over the same columns whatever the batch (`KVCache`); so a request's text equals
 `sampling.generate_text` for it alone, up to a logit that lands within float rounding of a
@@ -50,7 +51,7 @@ import numpy as np
 
 from tinygrad_char.runtime import few_rows, use_threads_here
 from tinygrad_char.inference.sampling import (KVCache, check_sampling_args, prompt_ids,
-                                              sample_next)
+                                              sample_from_uniforms)
 from tinygrad_char.training.cli import MAX_SEED
 
 FEW_ROWS = 8  # up to this many rows a step runs in `few_rows` (BLAS threads, serial kernels)
@@ -107,12 +108,11 @@ class Handle:
 class _Sequence:
     """A request being generated (engine thread only)."""
 
-    def __init__(self, handle, ids, rng, banned):
+    def __init__(self, handle, ids, rng):
         self.handle, self.req = handle, handle.request
         self.ids = list(ids)  # prompt ids, then the sampled ones
         self.n_prompt = len(ids)
-        self.rng = rng
-        self.banned = banned
+        self.rng = rng  # the model's module's generator, seeded as `generate` seeds it
         self.text = ""  # the continuation so far
         self.sent = 0  # characters of `text` already emitted
         self.offset = None  # index in ids of the token at cache position 0 (None: empty)
@@ -142,7 +142,9 @@ class Engine:
         self.max_slots, self.max_queue, self.threads = max_slots, max_queue, threads
         self.use_cache = getattr(model, "supports_kv_cache", True)
         self.block_size = model.config.block_size
-        self.banned = None if tokenizer.unk_id is None else [tokenizer.unk_id]
+        self.banned = None if tokenizer.unk_id is None else \
+            model.xp.asarray([tokenizer.unk_id])  # ids never sampled
+        self.char_of_id = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
         self._waiting = collections.deque()  # Handles, submit order
         self._calls = collections.deque()  # (fn, Future) to run on the engine thread
         self._lock = threading.Condition()
@@ -306,7 +308,7 @@ class Engine:
                                     "time_s": 0.0})
                 continue
             ids = prompt_ids(self.tokenizer, handle.request.prompt)
-            seq = _Sequence(handle, ids, np.random.default_rng(handle.seed), self.banned)
+            seq = _Sequence(handle, ids, self.model.xp.random.default_rng(handle.seed))
             self._active.append(seq)
             if seq.req.max_new_tokens == 0:
                 seq.reason = "length"
@@ -331,11 +333,11 @@ class Engine:
             seq.offset = 0
             for c in range(0, n, W):
                 idx = np.asarray(seq.ids[c:min(c + W, n)], dtype=np.int64)[None]
-                logits, _ = model.forward(xp.asarray(idx), kv_cache=rows)
+                logits, _ = model.forward(xp.asarray(idx), kv_cache=rows, last_only=True)
         else:  # learned positions: the last block_size tokens from position 0
             seq.offset = window_start
             idx = np.asarray(seq.ids[window_start:n], dtype=np.int64)[None]
-            logits, _ = model.forward(xp.asarray(idx), kv_cache=rows)
+            logits, _ = model.forward(xp.asarray(idx), kv_cache=rows, last_only=True)
         return logits[:, -1, :]
 
     def _prefill_slid(self, seqs):
@@ -351,7 +353,8 @@ class Engine:
         scratch.reset()
         idx = np.asarray([seq.ids[-W:] for seq in seqs], dtype=np.int64)  # (n, W)
         self._rows(len(seqs) * W)
-        logits, _ = self.model.forward(xp.asarray(idx), kv_cache=scratch)  # (n, W, V)
+        logits, _ = self.model.forward(xp.asarray(idx), kv_cache=scratch,
+                                       last_only=True)  # (n, 1, V)
         for seq in seqs:
             seq.offset = len(seq.ids) - W
         self._sample(seqs, logits[:, -1, :])
@@ -399,18 +402,30 @@ class Engine:
             self._finish(seq, seq.reason)
 
     def _sample(self, seqs, logits):
-        """Each sequence draws its next id from its row of logits (n, V), with its own
-        settings and generator (one row at a time, as `generate` for that request alone)."""
+        """Each sequence draws its next id from its row of logits (n, V) with its own
+        settings and its own generator: one draw per sequence, as `generate` draws for that
+        request alone; the sequences with the same settings are sampled in one call
+        (`sample_from_uniforms`: each row depends on its logits and its draw only)."""
         xp = self.model.xp
+        if self.banned is not None:  # never the tokenizer's <unk>
+            logits = logits.copy()
+            logits[:, self.banned] = -xp.inf
+        groups = {}  # (temperature, top_k, top_p) -> indices into seqs
         for i, seq in enumerate(seqs):
-            last = logits[i:i + 1].copy()  # (1, V)
-            if seq.banned is not None:
-                last[:, xp.asarray(seq.banned)] = -xp.inf
-            req = seq.req
-            next_id = int(sample_next(last, seq.rng, req.temperature, req.top_k,
-                                      req.top_p)[0])
+            groups.setdefault((seq.req.temperature, seq.req.top_k, seq.req.top_p), []).append(i)
+        next_ids = [0] * len(seqs)
+        for (temperature, top_k, top_p), rows in groups.items():
+            group = logits if len(rows) == len(seqs) else logits[xp.asarray(rows)]  # (g, V)
+            if temperature == 0:  # greedy: no draw
+                ids = group.argmax(axis=-1)
+            else:
+                draws = xp.concatenate([seqs[i].rng.random((1, 1)) for i in rows])  # (g, 1)
+                ids = sample_from_uniforms(group, draws, temperature, top_k, top_p)
+            for i, next_id in zip(rows, ids.tolist()):
+                next_ids[i] = next_id
+        for seq, next_id in zip(seqs, next_ids):
             seq.ids.append(next_id)
-            seq.text += self.tokenizer.decode([next_id])
+            seq.text += self.char_of_id[next_id]
             self.chars_generated += 1
             self._after_char(seq)
 
@@ -426,7 +441,7 @@ class Engine:
             return
         # hold back a tail that may still become a stop string
         hold = max((k for stop in req.stop for k in range(1, len(stop))
-                    if seq.text.endswith(stop[:k])), default=0)
+                    if seq.text.endswith(stop[:k])), default=0) if req.stop else 0
         self._flush(seq, len(seq.text) - hold)
 
     def _flush(self, seq, upto):

@@ -89,9 +89,17 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
         ids: (B,) int64 array of the same module.
     """
     check_sampling_args(temperature, top_k, top_p)
-    xp = get_array_module(logits)
     if temperature == 0:
         return logits.argmax(axis=-1)
+    return sample_from_uniforms(logits, rng.random((logits.shape[0], 1)), temperature, top_k,
+                                top_p)
+
+
+def sample_from_uniforms(logits, uniforms, temperature, top_k, top_p):
+    """`sample_next` given its draws: uniforms (B, 1) in [0, 1), one per row (temperature
+    > 0). Each row's id depends on its own logits and draw alone, so rows of different
+    sequences, each with a draw from its own generator, can be sampled in one call."""
+    xp = get_array_module(logits)
     B, V = logits.shape
     scaled = logits.astype(xp.float64) / temperature  # (B, V), float64: cumsum over V
     order = xp.argsort(-scaled, axis=-1)  # (B, V) token ids, most likely first
@@ -104,7 +112,7 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
         mass_before = xp.cumsum(probs, axis=-1) - probs  # (B, V) of the more likely tokens
         probs = xp.where(mass_before < top_p, probs, 0.0)  # column 0 has 0 before: kept
     cdf = xp.cumsum(probs, axis=-1)  # (B, V), unnormalised: the last column is the total
-    u = rng.random((B, 1)) * cdf[:, -1:]  # (B, 1), in [0, total)
+    u = uniforms * cdf[:, -1:]  # (B, 1), in [0, total)
     choice = (cdf <= u).sum(axis=-1)  # (B,) first column whose cdf exceeds u
     # rounding can put u at the total; the kept tokens are a prefix, so clamp to its end
     n_kept = (probs > 0).sum(axis=-1)  # (B,)
@@ -188,6 +196,12 @@ class KVCache:
             raise ValueError(f"the rows have different lengths {mine.tolist()}; read "
                              f"`lengths` for each")
         return int(mine[0])
+
+    @property
+    def empty(self):
+        """True while every row of this view holds no position (before a prefill's first
+        append is counted: `advance` runs after every layer)."""
+        return not self.lengths[self.lo:self.hi].any()
 
     def reset(self):
         """Empty this view's rows (their buffers are overwritten as they refill)."""
@@ -335,13 +349,13 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                     # first step of a sliding cache: the whole prompt, in block_size chunks
                     for c in range(0, n, block_size):
                         logits, _ = model.forward(out[:, c:min(c + block_size, n)],
-                                                  kv_cache=cache)
+                                                  kv_cache=cache, last_only=True)
                 elif cache.length == 0 or (window_start != cache_offset and not cache.slides):
                     # first step, or the learned positions' window slid: rebuild from it
                     cache.reset()
                     cache_offset = window_start
-                    logits, _ = model.forward(out[:, window_start:n],
-                                              kv_cache=cache)  # (B, Tw, V)
+                    logits, _ = model.forward(out[:, window_start:n], kv_cache=cache,
+                                              last_only=True)  # (B, 1, V)
                 else:
                     # the cache holds everything before n - 1: feed only last step's token
                     logits, _ = model.forward(out[:, n - 1:n], kv_cache=cache)  # (B, 1, V)
