@@ -17,7 +17,7 @@ Results: <out>/layers.jsonl (appended, one line per size x op x pass), <out>/lay
 
 Not here: the model as a whole (bench_train_step.py), and kernel development (a kernel
 lab of numbered versions belongs in benchmarks/ too, but is a separate script). The numba
-CPU kernels (numpy-cpu) are timed for every op that has one (dispatch.resolve("cpu")). CuPy
+CPU kernels (numpy-cpu) are timed for every op that has one (dispatch.select_ops("cpu")). CuPy
 fused kernels are timed when `tinygrad_char.fused.cuda` exists and exports a function named
 like the op's (`layernorm_forward`, ...), with the xp op's signature.
 """
@@ -40,7 +40,7 @@ from benchmarks.harness import (SPEED_VS_TORCH, add_run_args, append_jsonl,
                                 write_markdown_table)  # noqa: E402
 from tinygrad_char.backend import get_array_module  # noqa: E402
 from tinygrad_char.fused.cpu import numba_available  # noqa: E402
-from tinygrad_char.fused.dispatch import resolve  # noqa: E402
+from tinygrad_char.fused.dispatch import select_ops  # noqa: E402
 
 # B batch, T time, C channels, NH heads, V vocabulary
 SIZES = {
@@ -80,8 +80,8 @@ class Case:
 
 def make_case(op, B, T, C, NH, V, seed=0, ops=None):
     """The inputs, our pair and its torch twin for `op` at these sizes (float32). ops: the
-    op table our pair comes from (dispatch.resolve; default "xp", "cpu" for numpy-cpu)."""
-    ops = ops or resolve("xp")
+    op table our pair comes from (dispatch.select_ops; default "xp", "cpu" for numpy-cpu)."""
+    ops = ops or select_ops("xp")
     torch = torch_or_none()
     F = torch.nn.functional if torch is not None else None  # only called with torch
 
@@ -297,7 +297,7 @@ def with_fused(impls, kernels, op, notes):
 
 
 def with_cpu_kernels(impls, op, shape, notes):
-    """impls plus "numpy-cpu" (the numba CPU kernels, dispatch.resolve("cpu")) when op has
+    """impls plus "numpy-cpu" (the numba CPU kernels, dispatch.select_ops("cpu")) when op has
     a CPU kernel for its forward or backward; the case is rebuilt on that op table, so its
     pair has the xp case's signature."""
     if not numba_available():
@@ -305,7 +305,7 @@ def with_cpu_kernels(impls, op, shape, notes):
         if note not in notes:
             notes.append(note)
         return impls
-    cpu, xp = resolve("cpu"), resolve("xp")
+    cpu, xp = select_ops("cpu"), select_ops("xp")
     if all(getattr(cpu, n, None) is getattr(xp, n, None)
            for n in (f"{op}_forward", f"{op}_backward")):
         return impls

@@ -5,7 +5,8 @@
         --baseline-repo /tmp/tinygrad_char_71b7213
 
 For each model config and each number of concurrent clients, every client sends
---requests requests one after the other (POST /generate, --chars characters each, a fixed
+--requests requests one after the other (more when few clients: at least --min-total
+requests a run, so that a single client's run is not a fraction of a second) (POST /generate, --chars characters each, a fixed
 prompt, temperature 0.8, a seed per request); the server is examples/serve.py in its own
 process on a free 127.0.0.1 port, serving an untrained checkpoint of the config (speed does
 not depend on the weights). Reported per (server, config, clients), the median over
@@ -218,7 +219,8 @@ async def run_load(port, clients, requests, chars, stream, seed0):
 
 def measure(server, clients, args, repeat):
     cpu0, t0 = cpu_seconds(server.proc.pid), time.perf_counter()
-    results = asyncio.run(run_load(server.port, clients, args.requests, args.chars,
+    requests = max(args.requests, -(-args.min_total // clients))  # ceil(min_total / clients)
+    results = asyncio.run(run_load(server.port, clients, requests, args.chars,
                                    server.streams, seed0=1000 * repeat))
     wall = time.perf_counter() - t0
     cores = (cpu_seconds(server.proc.pid) - cpu0) / wall
@@ -285,6 +287,8 @@ def main(argv=None):
     p.add_argument("--chars", type=int, default=200, help="characters a request (default 200)")
     p.add_argument("--requests", type=int, default=4,
                    help="requests each client sends in turn (default 4)")
+    p.add_argument("--min-total", type=int, default=32,
+                   help="requests a run sends at least, over all its clients (default 32)")
     p.add_argument("--repeats", type=int, default=3, help="runs per point; medians reported")
     p.add_argument("--threads", type=int, default=0,
                    help="the server's --threads (0: every core) (default 0)")
@@ -320,7 +324,8 @@ def main(argv=None):
                 server = ServerProcess(repo, ckpt, args, label)
                 try:
                     check_text(server, ckpt, label)
-                    warm_up = argparse.Namespace(**{**vars(args), "requests": 1})
+                    warm_up = argparse.Namespace(**{**vars(args), "requests": 1,
+                                                    "min_total": 1})
                     for n in clients:
                         measure(server, n, warm_up, 99)  # untimed: kernels built, caches made
                         runs = [measure(server, n, args, r) for r in range(args.repeats)]
@@ -342,6 +347,7 @@ def main(argv=None):
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "config": {"configs": {c: architecture(c) for c in args.configs.split(",")},
                          "clients": clients, "chars": args.chars, "requests": args.requests,
+                         "min_total": args.min_total,
                          "repeats": args.repeats, "threads": args.threads,
                          "max_slots": args.max_slots, "max_queue": args.max_queue,
                          "prompt": PROMPT, "temperature": TEMPERATURE, "commits": commits},

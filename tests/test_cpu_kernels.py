@@ -1,5 +1,5 @@
 """The numba CPU kernels (tinygrad_char/fused/cpu/) against their xp twins, the op table
-dispatch.resolve builds for modes "cpu" and "auto", runtime's thread policy, the public
+dispatch.select_ops builds for modes "cpu" and "auto", runtime's thread policy, the public
 AdamW and clip, and the package without numba.
 
 Every kernel runs on awkward shapes (T = 1, T = block_size, C not a multiple of the 8-float
@@ -579,20 +579,20 @@ CFG = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
 def test_cpu_table_uses_the_kernels():
     from tinygrad_char.fused import cpu as cpu_kernels
 
-    ops = dispatch.resolve("cpu", "numpy", CFG)
+    ops = dispatch.select_ops("cpu", "numpy", CFG)
     for name, (op, _) in cpu_kernels.kernels().items():
-        assert getattr(ops, name) is op, f"resolve('cpu').{name} is not the CPU kernel"
+        assert getattr(ops, name) is op, f"select_ops('cpu').{name} is not the CPU kernel"
     assert ops.gelu_exact_forward is dispatch.Ops().gelu_exact_forward  # no kernel
-    assert dispatch.resolve("auto", "numpy", CFG) == ops, "auto on NumPy is 'cpu'"
+    assert dispatch.select_ops("auto", "numpy", CFG) == ops, "auto on NumPy is 'cpu'"
 
 
 @pytest.mark.filterwarnings("ignore:kernels 'cpu'")  # the fallbacks, listed once (below)
 def test_cpu_table_is_chosen_once_by_dtype():
-    f64 = dispatch.describe(dispatch.resolve("cpu", "numpy", CFG, "float64"))
+    f64 = dispatch.describe(dispatch.select_ops("cpu", "numpy", CFG, "float64"))
     assert f64["linear_forward"] == f64["layernorm_backward"] == f64["AdamW"] == "numba"
     assert f64["attention_forward"] == f64["gelu_forward"] == "xp", "float32-only kernels"
     assert f64["cross_entropy_forward"] == "xp"
-    mixed = dispatch.describe(dispatch.resolve("cpu", "numpy", CFG, "float32", "float16"))
+    mixed = dispatch.describe(dispatch.select_ops("cpu", "numpy", CFG, "float32", "float16"))
     assert mixed["layernorm_forward"] == mixed["cross_entropy_forward"] == "numba", mixed
     for name in ("linear_forward", "attention_forward", "gelu_forward", "dropout_forward"):
         assert mixed[name] == "xp", (name, "sees float16 in mixed precision")
@@ -719,10 +719,10 @@ from tinygrad_char.fused import dispatch
 from tinygrad_char.backend import BackendError
 from tinygrad_char.model import GPT, GPTConfig
 from tinygrad_char.training.train import clip_and_step
-assert dispatch.resolve("auto") == dispatch.Ops(), "auto without numba must run the xp ops"
+assert dispatch.select_ops("auto") == dispatch.Ops(), "auto without numba must run the xp ops"
 try:
-    dispatch.resolve("cpu")
-    raise SystemExit("resolve('cpu') without numba did not raise")
+    dispatch.select_ops("cpu")
+    raise SystemExit("select_ops('cpu') without numba did not raise")
 except BackendError as e:
     assert "numba" in str(e) and "--kernels xp" in str(e), str(e)
 model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8))

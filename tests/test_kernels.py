@@ -11,7 +11,7 @@ xp twins, in three layers that fail loudly:
    the GPU itself.
 3. GPU (marked gpu, skipped without one): the same comparisons with the real kernels.
 
-Plus the dispatch's choices for the CUDA path (`dispatch.resolve`), which run anywhere.
+Plus the dispatch's choices for the CUDA path (`dispatch.select_ops`), which run anywhere.
 """
 
 import ctypes
@@ -409,8 +409,8 @@ def test_kernels_module_imports_without_cupy():
 
 
 def test_xp_table_is_the_op_modules():
-    ops = dispatch.resolve("xp", "numpy", GPTConfig(vocab_size=5, block_size=4, n_layer=1,
-                                                    n_head=1, n_embd=4))
+    ops = dispatch.select_ops("xp", "numpy", GPTConfig(vocab_size=5, block_size=4, n_layer=1,
+                                                       n_head=1, n_embd=4))
     assert ops == dispatch.Ops(), "kernels 'xp' must be the default table"
     assert ops.layernorm_forward is layernorm.layernorm_forward
     assert ops.attention_backward is attention.attention_backward
@@ -448,7 +448,7 @@ def test_xp_table_runs_on_numpy():
 @pytest.mark.skipif(CUPY_MISSING is None, reason="a GPU works here: 'fused' is available")
 def test_kernels_fused_without_gpu_names_the_fix():
     with pytest.raises(BackendError, match="--kernels xp"):
-        dispatch.resolve("fused", "cupy")
+        dispatch.select_ops("fused", "cupy")
     with pytest.raises(BackendError, match="--kernels xp"):
         GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4),
             kernels="fused")
@@ -458,7 +458,7 @@ def test_kernels_fused_without_gpu_names_the_fix():
 @pytest.mark.gpu
 def test_kernels_fused_on_gpu():
     cfg = GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)
-    ops = dispatch.resolve("fused", "cupy", cfg)
+    ops = dispatch.select_ops("fused", "cupy", cfg)
     assert ops.layernorm_forward is kernels.layernorm_forward
     model = GPT(cfg, backend="cupy", kernels="fused")
     assert model.describe_ops()["attention_forward"] == "cuda", model.ops_summary()
@@ -466,7 +466,7 @@ def test_kernels_fused_on_gpu():
 
 def test_kernels_rejects_unknown_mode():
     with pytest.raises(ValueError, match="xp"):
-        dispatch.resolve("cuda")
+        dispatch.select_ops("cuda")
 
 
 def cuda_table(**config):
@@ -475,7 +475,7 @@ def cuda_table(**config):
     dtype, compute = config.pop("dtype", "float32"), config.pop("compute_dtype", None)
     cfg = GPTConfig(**{**dict(vocab_size=5, block_size=4, n_layer=1, n_head=2, n_embd=8),
                        **config})
-    return dispatch.describe(dispatch.resolve("auto", "cupy", cfg, dtype, compute),
+    return dispatch.describe(dispatch.select_ops("auto", "cupy", cfg, dtype, compute),
                              dispatch.ops_used(cfg))
 
 

@@ -381,12 +381,12 @@ def test_fast_paths_run_the_new_parts_on_xp_and_say_so(recwarn):
     kernel for on the xp ops; a requested fast path says so once, "auto" in the summary."""
     llama = config(pos_encoding="rope", normalization="rmsnorm", activation="swiglu",
                    n_head=2, n_kv_head=1)
-    cuda = dispatch.describe(dispatch.resolve("auto", "cupy", llama),
+    cuda = dispatch.describe(dispatch.select_ops("auto", "cupy", llama),
                              dispatch.ops_used(llama))
     for name in ("rmsnorm_forward", "rope_forward", "swiglu_forward",
                  "gqa_attention_forward", "windowed_attention_forward"):
         assert cuda[name] == "xp", (name, cuda)
-    assert set(dispatch.describe(dispatch.resolve("auto", "cupy", config()),
+    assert set(dispatch.describe(dispatch.select_ops("auto", "cupy", config()),
                                  ["layernorm_forward", "attention_forward"]).values()) == {"cuda"}
     model = GPT(llama, kernels="xp")  # nothing to say on xp
     assert not [w for w in recwarn if "kernels" in str(w.message)]

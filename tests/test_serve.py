@@ -641,7 +641,8 @@ def test_bench_serve_runs_and_writes_its_results(tmp_path):
     Nothing here compares speeds."""
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_serve.py"),
                            "--configs", "tiny", "--clients", "1,3", "--chars", "5",
-                           "--requests", "1", "--repeats", "1", "--threads", "1",
+                           "--requests", "1", "--min-total", "1", "--repeats", "1",
+                           "--threads", "1",
                            "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

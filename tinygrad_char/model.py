@@ -191,7 +191,7 @@ class GPT:
     fused kernels for the backend, numba on NumPy when it imports, CUDA on CuPy), "xp"
     (the ops of this package), "cpu" (the numba kernels of fused/cpu/) or "fused" (the
     CUDA kernels of kernels/; GPU only), each with the xp op wherever it has no kernel for
-    this model (chosen once, here: dispatch.resolve; `describe_ops` lists the choice);
+    this model (chosen once, here: dispatch.select_ops; `describe_ops` lists the choice);
     compute_dtype: None, or "float16" for mixed precision (precision.py): the matmuls,
     attention and GELU run in float16 on a float16 copy of the float32 `params`, while the
     embeddings, the residual stream, LayerNorm and the cross-entropy stay float32.
@@ -225,11 +225,11 @@ class GPT:
     # -- the op table ------------------------------------------------------------------
     def set_kernels(self, kernels):
         """Choose each op's implementation for this model's backend, dtypes and config
-        (fused/dispatch.resolve): self.ops, an Ops table. Called by the constructor; call
+        (fused/dispatch.select_ops): self.ops, an Ops table. Called by the constructor; call
         it again after changing compute_dtype (a resumed run does)."""
         self.kernels = kernels
-        self.ops = dispatch.resolve(kernels, self.backend.name, self.config, self.dtype,
-                                    self.compute_dtype)
+        self.ops = dispatch.select_ops(kernels, self.backend.name, self.config, self.dtype,
+                                       self.compute_dtype)
 
     def describe_ops(self):
         """{op name: "numba" | "cuda" | "xp"} for every op this model runs, in forward order."""

@@ -2,13 +2,13 @@
 built: the xp ops of tinygrad_char/ops/ (the reference), the CUDA kernels of fused/cuda.py
 or the numba CPU kernels of fused/cpu/.
 
-    ops = resolve("auto", "numpy", config, "float32")   # an Ops table; GPT does this
-    ops.layernorm_forward(x, w, b)                      # whichever was chosen
-    describe(ops, ops_used(config))                     # {"layernorm_forward": "numba", ...}
+    ops = select_ops("auto", "numpy", config, "float32")  # an Ops table; GPT does this
+    ops.layernorm_forward(x, w, b)                         # whichever was chosen
+    describe(ops, ops_used(config))                        # {"layernorm_forward": "numba", ...}
 
 `Ops` is the op table: one field per op, its default the xp op. A fast path is a dict of
 overrides by field name (fused/cpu/__init__.py: `kernels()`, fused/cuda.py: `KERNELS`),
-and `resolve` keeps those that can take this model's inputs. What a fast path cannot take
+and `select_ops` keeps those that can take this model's inputs. What a fast path cannot take
 is decided here, from the backend, the dtypes and the config, never per call:
 
 - dtype: each op sees the parameters' dtype (embeddings, normalisation, cross-entropy,
@@ -44,7 +44,7 @@ CUDA_FIX = "use --kernels xp"
 @dataclass(frozen=True)
 class Ops:
     """A model's op table: the function each op name runs, in the order of the forward.
-    The defaults are the xp ops (the readable reference); `resolve` replaces fields with a
+    The defaults are the xp ops (the readable reference); `select_ops` replaces fields with a
     fast path's kernels. Each kernel has its xp twin's signature."""
     embedding_forward: Callable = embedding.embedding_forward
     embedding_backward: Callable = embedding.embedding_backward
@@ -194,7 +194,7 @@ def _kernels(path):
     return {name: (fn, ("float32",)) for name, fn in cuda.KERNELS.items()}, cuda.XP_BY_DESIGN
 
 
-def resolve(mode, backend_name="numpy", config=None, dtype="float32", compute_dtype=None):
+def select_ops(mode, backend_name="numpy", config=None, dtype="float32", compute_dtype=None):
     """The op table for a kernels mode ("auto", "xp", "cpu" or "fused") and a model: its
     backend ("numpy" or "cupy"), its GPTConfig, parameter dtype and compute dtype (None, or
     "float16" for mixed precision). config None: no config rule (every kernel whose dtype

@@ -54,7 +54,12 @@ from tinygrad_char.inference.sampling import (KVCache, check_sampling_args, prom
                                               sample_from_uniforms)
 from tinygrad_char.training.cli import MAX_SEED
 
-FEW_ROWS = 8  # up to this many rows a step runs in `few_rows` (BLAS threads, serial kernels)
+# Up to this many rows (tokens) a forward runs in `few_rows` (BLAS threads, serial kernels),
+# above on the kernels' pool. One sequence's 64-token window re-run (learned positions past
+# the window) is the case between: serving one client of bench_serve.py's CPU-preset model
+# made 250-299 characters/s with it in few_rows, 217-292 on the pool; the tiny model's the
+# same either way; 8 windows (512 rows) ran faster on the pool (2 cores, 2 threads).
+FEW_ROWS = 64
 
 
 class EngineBusy(RuntimeError):

@@ -18,7 +18,6 @@ definition), this file only chooses tokens and keeps the cache.
 """
 
 import contextlib
-import copy
 
 import numpy as np
 
@@ -103,7 +102,8 @@ def sample_from_uniforms(logits, uniforms, temperature, top_k, top_p):
     B, V = logits.shape
     scaled = logits.astype(xp.float64) / temperature  # (B, V), float64: cumsum over V
     order = xp.argsort(-scaled, axis=-1)  # (B, V) token ids, most likely first
-    sorted_logits = xp.take_along_axis(scaled, order, axis=-1)  # (B, V), descending
+    rows = xp.arange(B)[:, None]  # (B, 1)
+    sorted_logits = scaled[rows, order]  # (B, V), descending
     probs = xp.exp(sorted_logits - sorted_logits[:, :1])  # (B, V), the row max is column 0
     if top_k is not None:
         probs[:, min(top_k, V):] = 0.0
@@ -117,7 +117,7 @@ def sample_from_uniforms(logits, uniforms, temperature, top_k, top_p):
     # rounding can put u at the total; the kept tokens are a prefix, so clamp to its end
     n_kept = (probs > 0).sum(axis=-1)  # (B,)
     choice = xp.minimum(choice, n_kept - 1)
-    return xp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]  # (B,)
+    return order[rows[:, 0], choice]  # (B,)
 
 
 # -- the key/value cache ---------------------------------------------------------------------
@@ -182,7 +182,8 @@ class KVCache:
         if not 0 <= lo < hi <= self.lengths.size:
             raise ValueError(f"rows {lo}..{hi - 1} are not rows of a cache of "
                              f"{self.lengths.size}")
-        view = copy.copy(self)
+        view = object.__new__(KVCache)  # a shallow copy (copy.copy, without its overhead)
+        view.__dict__.update(self.__dict__)
         view.lo, view.hi = lo, hi
         view.attention = [None] * len(self.attention)
         view._planned = None

@@ -72,8 +72,12 @@ def applies(*arrays, dtypes=(np.float32,)):
     if not arrays or not isinstance(arrays[0], np.ndarray):
         return False
     dtype = arrays[0].dtype
-    return dtype in dtypes and all(isinstance(a, np.ndarray) and a.dtype == dtype
-                                   for a in arrays)
+    if dtype.type not in dtypes:
+        return False
+    for a in arrays:  # a loop, not all(<generator>): called on every kernel call
+        if not isinstance(a, np.ndarray) or a.dtype != dtype:
+            return False
+    return True
 
 
 def too_small(n, matmul=False):
