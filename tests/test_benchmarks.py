@@ -242,6 +242,21 @@ def test_bench_generate(tmp_path):
     assert "chars/s" in (tmp_path / "generate.md").read_text()
 
 
+def test_bench_library_step(tmp_path):
+    """The README's library example against the loop: both ways run (the script checks
+    their first losses agree), the ratio and the update-alone figures are written."""
+    run_script("bench_library_step.py", "--threads", "1", "--rounds", "2", "--steps", "1",
+               "--warmup", "1", tmp_path=tmp_path)
+    [record] = read_jsonl(tmp_path / "library_step.jsonl")
+    assert set(record["ms_per_step"]) == {"library", "training loop"}
+    assert len(record["ms_per_step_all"]["library"]) == 2
+    assert record["library_over_loop"] > 0 and set(record["update_ms"]) == {
+        "library", "training loop"}
+    assert all(o.endswith("CpuAdamW") for o in record["optimizers"].values()), \
+        "with numba both ways must step the fused optimizer"
+    assert "library / loop" in (tmp_path / "library_step.md").read_text()
+
+
 def test_bench_embedding_backward(tmp_path):
     run_script("bench_embedding_backward.py", "--vocabs", "65", "--shapes", "64x16",
                "--repeat", "1", "--warmup", "0", "--threads", "1", tmp_path=tmp_path)

@@ -54,11 +54,12 @@ from tinygrad_char.inference.sampling import (KVCache, check_sampling_args, prom
                                               sample_from_uniforms)
 from tinygrad_char.training.cli import MAX_SEED
 
-# Up to this many rows (tokens) a forward runs in `few_rows` (BLAS threads, serial kernels),
-# above on the kernels' pool. One sequence's 64-token window re-run (learned positions past
-# the window) is the case between: serving one client of bench_serve.py's CPU-preset model
-# made 250-299 characters/s with it in few_rows, 217-292 on the pool; the tiny model's the
-# same either way; 8 windows (512 rows) ran faster on the pool (2 cores, 2 threads).
+# Up to this many rows (tokens) in all the forwards of a step, the step runs in `few_rows`
+# (BLAS threads, serial kernels), above on the kernels' pool; decided once a step, so that a
+# step never switches between the two. One sequence's 64-token window re-run (learned
+# positions past the window) is the case between: serving one client of bench_serve.py's
+# CPU-preset model made 250-299 characters/s with it in few_rows, 217-292 on the pool; the
+# tiny model's the same either way; 8 windows (512 rows) ran faster on the pool (2 cores).
 FEW_ROWS = 64
 
 
@@ -318,7 +319,7 @@ class Engine:
             if seq.req.max_new_tokens == 0:
                 seq.reason = "length"
             else:
-                self._rows(1)
+                self._rows(min(len(ids), self.block_size))
                 logits = self._prefill(seq, len(self._active) - 1)
                 self._sample([seq], logits)
             self._retire()
@@ -357,7 +358,6 @@ class Engine:
         scratch = self._scratch.rows(0, len(seqs))
         scratch.reset()
         idx = np.asarray([seq.ids[-W:] for seq in seqs], dtype=np.int64)  # (n, W)
-        self._rows(len(seqs) * W)
         logits, _ = self.model.forward(xp.asarray(idx), kv_cache=scratch,
                                        last_only=True)  # (n, 1, V)
         for seq in seqs:
@@ -390,12 +390,12 @@ class Engine:
                 run.append((row, seq))
         if run:
             runs.append(run)
+        self._rows(len(slid) * self.block_size + sum(len(run) for run in runs))  # the step's
         if slid:
             self._prefill_slid(slid)
         for run in runs:
             lo, hi = run[0][0], run[-1][0] + 1
             last = np.asarray([[seq.ids[-1]] for _, seq in run], dtype=np.int64)  # (n, 1)
-            self._rows(hi - lo)
             logits, _ = self.model.forward(self.model.xp.asarray(last),
                                            kv_cache=self.cache.rows(lo, hi))
             self._sample([seq for _, seq in run], logits[:, -1, :])
