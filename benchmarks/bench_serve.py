@@ -5,11 +5,11 @@
         --baseline-repo /tmp/tinygrad_char_71b7213
 
 For each model config and each number of concurrent clients, every client sends
---requests requests one after the other (more when few clients: at least --min-total
-requests a run, so that a single client's run is not a fraction of a second) (POST /generate, --chars characters each, a fixed
-prompt, temperature 0.8, a seed per request); the server is examples/serve.py in its own
-process on a free 127.0.0.1 port, serving an untrained checkpoint of the config (speed does
-not depend on the weights). Reported per (server, config, clients), the median over
+--requests requests one after the other (POST /generate, --chars characters each, a fixed
+prompt, temperature 0.8, a seed per request; more requests when there are few clients: at
+least --min-total a run, so that a single client's run is not a fraction of a second); the
+server is examples/serve.py in its own process on a free 127.0.0.1 port, serving an
+untrained checkpoint of the config (speed does not depend on the weights). Reported per (server, config, clients), the median over
 --repeats runs, after one untimed run of that many clients (one request each):
   * chars_per_s: characters received by all clients / wall time of the run;
   * ttfc_p50_s / ttfc_p99_s: time to first character (request sent -> first text event;
@@ -23,8 +23,9 @@ Correctness first: before timing, each server's text for one seeded request must
 --baseline-repo PATH runs the same load against another checkout of this repository
 (e.g. the server before continuous batching: `git archive 71b7213 | tar -x -C PATH`),
 started from there with PYTHONPATH=PATH; a server without streaming is asked without
-"stream" and its time to first character is its whole answer. The two servers run in
-turn, same machine, same run.
+"stream" and its time to first character is its whole answer. Both servers are up at once
+(the one not under load idles) and take turns run by run, each going first in every other
+repeat, so that the machine's drift during the run hits both alike.
 
 The clients are one asyncio loop in this process speaking HTTP/1.1 on raw sockets (no
 client library between the server and the clock); they share the machine with the server,
@@ -235,6 +236,13 @@ def measure(server, clients, args, repeat):
             "errors": len(results) - len(good), "cores_used": cores, "wall_s": wall}
 
 
+def summarize(runs):
+    """One point from a server's runs: the median of each figure, the errors summed."""
+    point = {k: statistics.median(run[k] for run in runs) for k in runs[0] if k != "errors"}
+    point["errors"] = sum(run["errors"] for run in runs)
+    return point
+
+
 def check_text(server, ckpt, label):
     """The server's text for one seeded request equals generate_text in this process."""
     from tinygrad_char.inference.sampling import generate_text
@@ -316,32 +324,36 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for config in args.configs.split(","):
             arch = architecture(config)
-            for label, repo in servers:
-                ckpt = str(Path(tmp) / f"{config}-{label}.safetensors")
-                subprocess.run([sys.executable, "-c", MAKE_CHECKPOINT, json.dumps(arch), CHARS,
-                                ckpt], check=True, timeout=600,
-                               env=dict(os.environ, PYTHONPATH=str(repo)))
-                server = ServerProcess(repo, ckpt, args, label)
-                try:
-                    check_text(server, ckpt, label)
-                    warm_up = argparse.Namespace(**{**vars(args), "requests": 1,
-                                                    "min_total": 1})
-                    for n in clients:
+            running = []  # every server of this config, up at once (an idle one waits)
+            try:
+                for label, repo in servers:
+                    ckpt = str(Path(tmp) / f"{config}-{label}.safetensors")
+                    subprocess.run([sys.executable, "-c", MAKE_CHECKPOINT, json.dumps(arch),
+                                    CHARS, ckpt], check=True, timeout=600,
+                                   env=dict(os.environ, PYTHONPATH=str(repo)))
+                    running.append(ServerProcess(repo, ckpt, args, label))
+                    check_text(running[-1], ckpt, label)
+                warm_up = argparse.Namespace(**{**vars(args), "requests": 1, "min_total": 1})
+                for n in clients:
+                    runs = {server.label: [] for server in running}
+                    for server in running:
                         measure(server, n, warm_up, 99)  # untimed: kernels built, caches made
-                        runs = [measure(server, n, args, r) for r in range(args.repeats)]
-                        point = {k: statistics.median(run[k] for run in runs)
-                                 for k in runs[0] if k != "errors"}
-                        point["errors"] = sum(run["errors"] for run in runs)
-                        point.update(server=label, commit=commits[label], config=config,
-                                     clients=n, streaming=server.streams)
+                    for r in range(args.repeats):  # the servers take turns, each first in turn
+                        for server in (running if r % 2 == 0 else running[::-1]):
+                            runs[server.label].append(measure(server, n, args, r))
+                    for server in running:
+                        point = summarize(runs[server.label])
+                        point.update(server=server.label, commit=commits[server.label],
+                                     config=config, clients=n, streaming=server.streams)
                         points.append(point)
-                        print(f"{label:8s} {config:10s} {n:3d} clients: "
+                        print(f"{server.label:8s} {config:10s} {n:3d} clients: "
                               f"{point['chars_per_s']:8.0f} chars/s, ttfc p50 "
                               f"{point['ttfc_p50_s']:.3f} s p99 {point['ttfc_p99_s']:.3f} s, "
                               f"request p50 {point['request_p50_s']:.2f} s p99 "
                               f"{point['request_p99_s']:.2f} s, errors {point['errors']}, "
                               f"cores {point['cores_used']:.2f}", flush=True)
-                finally:
+            finally:
+                for server in running:
                     server.stop()
     record = {"benchmark": "serve", "machine": info, "versions": info["versions"],
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
