@@ -11,7 +11,11 @@ CPU shape (4 layers x 4 heads x 128, context 64, batch 12, 65 characters):
   (`model.ops.AdamW`) and `train.clip_and_step`, the clip folded into the update.
 Both after `tinygrad_char.runtime.setup(threads)`, as the README says. Each step is timed
 whole; the two are interleaved in rounds, each going first in every other round, so drift on a
-shared machine hits both alike, and the medians over the rounds are reported with their ratio (library / loop; 1.00 = equal).
+shared machine hits both alike. Reported: the median step of each way, and the median over the
+rounds of each round's ratio (library / loop; 1.00 = equal), which pairs the two ways in time.
+The two differ only after the backward, so the update alone (clip and AdamW on one set of
+gradients) is timed the same way too, many repetitions a round: that is the part of the gap
+that is not the machine's noise.
 
 Results: <out>/library_step.jsonl (appended) and <out>/library_step.md.
 """
@@ -54,6 +58,29 @@ def loop_step(model, optimizer, idx, targets, step):
     return loss
 
 
+def library_update(optimizer, grads, step):
+    clip_grad_norm(grads, 1.0)
+    optimizer.step(grads, lr=cosine_lr(step=step, **LR))
+
+
+def loop_update(optimizer, grads, step):
+    clip_and_step(grads, optimizer, cosine_lr(step=step, **LR), 1.0)
+
+
+def interleaved(ways, rounds, reps):
+    """{name: [ms per call, one a round]}: each way `reps` calls a round, the order of the ways
+    flipped every other round."""
+    times = {name: [] for name in ways}
+    for r in range(rounds):
+        order = list(ways.items())
+        for name, call in (order if r % 2 == 0 else order[::-1]):  # neither always first
+            t0 = time.perf_counter()
+            for s in range(reps):
+                call(s)
+            times[name].append((time.perf_counter() - t0) * 1e3 / reps)
+    return times
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=0, help="runtime.setup(threads); 0 = every core")
@@ -82,24 +109,33 @@ def main(argv=None):
     for name, (m, o, fn) in ways.items():
         for s in range(args.warmup):
             fn(m, o, idx, targets, 1 + s)
-    times = {name: [] for name in ways}
-    step = 1 + args.warmup
-    for r in range(args.rounds):
-        order = list(ways.items())
-        for name, (m, o, fn) in (order if r % 2 == 0 else order[::-1]):  # neither always first
-            t0 = time.perf_counter()
-            for s in range(args.steps):
-                fn(m, o, idx, targets, step + s)
-            times[name].append((time.perf_counter() - t0) * 1e3 / args.steps)
-        step += args.steps
+    first = 1 + args.warmup
+    times = interleaved({name: (lambda s, m=m, o=o, fn=fn: fn(m, o, idx, targets, first + s))
+                         for name, (m, o, fn) in ways.items()}, args.rounds, args.steps)
+    # the update alone, on one fixed set of gradients (copied each call: the clip scales them)
+    ways["library"][0].forward(idx, targets)
+    grads = ways["library"][0].backward()
+    update_ways = {name: (lambda s, o=ways[name][1], update=update: update(
+                       o, {k: g.copy() for k, g in grads.items()}, 100 + s))
+                   for name, update in (("library", library_update),
+                                        ("training loop", loop_update))}
+    copy_only = interleaved({"copy": lambda s: {k: g.copy() for k, g in grads.items()}},
+                            args.rounds, 10 * args.steps)["copy"]
+    update_times = interleaved(update_ways, args.rounds, 10 * args.steps)
+    copy_ms = statistics.median(copy_only)
+    update_med = {name: statistics.median(v) - copy_ms for name, v in update_times.items()}
     med = {name: statistics.median(v) for name, v in times.items()}
-    ratio = med["library"] / med["training loop"]
+    ratio = statistics.median(a / b for a, b in zip(times["library"], times["training loop"]))
+    update_gap = update_med["library"] - update_med["training loop"]
     info = machine_info()
     busy = busy_warning(threads, info)
     record = {"threads": threads, "config": {**CONFIG, "batch_size": BATCH},
               "rounds": args.rounds, "steps_per_round": args.steps,
               "ms_per_step": med, "ms_per_step_all": times,
-              "library_over_loop": ratio, "optimizers": {
+              "library_over_loop": ratio,
+              "update_ms": update_med, "update_gap_ms": update_gap,
+              "update_gap_share_of_step": update_gap / med["training loop"],
+              "optimizers": {
                   name: type(o).__module__ + "." + type(o).__name__
                   for name, (m, o, fn) in ways.items()},
               "kernels": ways["library"][0].ops_summary()}
@@ -113,7 +149,14 @@ def main(argv=None):
                                 ["way", "ms/step (median)", "range", "optimizer"],
                                 f"README library example vs training loop step "
                                 f"({machine_summary(info)})",
-                                notes=[f"library / loop = {ratio:.3f}", record["kernels"]]
+                                notes=[f"library / loop = {ratio:.3f} (median of the "
+                                       f"{args.rounds} rounds' paired ratios)",
+                                       f"the update alone (clip + AdamW): library "
+                                       f"{update_med['library']:.3f} ms, loop "
+                                       f"{update_med['training loop']:.3f} ms: the library "
+                                       f"way's extra work is {update_gap:.3f} ms, "
+                                       f"{100 * update_gap / med['training loop']:.1f}% of "
+                                       f"a step", record["kernels"]]
                                 + ([busy] if busy else []))
     print(text)
     return 0
