@@ -15,8 +15,8 @@ The loop, on the engine thread only:
      once (rows 0 .. n - 1, each at its own position), then each sequence samples its next
      character with its own settings and its own random generator, the sequences that
      share settings in one call (a learned-position model past its window re-runs each
-     such sequence's last block_size tokens, as `sampling.generate` does, all of them in
-     one forward that computes only the last position's logits: `_prefill_slid`);
+     such sequence's last block_size tokens, as `sampling.generate` does, together in
+     cache-sized forwards that compute only the last position's logits: `_prefill_slid`);
   4. finished sequences leave at once: the last active row moves into the freed one, so
      the active rows stay 0 .. n - 1 (a slice of the cache, no gather).
 Work a caller needs from the model (the attention maps of serve.py) is queued with `call`
