@@ -51,7 +51,8 @@ MAX_STOP_CHARS = 64  # characters of one stop string
 # The event loop is woken for new characters at most this often (50 times a second, under
 # a 60 Hz display's frame). Each wake-up writes one event per stream through Starlette and
 # takes the GIL from the engine thread: at 32 streams of the tiny model on 2 cores, 5 ms
-# served 5,750-6,100 characters/s and 20 ms 7,000-9,500 (benchmarks/bench_serve.py).
+# served 5,750-6,100 characters/s and 20 ms 7,000-9,500 (32 streaming loopback clients of
+# 200 characters each, against one server process, three runs of each setting).
 FLUSH_S = 0.02
 
 
