@@ -292,13 +292,15 @@ class GPT:
             return self._pos_table[start:stop]
         return tuple(t[start:stop] for t in self._pos_table)
 
-    def _attn_forward(self, x, h, pos, window, kv_cache, layer):
+    def _attn_forward(self, x, h, pos, window, kv_cache, layer, last_query=False):
         """The attention branch: c_attn -> [rope] -> causal attention -> c_proj -> dropout.
 
         x (B, T, C); pos: rope's (cos, sin) of the T positions, else None; window: None,
         or block_size for a sequence past it (sliding-window attention); kv_cache: None, or
         the KVCache whose keys and values of layer `layer` the T new queries also attend to
-        (then nothing is kept for a backward)."""
+        (then nothing is kept for a backward); last_query (with kv_cache): every position's
+        keys and values enter the cache, but only the last position's query attends, and
+        the branch returns (B, 1, C)."""
         cfg, ops = self.config, self.ops
         NH, NKV = cfg.n_head, cfg.kv_heads
         qkv, c_qkv = ops.linear_forward(x, self._p(h + "attn.c_attn.weight"),
@@ -317,17 +319,20 @@ class GPT:
             B, T = x.shape[:2]
             starts_empty = kv_cache.empty  # before this layer's append
             k_t, v, k_pos = kv_cache.append(layer, k, v)  # the rows' rings of keys, values
-            if starts_empty and not kv_cache.keep_attention:
+            q_pos = kv_cache.positions(T)  # (B, T)
+            if last_query:  # (B, NH, 1, hs): the one query a sampler's logits need
+                q, q_pos = q[:, :, -1:], q_pos[:, -1:]
+            if starts_empty and not kv_cache.keep_attention and not last_query:
                 # rows that held nothing (a prefill): the new queries see only their own
                 # keys, causally, which is the training attention (and its fast path)
                 y, _ = ops.gqa_attention_forward(qkv, NH, NKV, training=False) \
                     if NKV != NH else ops.attention_forward(qkv, NH, training=False)
             else:
-                y, att = ops.cached_attention_forward(q, k_t, v, kv_cache.positions(T), k_pos,
+                y, att = ops.cached_attention_forward(q, k_t, v, q_pos, k_pos,
                                                       cfg.block_size, return_probs=True)
-                if kv_cache.keep_attention:  # (B, NH, T, capacity): for a reader to see
+                if kv_cache.keep_attention:  # (B, NH, Tq, capacity): for a reader to see
                     kv_cache.attention[layer] = att
-                y = y.transpose(0, 2, 1, 3).reshape(B, T, cfg.n_embd)  # (B, T, C)
+                y = y.transpose(0, 2, 1, 3).reshape(B, q.shape[2], cfg.n_embd)  # (B, Tq, C)
             c_att = None
         elif window is not None:  # a sequence past block_size: sliding-window attention
             y, c_att = ops.windowed_attention_forward(qkv, NH, NKV, cfg.dropout, self.rng,
@@ -437,8 +442,8 @@ class GPT:
                 those of a forward on the whole sequence, up to float rounding.
             last_only: with kv_cache, the logits of each row's last position only (what a
                 sampler reads): every position's keys and values still enter the cache,
-                but the last block's MLP, the final norm and the head run on the last
-                position alone. Logits then (B, 1, V), equal to the last column of the
+                but the last block's attention query, its projection and MLP, the final
+                norm and the head run on the last position alone. Logits then (B, 1, V), equal to the last column of the
                 full forward's up to float rounding.
         Returns:
             logits: (B, T, V), or (B, 1, V) with last_only
@@ -481,16 +486,17 @@ class GPT:
 
             for i in range(cfg.n_layer):
                 h = f"transformer.h.{i}."
-                attn = (h, rope_pos, window, kv_cache, i)
+                # the last block of a last_only forward: all keys and values enter the
+                # cache, then the block goes on at the last position alone (B, 1, C)
+                last = last_only and i == cfg.n_layer - 1
+                attn = (h, rope_pos, window, kv_cache, i, last)
                 if cfg.norm == "pre":  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
                     a, c_ln1 = self._ln_forward(x, h + "ln_1")
                     a, c_attn = self._attn_forward(self._low(a), *attn)
-                    x = x + a
+                    x = (x[:, -1:] if last else x) + a
                 else:  # x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))
                     a, c_attn = self._attn_forward(self._low(x), *attn)
-                    x, c_ln1 = self._ln_forward(x + a, h + "ln_1")
-                if last_only and i == cfg.n_layer - 1:  # keys and values are cached now
-                    x = self.xp.ascontiguousarray(x[:, -1:])  # (B, 1, C): the last position
+                    x, c_ln1 = self._ln_forward((x[:, -1:] if last else x) + a, h + "ln_1")
                 if cfg.norm == "pre":
                     m, c_ln2 = self._ln_forward(x, h + "ln_2")
                     m, c_mlp = self._mlp_forward(self._low(m), h)
