@@ -331,6 +331,52 @@ def test_cross_entropy_kernel_rejects_out_of_range_targets():
         k_ce.cross_entropy_forward(np.zeros((2, 4), np.float32), np.array([0, 4]))
 
 
+# == sampling ==================================================================================
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("top_k, top_p", [(None, None), (1, None), (5, None), (100, None),
+                                          (None, 0.3), (None, 1.0), (10, 0.9)])
+@pytest.mark.parametrize("B, V", [(1, 1), (3, 2), (400, 65), (8, 1000)])
+def test_sampling_kernel(B, V, top_k, top_p, dtype):
+    """The same ids as the twin for the same draws, with tied logits (a stable sort: both
+    keep id order) and a banned -inf id; an id may differ only where its draw lies within
+    rounding of a CDF boundary (the kernel normalises with a sum in another order)."""
+    from tinygrad_char.fused.cpu import sampling as k_sampling
+    from tinygrad_char.ops import sampling
+
+    rng = np.random.default_rng(B * V)
+    logits = (rng.standard_normal((B, V)) * 3).astype(dtype)
+    logits[:, ::7] = logits[:, :1]  # exact ties
+    if V > 4:
+        logits[:, 3] = -np.inf  # a banned id
+    uniforms = rng.random((B, 1))
+    got = k_sampling.sample_from_uniforms(logits, uniforms, 0.7, top_k, top_p)
+    want = sampling.sample_from_uniforms(logits, uniforms, 0.7, top_k, top_p)
+    assert got.dtype == np.int64 and got.shape == (B,)
+    for b in np.flatnonzero(got != want):
+        scaled = np.sort(logits[b].astype(np.float64) / 0.7)[::-1]
+        cdf = np.cumsum(np.exp(scaled - scaled[0]))
+        u = uniforms[b, 0] * cdf[-1]
+        assert np.abs(cdf - u).min() < 1e-12 * cdf[-1], \
+            f"row {b}: kernel id {got[b]}, twin {want[b]}, draw not at a CDF boundary"
+    assert (got != want).mean() < 0.01, "more ids differ than rounding explains"
+    if V > 4:
+        assert (got != 3).all(), "the banned (-inf) id was sampled"
+
+
+def test_sampling_kernel_keeps_tied_logits_in_id_order():
+    """All logits equal: top_k = 2 keeps ids 0 and 1 (the stable order), as the twin."""
+    from tinygrad_char.fused.cpu import sampling as k_sampling
+    from tinygrad_char.ops import sampling
+
+    logits = np.zeros((200, 9), np.float32)
+    uniforms = np.random.default_rng(0).random((200, 1))
+    for sample in (k_sampling.sample_from_uniforms, sampling.sample_from_uniforms):
+        ids = sample(logits, uniforms, 1.0, 2, None)
+        assert sorted(set(ids.tolist())) == [0, 1], (sample.__module__, ids[:10])
+        assert ids.tolist() == (uniforms[:, 0] >= 0.5).astype(int).tolist()
+
+
 # == embedding backward ========================================================================
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -636,7 +682,8 @@ def test_requested_kernels_say_once_what_falls_back(recwarn):
     assert not [w for w in recwarn if "kernels" in str(w.message)]
     assert GPT(CFG).ops_summary() == ("kernels: numba (embedding, position_embedding, "
                                       "dropout, layernorm, linear, attention, gelu, "
-                                      "cross_entropy, adamw), xp (cached_attention)")
+                                      "cross_entropy, sample_from_uniforms, adamw), xp "
+                                      "(cached_attention)")
     line = GPT(llama).ops_summary()
     assert line.startswith("kernels: numba (embedding, dropout, ") and "gqa_attention" in \
         line.split("xp (")[0] and "windowed_attention, cached_attention" in line, line

@@ -460,7 +460,8 @@ class FusedAdamW(optim.AdamW):
 # Every kernel takes float32 only. The ops not listed run the xp ops on CuPy, which is not a
 # fallback for these (XP_BY_DESIGN: no warning): the linear layers (cuBLAS through CuPy
 # already), the embedding gather and learned positions, dropout and ReLU (one CuPy
-# elementwise kernel each), the KV-cache path and sliding-window attention.
+# elementwise kernel each), the KV-cache path, sliding-window attention and the sampler (a
+# few CuPy calls on (B, V) logits a step, with no host round trip).
 KERNELS = {
     "embedding_backward": embedding_backward,
     "layernorm_forward": layernorm_forward,
@@ -474,4 +475,4 @@ KERNELS = {
     "AdamW": FusedAdamW,
 }
 XP_BY_DESIGN = ("linear", "embedding_forward", "position_embedding", "dropout", "relu",
-                "cached_attention", "windowed_attention")
+                "cached_attention", "windowed_attention", "sample_from_uniforms")

@@ -34,7 +34,7 @@ from typing import Callable
 from tinygrad_char import optim
 from tinygrad_char.backend import BackendError
 from tinygrad_char.ops import (activations, attention, cross_entropy, dropout, embedding,
-                               layernorm, linear, rope)
+                               layernorm, linear, rope, sampling)
 
 KERNEL_MODES = ("auto", "xp", "fused", "cpu")
 CPU_FIX = 'install numba (pip install numba, or reinstall tinygrad-char), or use --kernels xp'
@@ -78,6 +78,7 @@ class Ops:
     swiglu_backward: Callable = activations.swiglu_backward
     cross_entropy_forward: Callable = cross_entropy.cross_entropy_forward
     cross_entropy_backward: Callable = cross_entropy.cross_entropy_backward
+    sample_from_uniforms: Callable = sampling.sample_from_uniforms  # generation's next token
     AdamW: type = optim.AdamW
 
 
@@ -107,14 +108,14 @@ def ops_used(config):
         C.append("windowed_attention")  # only sequences past block_size
     C += ["cached_attention", config.activation, "cross_entropy"]
     names = [n for c in C for n in (f"{c}_forward", f"{c}_backward") if n in OP_NAMES]
-    return names + ["AdamW"]
+    return names + ["sample_from_uniforms", "AdamW"]
 
 
 # The families whose inputs are in the parameters' dtype; the rest see the compute dtype
 # (float16 in mixed precision: model.GPT._low), and dropout sees both (the embeddings'
 # output in the parameters' dtype, each branch's in the compute dtype).
 PARAM_DTYPE = ("embedding", "position_embedding", "layernorm", "rmsnorm", "cross_entropy",
-               "adamw")
+               "sample_from_uniforms", "adamw")
 
 
 def _dtypes_seen(name, dtype, compute_dtype):

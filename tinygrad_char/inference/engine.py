@@ -50,8 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tinygrad_char.runtime import few_rows, use_threads_here
-from tinygrad_char.inference.sampling import (KVCache, check_sampling_args, prompt_ids,
-                                              sample_from_uniforms)
+from tinygrad_char.inference.sampling import KVCache, check_sampling_args, prompt_ids
 from tinygrad_char.training.cli import MAX_SEED
 
 # Up to this many rows (tokens) in all the forwards of a step, the step runs in `few_rows`
@@ -420,8 +419,9 @@ class Engine:
     def _sample(self, seqs, logits):
         """Each sequence draws its next id from its row of logits (n, V) with its own
         settings and its own generator: one draw per sequence, as `generate` draws for that
-        request alone; the sequences with the same settings are sampled in one call
-        (`sample_from_uniforms`: each row depends on its logits and its draw only)."""
+        request alone; the sequences with the same settings are sampled in one call (the
+        model's `ops.sample_from_uniforms`, as `generate` samples: each row depends on its
+        logits and its draw only)."""
         xp = self.model.xp
         if self.banned is not None:  # never the tokenizer's <unk>
             logits = logits.copy()
@@ -436,7 +436,8 @@ class Engine:
                 ids = group.argmax(axis=-1)
             else:
                 draws = xp.concatenate([seqs[i].rng.random((1, 1)) for i in rows])  # (g, 1)
-                ids = sample_from_uniforms(group, draws, temperature, top_k, top_p)
+                ids = self.model.ops.sample_from_uniforms(group, draws, temperature, top_k,
+                                                          top_p)
             for i, next_id in zip(rows, ids.tolist()):
                 next_ids[i] = next_id
         for seq, next_id in zip(seqs, next_ids):

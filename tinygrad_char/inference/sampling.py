@@ -21,7 +21,7 @@ import contextlib
 
 import numpy as np
 
-from tinygrad_char.backend import get_array_module
+from tinygrad_char.ops.sampling import sample_from_uniforms
 from tinygrad_char.runtime import few_rows
 from tinygrad_char.training.cli import MAX_SEED, range_error
 
@@ -65,19 +65,14 @@ def prompt_ids(tokenizer, prompt):
         return [0]
 
 
-def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
-    """Draw one token id per row from the last position's logits.
-
-    p = softmax(logits / temperature), restricted to
-        top_k: the k most likely tokens (k > V means all of them);
-        top_p: the smallest set of most likely tokens whose probability (after top_k,
-               renormalised) reaches top_p; the most likely token is always kept;
-    renormalised, then sampled by inverse CDF: with u ~ U[0, 1) * sum(p), the first token,
-    in most-likely-first order, whose cumulative probability exceeds u.
-    temperature == 0 is greedy: argmax(logits), no draw.
-
-    Both cuts act on the tokens sorted by probability, so each keeps a prefix of that
-    order: exactly k tokens for top_k (ties at the k-th logit are broken by the sort).
+def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None,
+                sampler=sample_from_uniforms):
+    """Draw one token id per row from the last position's logits: one uniform draw per row
+    from rng, then `sampler(logits, draws, temperature, top_k, top_p)`, the op of
+    ops/sampling.py (softmax at a temperature, top-k, top-p, inverse CDF in most-likely-
+    first order; its docstring has the math) or a model's implementation of it
+    (`model.ops.sample_from_uniforms`: the numba kernel on the CPU). temperature == 0 is
+    greedy: argmax(logits), no draw.
 
     Args:
         logits: (B, V) float array (NumPy or CuPy) of the last position.
@@ -90,34 +85,7 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     check_sampling_args(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(axis=-1)
-    return sample_from_uniforms(logits, rng.random((logits.shape[0], 1)), temperature, top_k,
-                                top_p)
-
-
-def sample_from_uniforms(logits, uniforms, temperature, top_k, top_p):
-    """`sample_next` given its draws: uniforms (B, 1) in [0, 1), one per row (temperature
-    > 0). Each row's id depends on its own logits and draw alone, so rows of different
-    sequences, each with a draw from its own generator, can be sampled in one call."""
-    xp = get_array_module(logits)
-    B, V = logits.shape
-    scaled = logits.astype(xp.float64) / temperature  # (B, V), float64: cumsum over V
-    order = xp.argsort(-scaled, axis=-1)  # (B, V) token ids, most likely first
-    rows = xp.arange(B)[:, None]  # (B, 1)
-    sorted_logits = scaled[rows, order]  # (B, V), descending
-    probs = xp.exp(sorted_logits - sorted_logits[:, :1])  # (B, V), the row max is column 0
-    if top_k is not None:
-        probs[:, min(top_k, V):] = 0.0
-    probs /= probs.sum(axis=-1, keepdims=True)
-    if top_p is not None and top_p < 1.0:  # (1.0 keeps all, even where rounding says 1)
-        mass_before = xp.cumsum(probs, axis=-1) - probs  # (B, V) of the more likely tokens
-        probs = xp.where(mass_before < top_p, probs, 0.0)  # column 0 has 0 before: kept
-    cdf = xp.cumsum(probs, axis=-1)  # (B, V), unnormalised: the last column is the total
-    u = uniforms * cdf[:, -1:]  # (B, 1), in [0, total)
-    choice = (cdf <= u).sum(axis=-1)  # (B,) first column whose cdf exceeds u
-    # rounding can put u at the total; the kept tokens are a prefix, so clamp to its end
-    n_kept = (probs > 0).sum(axis=-1)  # (B,)
-    choice = xp.minimum(choice, n_kept - 1)
-    return order[rows[:, 0], choice]  # (B,)
+    return sampler(logits, rng.random((logits.shape[0], 1)), temperature, top_k, top_p)
 
 
 # -- the key/value cache ---------------------------------------------------------------------
@@ -364,7 +332,8 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                 if banned is not None:
                     last = last.copy()
                     last[:, banned] = -xp.inf
-                next_ids = sample_next(last, rng, temperature, top_k, top_p)  # (B,)
+                next_ids = sample_next(last, rng, temperature, top_k, top_p,
+                                       sampler=model.ops.sample_from_uniforms)  # (B,)
                 out[:, n] = next_ids
                 if on_token is not None:
                     on_token(next_ids)

@@ -41,6 +41,7 @@ import numpy as np
 from tinygrad_char.ops.activations import GELU_CUBIC, GELU_SCALE, SQRT_HALF
 from tinygrad_char.ops.attention import causal_mask_bias
 from tinygrad_char.backend import BackendError, get_backend
+from tinygrad_char.fused import dispatch
 from tinygrad_char.training.checkpoint import load_checkpoint, peek_checkpoint
 from tinygrad_char.ops.embedding import sinusoidal_encoding
 from tinygrad_char.ops.layernorm import LN_EPS
@@ -353,7 +354,8 @@ class OnnxModel:
         config: the GPTConfig it was exported from.
         providers: onnxruntime execution providers (default: the CPU one).
     Attributes: config, session, xp (numpy), backend (the numpy Backend, for to_numpy),
-    dtype ("float32"), training (False).
+    dtype ("float32"), training (False), ops (the op table, of which generation reads
+    `sample_from_uniforms`).
     """
 
     supports_kv_cache = False  # tells callers to pass use_cache=False to generate
@@ -366,6 +368,7 @@ class OnnxModel:
         self.xp = np
         self.dtype = "float32"
         self.training = False
+        self.ops = dispatch.select_ops("auto", "numpy", config, self.dtype)
 
     def eval(self):
         self.training = False

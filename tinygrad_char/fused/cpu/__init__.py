@@ -17,6 +17,7 @@ names of the op table (fused/dispatch.py: `Ops`), which puts them in a model's t
     embedding.py      embedding_* (a gather; a serial scatter-add: deterministic),
                       position_embedding_* (the learned positions added; summed over the batch)
     dropout.py        dropout_forward / dropout_backward (the twin's draw, fused after it)
+    sampling.py       sample_from_uniforms (generation's next-token choice, a row at a time)
     adamw.py          CpuAdamW (optim.AdamW with one fused loop per tensor), grad_norm
     warm.py           compiles them all ahead (python -m, or runtime.setup's helper)
 
@@ -63,7 +64,8 @@ def kernels():
     it takes). Imports numba (through the kernel modules): call only when
     `numba_available()`. A new kernel pair is one line per function here."""
     from tinygrad_char.fused.cpu import (adamw, attention, cross_entropy, dropout, embedding,
-                                         gelu, layernorm, linear, rmsnorm, rope, swiglu)
+                                         gelu, layernorm, linear, rmsnorm, rope, sampling,
+                                         swiglu)
 
     return {
         "embedding_forward": (embedding.embedding_forward, F32_F64),
@@ -92,5 +94,6 @@ def kernels():
         "relu_backward": (gelu.relu_backward, F32_F64),
         "cross_entropy_forward": (cross_entropy.cross_entropy_forward, F32),
         "cross_entropy_backward": (cross_entropy.cross_entropy_backward, F32),
+        "sample_from_uniforms": (sampling.sample_from_uniforms, F32_F64),
         "AdamW": (adamw.CpuAdamW, F32_F64),
     }

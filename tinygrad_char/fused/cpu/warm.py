@@ -78,6 +78,8 @@ def exercises(B, T, C, NH, V):
         ("relu", lambda: pair(ops["relu_forward"], ops["relu_backward"], x())),
         ("cross_entropy", cross_entropy),
         ("adamw", adamw),
+        ("sample_from_uniforms", lambda: ops["sample_from_uniforms"](
+            rng.standard_normal((B, V)).astype(f32), rng.random((B, 1)), 0.8, 2, 0.9)),
     ]
 
 
