@@ -80,8 +80,21 @@ def test_last_only_gives_the_last_column_and_caches_every_position(pos, norm, kw
     want = np.concatenate([expected[:, 5:6], expected[:, 9:10], expected[:, 10:]], axis=1)
     err = np.abs(np.concatenate(got, axis=1) - want).max() / np.abs(want).max()
     assert err < TOL["float64"], f"last_only ({pos}, {norm}): {err}"
-    with pytest.raises(ValueError, match="last_only needs a kv_cache"):
-        model.forward(idx, last_only=True)
+    # without a cache (nanoGPT's sampling forward): this forward's own keys; past
+    # block_size (sinusoidal, rope) the last query sees the block_size latest, as forward
+    longer = prompt_ids(3, BLOCK + 5, seed=3)
+    cases = [idx[:, :1], idx[:, :7], idx] + ([] if pos == "learned" else [longer])
+    for x in cases:
+        full, _ = model.forward(x)
+        got, loss = model.train().forward(x, last_only=True)  # eval semantics regardless
+        assert model.training and loss is None and got.shape == (3, 1, 13)
+        err = np.abs(got - full[:, -1:]).max() / np.abs(full[:, -1:]).max()
+        assert err < TOL["float64"], f"last_only, no cache, T={x.shape[1]} ({pos}): {err}"
+        with pytest.raises(RuntimeError, match="needs a forward"):
+            model.backward()  # nothing was kept for one
+        model.eval()
+    with pytest.raises(ValueError, match="takes no targets"):
+        model.forward(idx, idx, last_only=True)
 
 
 def test_forward_cached_chunks_of_several_new_positions():

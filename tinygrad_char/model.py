@@ -298,9 +298,9 @@ class GPT:
         x (B, T, C); pos: rope's (cos, sin) of the T positions, else None; window: None,
         or block_size for a sequence past it (sliding-window attention); kv_cache: None, or
         the KVCache whose keys and values of layer `layer` the T new queries also attend to
-        (then nothing is kept for a backward); last_query (with kv_cache): every position's
-        keys and values enter the cache, but only the last position's query attends, and
-        the branch returns (B, 1, C)."""
+        (then nothing is kept for a backward); last_query: only the last position's query
+        attends (over every key: the cache's, which this forward's enter first, or this
+        forward's own without a cache), and the branch returns (B, 1, C)."""
         cfg, ops = self.config, self.ops
         NH, NKV = cfg.n_head, cfg.kv_heads
         qkv, c_qkv = ops.linear_forward(x, self._p(h + "attn.c_attn.weight"),
@@ -314,15 +314,20 @@ class GPT:
             qkv = qkv.reshape(B, T, -1)  # (B, T, (NH + 2 NKV) hs)
         elif cfg.pos_encoding == "rope":
             qkv, c_rope = ops.rope_forward(qkv, *pos, NH, NKV)  # q, k rotated
-        if kv_cache is not None:
+        if kv_cache is not None or last_query:
             q, k, v = attention.split_heads(qkv, NH, NKV)  # (B, NH|NKV, T, hs)
             B, T = x.shape[:2]
-            starts_empty = kv_cache.empty  # before this layer's append
-            k_t, v, k_pos = kv_cache.append(layer, k, v)  # the rows' rings of keys, values
-            q_pos = kv_cache.positions(T)  # (B, T)
+            keep = kv_cache is not None and kv_cache.keep_attention
+            if kv_cache is not None:
+                starts_empty = kv_cache.empty  # before this layer's append
+                k_t, v, k_pos = kv_cache.append(layer, k, v)  # the rows' rings of keys, values
+                q_pos = kv_cache.positions(T)  # (B, T)
+            else:  # no cache: this forward's own keys, at positions 0 .. T - 1
+                starts_empty, k_pos, q_pos = False, 0, self.xp.arange(T)[None]  # (1, T)
+                k_t = self.xp.ascontiguousarray(k.transpose(0, 1, 3, 2))  # (B, NKV, hs, T)
             if last_query:  # (B, NH, 1, hs): the one query a sampler's logits need
                 q, q_pos = q[:, :, -1:], q_pos[:, -1:]
-            if starts_empty and not kv_cache.keep_attention and not last_query:
+            if starts_empty and not keep and not last_query:
                 # rows that held nothing (a prefill): the new queries see only their own
                 # keys, causally, which is the training attention (and its fast path)
                 y, _ = ops.gqa_attention_forward(qkv, NH, NKV, training=False) \
@@ -330,7 +335,7 @@ class GPT:
             else:
                 y, att = ops.cached_attention_forward(q, k_t, v, q_pos, k_pos,
                                                       cfg.block_size, return_probs=True)
-                if kv_cache.keep_attention:  # (B, NH, Tq, capacity): for a reader to see
+                if keep:  # (B, NH, Tq, capacity): for a reader to see
                     kv_cache.attention[layer] = att
                 y = y.transpose(0, 2, 1, 3).reshape(B, q.shape[2], cfg.n_embd)  # (B, Tq, C)
             c_att = None
@@ -440,11 +445,13 @@ class GPT:
                 appended to the cache, and the forward runs in eval mode (no dropout)
                 whatever `training` says, keeping nothing for a backward. Its logits equal
                 those of a forward on the whole sequence, up to float rounding.
-            last_only: with kv_cache, the logits of each row's last position only (what a
-                sampler reads): every position's keys and values still enter the cache,
-                but the last block's attention query, its projection and MLP, the final
-                norm and the head run on the last position alone. Logits then (B, 1, V), equal to the last column of the
-                full forward's up to float rounding.
+            last_only: the logits of each row's last position only, what a sampler reads
+                (nanoGPT's forward without targets): the last block's attention query, its
+                projection and MLP, the final norm and the head run on the last position
+                alone (with kv_cache every position's keys and values still enter the
+                cache). Runs in eval mode and keeps nothing for a backward, as with
+                kv_cache. Logits then (B, 1, V), equal to the last column of the full
+                forward's up to float rounding.
         Returns:
             logits: (B, T, V), or (B, 1, V) with last_only
             loss: 0-d array (mean cross-entropy in nats), or None without targets.
@@ -453,8 +460,8 @@ class GPT:
         if idx.ndim != 2:
             raise ValueError(f"idx must be (B, T), got shape {tuple(idx.shape)}")
         B, T = idx.shape
-        if last_only and (kv_cache is None or targets is not None):
-            raise ValueError("last_only needs a kv_cache and no targets")
+        if last_only and targets is not None:
+            raise ValueError("last_only gives a sampler's logits: it takes no targets")
         start, span = 0, (0, T)  # span: the positions, as _positions takes them
         if kv_cache is not None:
             kv_cache.reserve(B, T)  # checks the batch and the window
@@ -464,7 +471,8 @@ class GPT:
                              f"crop the input to its last {cfg.block_size} tokens")
         window = cfg.block_size if start + T > cfg.block_size else None
         training = self.training
-        self.training = training and kv_cache is None  # cached inference: eval semantics
+        inference = kv_cache is not None or last_only  # eval semantics, nothing kept
+        self.training = training and not inference
         # the weights of the matmuls: the parameters themselves, or their float16 copies
         self._run_params = p if self.compute_dtype is None else {
             name: w.astype(self.compute_dtype) for name, w in p.items()
@@ -519,7 +527,7 @@ class GPT:
         finally:
             self.training = training
             self._run_params = None
-        self._caches = caches if kv_cache is None else None
+        self._caches = None if inference else caches
         return logits, loss
 
     # -- backward: the forward above, reversed ----------------------------------------

@@ -15,8 +15,9 @@ The loop, on the engine thread only:
      once (rows 0 .. n - 1, each at its own position), then each sequence samples its next
      character with its own settings and its own random generator, the sequences that
      share settings in one call (a learned-position model past its window re-runs each
-     such sequence's last block_size tokens, as `sampling.generate` does, together in
-     cache-sized forwards that compute only the last position's logits: `_prefill_slid`);
+     such sequence's last block_size tokens, as `sampling.generate` does, a few windows a
+     forward (as many as stay in the CPU's cache), without the KV cache, computing only the
+     last position's logits: `_rerun_windows`);
   4. finished sequences leave at once: the last active row moves into the freed one, so
      the active rows stay 0 .. n - 1 (a slice of the cache, no gather).
 Work a caller needs from the model (the attention maps of serve.py) is queued with `call`
@@ -166,7 +167,6 @@ class Engine:
         self._thread = None
         self._stopping = False
         self._few, self._few_context = False, None  # see _rows
-        self._scratch = None  # KVCache for learned positions past the window (_prefill_slid)
         self.cache = None
         self.steps = 0  # decode steps run (a test reads it)
         self.chars_generated = 0
@@ -352,24 +352,19 @@ class Engine:
             logits, _ = model.forward(xp.asarray(idx), kv_cache=rows, last_only=True)
         return logits[:, -1, :]
 
-    def _prefill_slid(self, seqs):
+    def _rerun_windows(self, seqs):
         """Learned positions past the window, as `generate` does it: each sequence's last
-        block_size tokens run again from position 0 (its window slid by one, so every
-        key changed), over a scratch cache (the rebuilt keys are never read again: the next
-        step slides again), as many windows a forward as REBUILD_FLOATS says. Same
-        shapes per row as `generate`'s rebuild, one row at a time."""
+        block_size tokens run again from position 0 (its window slid by one, so every key
+        changed) in a forward without the cache (the keys would never be read again: the
+        next step slides again), as many windows a forward as REBUILD_FLOATS says. Same
+        shapes per row as `generate`'s, one row at a time."""
         W, xp = self.block_size, self.model.xp
-        if self._scratch is None:
-            self._scratch = KVCache(self.model, self.max_slots)
         hidden = self.model.params["transformer.h.0.mlp.c_fc.weight"].shape[0]
         per_forward = max(1, REBUILD_FLOATS // (W * hidden))  # windows in one forward
         for c in range(0, len(seqs), per_forward):
             chunk = seqs[c:c + per_forward]
-            scratch = self._scratch.rows(0, len(chunk))
-            scratch.reset()
             idx = np.asarray([seq.ids[-W:] for seq in chunk], dtype=np.int64)  # (n, W)
-            logits, _ = self.model.forward(xp.asarray(idx), kv_cache=scratch,
-                                           last_only=True)  # (n, 1, V)
+            logits, _ = self.model.forward(xp.asarray(idx), last_only=True)  # (n, 1, V)
             for seq in chunk:
                 seq.offset = len(seq.ids) - W
             self._sample(chunk, logits[:, -1, :])
@@ -402,7 +397,7 @@ class Engine:
             runs.append(run)
         self._rows(len(slid) * self.block_size + sum(len(run) for run in runs))  # the step's
         if slid:
-            self._prefill_slid(slid)
+            self._rerun_windows(slid)
         for run in runs:
             lo, hi = run[0][0], run[-1][0] + 1
             last = np.asarray([[seq.ids[-1]] for _, seq in run], dtype=np.int64)  # (n, 1)

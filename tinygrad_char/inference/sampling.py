@@ -255,8 +255,9 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     then runs one position per step while the sequence fits in block_size: the same
     tokens as use_cache=False. Past the window the cropped context slides by one token
     per step, which moves every kept token to a new absolute position and changes all of
-    its keys and values: to stay exact the cache is rebuilt every step by a prefill of the
-    last block_size tokens, as slow as no cache.
+    its keys and values: to stay exact each step then runs the last block_size tokens
+    whole, as slow as no cache (without the cache: the next step slides again, so their
+    keys would never be read).
 
     use_cache=True with sinusoidal or rope positions never rebuilds: the whole prompt is
     prefilled at its absolute positions (in chunks of block_size), then each step runs
@@ -319,11 +320,14 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
                     for c in range(0, n, block_size):
                         logits, _ = model.forward(out[:, c:min(c + block_size, n)],
                                                   kv_cache=cache, last_only=True)
-                elif cache.length == 0 or (window_start != cache_offset and not cache.slides):
-                    # first step, or the learned positions' window slid: rebuild from it
-                    cache.reset()
+                elif cache.length == 0:
+                    # first step: the (cropped) prompt into the cache
                     cache_offset = window_start
                     logits, _ = model.forward(out[:, window_start:n], kv_cache=cache,
+                                              last_only=True)  # (B, 1, V)
+                elif window_start != cache_offset and not cache.slides:
+                    # learned positions, the window slid: run it whole, without the cache
+                    logits, _ = model.forward(out[:, window_start:n],
                                               last_only=True)  # (B, 1, V)
                 else:
                     # the cache holds everything before n - 1: feed only last step's token
