@@ -48,12 +48,14 @@ from tinygrad_char.inference.sampling import SAMPLING_BOUNDS
 MAX_PROMPT_CHARS = 100_000  # longer bodies are refused: only block_size of them is used
 MAX_STOP = 4  # stop strings a request may give (OpenAI's limit)
 MAX_STOP_CHARS = 64  # characters of one stop string
-# The event loop is woken for new characters at most this often (50 times a second, under
-# a 60 Hz display's frame). Each wake-up writes one event per stream through Starlette and
-# takes the GIL from the engine thread: at 32 streams of the tiny model on 2 cores, 5 ms
-# served 5,750-6,100 characters/s and 20 ms 7,000-9,500 (32 streaming loopback clients of
-# 200 characters each, against one server process, three runs of each setting).
-FLUSH_S = 0.02
+# The event loop is woken for new characters at most this often (20 times a second: text
+# still flows as a reader sees it). Each wake-up writes one event per stream through
+# Starlette and takes the GIL from the engine thread, which waits meanwhile: at 32 streams
+# of the tiny model on 2 cores, 5 ms served 5,750-6,100 characters/s and 20 ms 7,000-9,500
+# (32 streaming loopback clients of 200 characters each, one server process, three runs of
+# each); at 32 streams of the CPU preset's model, 50 ms served 1,040 characters/s and 20
+# ms 893 (benchmarks/bench_serve.py, the two servers interleaved, three runs each).
+FLUSH_S = 0.05
 
 
 def _body_error(exc):
