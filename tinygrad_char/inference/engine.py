@@ -365,8 +365,6 @@ class Engine:
             chunk = seqs[c:c + per_forward]
             idx = np.asarray([seq.ids[-W:] for seq in chunk], dtype=np.int64)  # (n, W)
             logits, _ = self.model.forward(xp.asarray(idx), last_only=True)  # (n, 1, V)
-            for seq in chunk:
-                seq.offset = len(seq.ids) - W
             self._sample(chunk, logits[:, -1, :])
 
     def _needs_prefill(self, seq):
