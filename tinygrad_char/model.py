@@ -494,8 +494,8 @@ class GPT:
 
             for i in range(cfg.n_layer):
                 h = f"transformer.h.{i}."
-                # the last block of a last_only forward: all keys and values enter the
-                # cache, then the block goes on at the last position alone (B, 1, C)
+                # the last block of a last_only forward: its keys and values enter the cache
+                # (if any), then the block goes on at the last position alone (B, 1, C)
                 last = last_only and i == cfg.n_layer - 1
                 attn = (h, rope_pos, window, kv_cache, i, last)
                 if cfg.norm == "pre":  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))

@@ -6,8 +6,8 @@ Per row b, with u its draw (the twin's docstring has the math):
     top_p:  p_j kept while the mass before it, cumsum(p)_j - p_j, is < top_p
     cdf     = cumsum(p);  id = order[min(#{j : cdf_j <= u * cdf_last}, #{p_j > 0} - 1)]
 One row is a few hundred operations, far less than the twin's dozen NumPy calls cost
-(55 us a row of 66 logits on a 2-core AMD EPYC): generation samples once a token, so this
-is one of its per-token costs. Serial (a step samples at most a few dozen rows).
+(3.7 against 33 us a row of 66 logits on a 2-core AMD EPYC): generation samples once a
+token, so this is one of its per-token costs. Serial (a step samples at most a few dozen rows).
 
 The same operations in the same order as the twin, but for the sum that normalises p:
 NumPy sums pairwise, this loop in order, so p may differ in its last bits and an id may
