@@ -82,7 +82,10 @@ def architecture(name):
     """The GPTConfig fields of a config name: an inline one, or a harness preset."""
     if name in INLINE:
         return dict(INLINE[name])
-    loaded = named_config(name, vocab_size=len(CHARS))
+    try:
+        loaded = named_config(name, vocab_size=len(CHARS))
+    except ValueError as e:  # an unknown name
+        raise SystemExit(f"error: config {name}: {e} (or {', '.join(INLINE)})")
     if loaded is None:
         raise SystemExit(f"error: config {name}: its preset file is missing")
     cfg = loaded[1].to_dict()
