@@ -29,7 +29,6 @@ server's --threads); the model has random weights (speed does not depend on them
 """
 
 import argparse
-import dataclasses
 import json
 import queue
 import statistics
@@ -43,8 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script or a module
 
 from benchmarks.bench_serve import CHARS, PROMPT, TEMPERATURE, architecture  # noqa: E402
-from benchmarks.harness import (busy_warning, machine_info, machine_summary,  # noqa: E402
-                                write_markdown_table)
+from benchmarks.harness import (TimedOps, busy_warning, machine_info,  # noqa: E402
+                                machine_summary, write_markdown_table)
 from tinygrad_char import GPT, GPTConfig, runtime  # noqa: E402
 from tinygrad_char.inference import engine  # noqa: E402
 from tinygrad_char.training.tokenizer import CharTokenizer  # noqa: E402
@@ -69,38 +68,6 @@ def engine_chars_per_s(model, tokenizer, requests, at_once, chars, threads):
         return requests * chars / (time.perf_counter() - start)
     finally:
         eng.stop()  # also puts back the engine thread's BLAS threads (runtime.few_rows)
-
-
-class TimedOps:
-    """The model's op table with every op timed (seconds by op name) and the linear
-    layer's FLOPs counted; `install()` puts it in the model, `remove()` the original."""
-
-    def __init__(self, model):
-        self.model, self.original = model, model.ops
-        self.seconds, self.matmul_flops = {}, 0
-        timed = {}
-        for field in dataclasses.fields(self.original):
-            fn = getattr(self.original, field.name)
-            if callable(fn):
-                timed[field.name] = self._timed(field.name, fn)
-        self.ops = dataclasses.replace(self.original, **timed)
-
-    def _timed(self, name, fn):
-        def run(*args, **kwargs):
-            if name == "linear_forward":  # x (..., in) @ W.T, W (out, in)
-                x, W = args[0], args[1]
-                self.matmul_flops += 2 * (x.size // x.shape[-1]) * W.shape[0] * W.shape[1]
-            start = time.perf_counter()
-            out = fn(*args, **kwargs)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            return out
-        return run
-
-    def install(self):
-        self.model.ops = self.ops
-
-    def remove(self):
-        self.model.ops = self.original
 
 
 def blas_peak(shapes, threads, repeat=9):

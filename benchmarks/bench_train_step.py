@@ -56,9 +56,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 
-from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, add_run_args, append_jsonl,
-                                available_named_configs, busy_warning, cupy_or_none,
-                                limit_threads, machine_info, machine_summary,
+from benchmarks.harness import (NAMED_CONFIGS, SPEED_RULE, TimedOps, add_run_args,
+                                append_jsonl, available_named_configs, busy_warning,
+                                cupy_or_none, limit_threads, machine_info, machine_summary,
                                 named_config, pick, pyplot_or_none, rel_error, rss_mib,
                                 save_figure, threads_for, time_fn, torch_cuda_or_none,
                                 torch_or_none, write_markdown_table)  # noqa: E402
@@ -313,9 +313,6 @@ def profile_ops(impl, model_cfg, train_cfg, batch, warmup, repeat, threads):
     for a median to mean much). "rest of the step" is the step's time minus the ops' (the
     model's own array work: residual adds, the position table's batch sum, Python).
     NumPy impls only (no device synchronisation). Returns {name: ms per step}."""
-    import collections
-    from types import SimpleNamespace
-
     from tinygrad_char.optim import clip_scale
 
     model = ours_model(impl, model_cfg)
@@ -323,19 +320,9 @@ def profile_ops(impl, model_cfg, train_cfg, batch, warmup, repeat, threads):
                           betas=(train_cfg.beta1, train_cfg.beta2), eps=ADAM_EPS,
                           weight_decay=train_cfg.weight_decay)
     threads_for(impl, threads)
-    spent = collections.defaultdict(float)
-
-    def timed(name, fn):
-        def run(*args, **kwargs):
-            t0 = time.perf_counter()
-            result = fn(*args, **kwargs)
-            spent[name] += time.perf_counter() - t0
-            return result
-        return run
-
-    ops = model.ops
-    model.ops = SimpleNamespace(**{name: timed(name, fn) if callable(fn) and name != "AdamW"
-                                   else fn for name, fn in vars(ops).items()})
+    timer = TimedOps(model)
+    spent = timer.seconds
+    timer.install()
     idx, targets = batch
     step_total = 0.0
     for step in range(warmup + repeat):

@@ -3,6 +3,7 @@
     t = time_fn(lambda: op(x), warmup=3, repeat=11)          # Timing(median, min, max), ms
     t = time_fn(fn, xp=cupy)                                  # CUDA events around each call
     t = time_fn(fn, sync=torch.cuda.synchronize)              # synchronise around each call
+    timer = TimedOps(model); timer.install()                  # seconds by op, matmul FLOPs
     restore = limit_threads(2)                                # NumPy's BLAS and torch: 2 threads
     check_close("layernorm dx", ours, ref, rtol=1e-3)         # before timing, never after
     append_jsonl("benchmarks/results/layers.jsonl", record)   # + machine, versions, date
@@ -22,6 +23,8 @@ CuPy and torch are optional and imported lazily; this file needs only NumPy and
 threadpoolctl.
 """
 
+import collections
+import dataclasses
 import datetime
 import importlib
 import importlib.metadata
@@ -95,6 +98,41 @@ def time_fn(fn, warmup=3, repeat=11, sync=None, xp=None):
                 sync()
             times.append((time.perf_counter() - t0) * 1e3)
     return Timing(float(np.median(times)), float(min(times)), float(max(times)))
+
+
+
+class TimedOps:
+    """A model's op table with every op timed, for profiles: `install()` puts the timed
+    table in the model, `remove()` puts the original back. `seconds` holds the seconds
+    spent in each op by name (a defaultdict: a caller may add its own entries),
+    `matmul_flops` the linear layers' FLOPs (2 x multiply-adds: x (..., in) @ W.T with W
+    (out, in)). Classes of the table (AdamW) are left as they are."""
+
+    def __init__(self, model):
+        self.model, self.original = model, model.ops
+        self.seconds, self.matmul_flops = collections.defaultdict(float), 0
+        self.ops = dataclasses.replace(self.original, **{
+            f.name: self._timed(f.name, getattr(self.original, f.name))
+            for f in fields(self.original)
+            if callable(getattr(self.original, f.name))
+            and not isinstance(getattr(self.original, f.name), type)})
+
+    def _timed(self, name, fn):
+        def run(*args, **kwargs):
+            if name == "linear_forward":
+                x, W = args[0], args[1]
+                self.matmul_flops += 2 * (x.size // x.shape[-1]) * W.shape[0] * W.shape[1]
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.seconds[name] += time.perf_counter() - start
+            return out
+        return run
+
+    def install(self):
+        self.model.ops = self.ops
+
+    def remove(self):
+        self.model.ops = self.original
 
 
 # -- correctness before timing -----------------------------------------------------------------

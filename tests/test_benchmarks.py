@@ -78,6 +78,25 @@ def test_check_close_names_the_op():
         harness.check_close("attention", a, a.T, rtol=1e-3)
 
 
+def test_timed_ops_times_every_op_and_counts_the_matmul_flops():
+    """TimedOps counts a forward's matmul FLOPs as 2 x B x T x (in x out) over the linear
+    layers it runs (the head included), times the ops that ran, and puts the table back."""
+    from tinygrad_char import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, block_size=8), seed=0)
+    timer = harness.TimedOps(model)
+    timer.install()
+    model.forward(np.zeros((3, 8), dtype=np.int64))
+    timer.remove()
+    per_token = sum(int(np.prod(w.shape)) for name, w in model.params.items()
+                    if name.endswith(".weight") and (".attn." in name or ".mlp." in name))
+    per_token += 11 * 16  # the head (tied to wte)
+    assert timer.matmul_flops == 2 * 3 * 8 * per_token
+    assert timer.seconds["linear_forward"] > 0 and timer.seconds["layernorm_forward"] > 0
+    assert "linear_backward" not in timer.seconds
+    assert model.ops is timer.original and timer.ops.AdamW is model.ops.AdamW
+
+
 def test_machine_info_has_blas_and_versions():
     info = harness.machine_info()
     assert info["cores"] >= 1 and info["cpu"]

@@ -659,24 +659,10 @@ def test_bench_serve_runs_and_writes_its_results(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_engine_ceiling_runs_and_counts_the_matmuls(tmp_path):
-    """benchmarks/bench_engine_ceiling.py at the smallest scale writes its results, and its
-    op timer counts a forward's matmul FLOPs as 2 x B x T x (in x out) summed over the
-    linear layers it runs. Nothing here compares speeds."""
-    sys.path.insert(0, str(REPO))
-    from benchmarks.bench_engine_ceiling import TimedOps
-
-    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=16, block_size=8), seed=0)
-    timed = TimedOps(model)
-    timed.install()
-    model.forward(np.zeros((3, 8), dtype=np.int64))
-    timed.remove()
-    per_token = sum(int(np.prod(w.shape)) for name, w in model.params.items()
-                    if name.endswith(".weight") and (".attn." in name or ".mlp." in name))
-    per_token += 11 * 16  # the head (tied to wte)
-    assert timed.matmul_flops == 2 * 3 * 8 * per_token
-    assert model.ops is timed.original and timed.seconds["linear_forward"] > 0
-
+def test_bench_engine_ceiling_runs_and_writes_its_results(tmp_path):
+    """benchmarks/bench_engine_ceiling.py at the smallest scale writes its results, and both
+    rounds of the same seeded requests count the same matmul FLOPs. Nothing here compares
+    speeds."""
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_engine_ceiling.py"),
                            "--config", "tiny", "--sequences", "2", "--chars", "70",
                            "--rounds", "2", "--threads", "1", "--out", str(tmp_path)],
@@ -686,7 +672,6 @@ def test_bench_engine_ceiling_runs_and_counts_the_matmuls(tmp_path):
     assert {"machine", "versions", "config", "median", "rounds"} <= set(record)
     rounds = record["rounds"]
     assert len(rounds) == 2
-    # the same requests with the same seeds: the same matmuls in both rounds
     assert rounds[0]["matmul_gflop"] == rounds[1]["matmul_gflop"] > 0
     for r in rounds:
         assert r["single_chars_per_s"] > 0 and r["batched_chars_per_s"] > 0
