@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))  # run as a script or a module
 
 from benchmarks.bench_serve import CHARS, PROMPT, TEMPERATURE, architecture  # noqa: E402
 from benchmarks.harness import (TimedOps, busy_warning, machine_info,  # noqa: E402
-                                machine_summary, write_markdown_table)
+                                machine_summary, time_fn, write_markdown_table)
 from tinygrad_char import GPT, GPTConfig, runtime  # noqa: E402
 from tinygrad_char.inference import engine  # noqa: E402
 from tinygrad_char.training.tokenizer import CharTokenizer  # noqa: E402
@@ -51,7 +51,7 @@ from tinygrad_char.training.tokenizer import CharTokenizer  # noqa: E402
 
 def engine_chars_per_s(model, tokenizer, requests, at_once, chars, threads):
     """chars/s of a fresh engine serving `requests` requests, `at_once` of them at a time."""
-    eng = engine.Engine(model, tokenizer, max_slots=max(at_once, 1), max_queue=requests,
+    eng = engine.Engine(model, tokenizer, max_slots=at_once, max_queue=requests,
                         threads=threads).start()
     try:
         done = queue.Queue()
@@ -72,7 +72,7 @@ def engine_chars_per_s(model, tokenizer, requests, at_once, chars, threads):
 
 def blas_peak(shapes, threads, repeat=9):
     """The fastest float32 matmul on `threads` BLAS threads over `shapes` (m, k, n), FLOP/s
-    (for each shape the best of `repeat` timings of 10 products)."""
+    (for each shape the fastest of `repeat` timings of 10 products, after 10 untimed)."""
     from threadpoolctl import threadpool_limits
 
     best = 0.0
@@ -81,15 +81,9 @@ def blas_peak(shapes, threads, repeat=9):
             a = np.random.default_rng(0).random((m, k), dtype=np.float32)
             b = np.random.default_rng(1).random((k, n), dtype=np.float32)
             out = np.empty((m, n), np.float32)
-            for _ in range(3):
-                np.dot(a, b, out)
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                for _ in range(10):
-                    np.dot(a, b, out)
-                times.append((time.perf_counter() - start) / 10)
-            best = max(best, 2 * m * k * n / min(times))
+            ten = time_fn(lambda: [np.dot(a, b, out) for _ in range(10)], warmup=1,
+                          repeat=repeat)
+            best = max(best, 2 * m * k * n / (ten.min / 1e3 / 10))
     return best
 
 

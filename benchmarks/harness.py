@@ -24,7 +24,6 @@ threadpoolctl.
 """
 
 import collections
-import dataclasses
 import datetime
 import importlib
 import importlib.metadata
@@ -38,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections import namedtuple
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +110,7 @@ class TimedOps:
     def __init__(self, model):
         self.model, self.original = model, model.ops
         self.seconds, self.matmul_flops = collections.defaultdict(float), 0
-        self.ops = dataclasses.replace(self.original, **{
+        self.ops = replace(self.original, **{
             f.name: self._timed(f.name, getattr(self.original, f.name))
             for f in fields(self.original)
             if callable(getattr(self.original, f.name))

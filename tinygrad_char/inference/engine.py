@@ -356,8 +356,8 @@ class Engine:
         """Learned positions past the window, as `generate` does it: each sequence's last
         block_size tokens run again from position 0 (its window slid by one, so every key
         changed) in a forward without the cache (the keys would never be read again: the
-        next step slides again), as many windows a forward as REBUILD_FLOATS says. Same
-        shapes per row as `generate`'s, one row at a time."""
+        next step slides again), as many windows a forward as REBUILD_FLOATS says: per
+        row the forward `generate` runs for that request alone."""
         W, xp = self.block_size, self.model.xp
         hidden = self.model.params["transformer.h.0.mlp.c_fc.weight"].shape[0]
         per_forward = max(1, REBUILD_FLOATS // (W * hidden))  # windows in one forward
